@@ -1,0 +1,1 @@
+"""Attack plug-ins: each module registers one or more attacks with @bench.register_attack."""

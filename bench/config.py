@@ -1,0 +1,254 @@
+"""bench.toml: loading, layering and full validation.
+
+An entry under [defenses.X] or [attacks.X] names its plug-in (`plugin`, default X) and gives
+parameters. Overrides are layered: entry < [X.dataset.D] < [X.profile.P] < [X.dataset.D.profile.P].
+Every entry is resolved and validated for every dataset and profile at load time, so a bad value
+fails before any work starts, with the key path, the value and what is allowed."""
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, ValidationError
+
+from . import registry
+from .errors import ConfigError, did_you_mean
+from .params import StrictModel
+
+RESERVED = {"plugin", "description", "dataset", "profile"}
+DATASET_NAMES = ("cifar10", "mnist", "fashion_mnist")
+
+
+class Settings(StrictModel):
+    data_root: str = "data"
+    results_dir: str = "results"
+    cache_dir: str = "results/cache"
+    seed: int = Field(0, ge=0)
+    profile: str = "smoke"
+    dataset: str = "cifar10"
+    device: str = "auto"
+    matrix: str = "default"
+
+
+class Profile(StrictModel):
+    description: str
+    n_test: int = Field(gt=0)
+    eval_batch_size: int = Field(256, gt=0)
+
+
+class DatasetEntry(StrictModel):
+    arch: str
+    description: str = ""
+
+
+class Matrix(StrictModel):
+    description: str = ""
+    datasets: list[str] = Field(min_length=1)
+    defenses: list[str] = Field(min_length=1)
+    attacks: list[str] = Field(min_length=1)
+    profile: str | None = None
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """A validated entry for one dataset and profile."""
+
+    kind: Literal["defense", "attack"]
+    name: str
+    plugin: str
+    params: Any
+    source: str = ""
+
+    @property
+    def cls(self):
+        return registry.get_plugin(self.kind, self.plugin)
+
+    def as_dict(self) -> dict:
+        return {"name": self.name, "plugin": self.plugin, "params": self.params.model_dump(mode="json")}
+
+
+@dataclass
+class Config:
+    path: Path
+    settings: Settings
+    profiles: dict[str, Profile]
+    datasets: dict[str, DatasetEntry]
+    entries: dict[str, dict[str, dict]]
+    matrices: dict[str, Matrix]
+    _cache: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def root(self) -> Path:
+        return self.path.parent
+
+    def resolve_path(self, value: str | os.PathLike) -> Path:
+        p = Path(os.path.expanduser(str(value)))
+        return p if p.is_absolute() else (self.root / p)
+
+    def names(self, kind: str) -> list[str]:
+        return sorted(self.entries[kind])
+
+    def check_name(self, kind: str, name: str) -> None:
+        table = {"defense": "defenses", "attack": "attacks"}[kind]
+        if name not in self.entries[kind]:
+            raise ConfigError(f"Unknown {kind} '{name}': no [{table}.{name}] entry in {self.path}. "
+                              f"{did_you_mean(name, self.entries[kind])}")
+
+    def check_choice(self, what: str, value: str, allowed) -> None:
+        if value not in allowed:
+            raise ConfigError(f"Unknown {what} '{value}' (from {self.path}). {did_you_mean(value, allowed)}")
+
+    def resolve(self, kind: str, name: str, dataset: str, profile: str) -> Resolved:
+        self.check_name(kind, name)
+        self.check_choice("dataset", dataset, self.datasets)
+        self.check_choice("profile", profile, self.profiles)
+        key = (kind, name, dataset, profile)
+        if key not in self._cache:
+            self._cache[key] = _resolve_entry(self, kind, name, dataset, profile)
+        return self._cache[key]
+
+    def defense(self, name: str, dataset: str, profile: str) -> Resolved:
+        return self.resolve("defense", name, dataset, profile)
+
+    def attack(self, name: str, dataset: str, profile: str) -> Resolved:
+        return self.resolve("attack", name, dataset, profile)
+
+
+def _format_validation(err: ValidationError, prefix: str, layers: list[tuple[str, dict]], model) -> str:
+    lines = []
+    for e in err.errors():
+        loc = [str(p) for p in e["loc"]]
+        key = loc[0] if loc else ""
+        origin = prefix
+        for path, layer in layers:  # the last layer that set the key is where the user must look
+            if key in layer:
+                origin = path
+        where = ".".join([origin, *loc]) if loc else origin
+        if e["type"] == "extra_forbidden":
+            allowed = sorted(model.model_fields) if model is not None else []
+            lines.append(f"unknown key '{where}' (value {e['input']!r}). {did_you_mean(key, allowed)}")
+        elif e["type"] == "missing":
+            lines.append(f"missing required key '{where}'.")
+        else:
+            lines.append(f"'{where}' = {e.get('input')!r}: {e['msg']}.")
+    return " ".join(lines)
+
+
+def _validate(model, data: dict, prefix: str, layers=None):
+    try:
+        return model.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(f"Invalid config: {_format_validation(err, prefix, layers or [(prefix, data)], model)}") from None
+
+
+def _split(table: dict) -> tuple[dict, dict, dict]:
+    params = {k: v for k, v in table.items() if k not in RESERVED}
+    return params, table.get("dataset", {}) or {}, table.get("profile", {}) or {}
+
+
+def _resolve_entry(cfg: Config, kind: str, name: str, dataset: str, profile: str) -> Resolved:
+    table_name = {"defense": "defenses", "attack": "attacks"}[kind]
+    raw = cfg.entries[kind][name]
+    prefix = f"{table_name}.{name}"
+    plugin_name = raw.get("plugin", name)
+    plugins = registry.plugins(kind)
+    if plugin_name not in plugins:
+        raise ConfigError(f"Invalid config: '{prefix}.plugin' = {plugin_name!r} is not a registered {kind}. "
+                          f"{did_you_mean(plugin_name, plugins)}")
+    cls = plugins[plugin_name]
+    base, by_dataset, by_profile = _split(raw)
+    layers = [(prefix, base)]
+    ds_table = by_dataset.get(dataset, {})
+    ds_params, _, ds_profiles = _split(ds_table)
+    layers.append((f"{prefix}.dataset.{dataset}", ds_params))
+    layers.append((f"{prefix}.profile.{profile}", _split(by_profile.get(profile, {}))[0]))
+    layers.append((f"{prefix}.dataset.{dataset}.profile.{profile}", _split(ds_profiles.get(profile, {}))[0]))
+    merged: dict = {}
+    for _, layer in layers:
+        merged.update(layer)
+    params = _validate(cls.Params, merged, prefix, layers)
+    return Resolved(kind=kind, name=name, plugin=plugin_name, params=params, source=prefix)
+
+
+def _check_table_keys(raw: dict, allowed: set[str], where: str) -> None:
+    for key in raw:
+        if key not in allowed:
+            raise ConfigError(f"Invalid config: unknown key '{where}{key}' in bench.toml. {did_you_mean(key, allowed)}")
+
+
+def _check_override_names(cfg: Config, kind: str, name: str, raw: dict) -> None:
+    prefix = f"{'defenses' if kind == 'defense' else 'attacks'}.{name}"
+    for sub, allowed in (("dataset", cfg.datasets), ("profile", cfg.profiles)):
+        table = raw.get(sub, {})
+        if not isinstance(table, dict):
+            raise ConfigError(f"Invalid config: '{prefix}.{sub}' must be a table of per-{sub} overrides.")
+        for key, value in table.items():
+            if key not in allowed:
+                raise ConfigError(f"Invalid config: '{prefix}.{sub}.{key}' names an unknown {sub}. "
+                                  f"{did_you_mean(key, allowed)}")
+            if sub == "dataset":
+                for p in (value.get("profile", {}) or {}):
+                    if p not in cfg.profiles:
+                        raise ConfigError(f"Invalid config: '{prefix}.dataset.{key}.profile.{p}' names an unknown "
+                                          f"profile. {did_you_mean(p, cfg.profiles)}")
+
+
+def find_config(path: str | os.PathLike | None = None) -> Path:
+    """Explicit path → BENCH_CONFIG env → ./bench.toml → the repository's bench.toml."""
+    candidates = [path, os.environ.get("BENCH_CONFIG"), Path.cwd() / "bench.toml",
+                  Path(__file__).resolve().parent.parent / "bench.toml"]
+    for c in candidates:
+        if c is None or c == "":
+            continue
+        p = Path(c).expanduser()
+        if p.is_file():
+            return p.resolve()
+        if c in (path, os.environ.get("BENCH_CONFIG")):
+            raise ConfigError(f"Config file not found: {p}. Pass --config PATH or set BENCH_CONFIG.")
+    raise ConfigError("No bench.toml found (looked in the current folder and the repository root). "
+                      "Pass --config PATH or set BENCH_CONFIG.")
+
+
+def load_config(path: str | os.PathLike | None = None) -> Config:
+    p = find_config(path)
+    try:
+        raw = tomllib.loads(p.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{p} is not valid TOML: {e}.") from None
+    _check_table_keys(raw, {"settings", "profiles", "datasets", "defenses", "attacks", "matrices"}, "")
+    settings = _validate(Settings, raw.get("settings", {}), "settings")
+    profiles = {k: _validate(Profile, v, f"profiles.{k}") for k, v in raw.get("profiles", {}).items()}
+    datasets = {k: _validate(DatasetEntry, v, f"datasets.{k}") for k, v in raw.get("datasets", {}).items()}
+    for d in datasets:
+        if d not in DATASET_NAMES:
+            raise ConfigError(f"Invalid config: [datasets.{d}] is not a supported dataset. "
+                              f"{did_you_mean(d, DATASET_NAMES)}")
+    if not profiles:
+        raise ConfigError(f"{p} defines no [profiles.*]; at least one (e.g. smoke) is required.")
+    matrices = {k: _validate(Matrix, v, f"matrices.{k}") for k, v in raw.get("matrices", {}).items()}
+    entries = {"defense": raw.get("defenses", {}), "attack": raw.get("attacks", {})}
+    cfg = Config(path=p, settings=settings, profiles=profiles, datasets=datasets, entries=entries, matrices=matrices)
+
+    cfg.check_choice("settings.profile", settings.profile, profiles)
+    cfg.check_choice("settings.dataset", settings.dataset, datasets)
+    for kind, table in entries.items():
+        for name, entry in table.items():
+            if not isinstance(entry, dict):
+                raise ConfigError(f"Invalid config: [{kind}s.{name}] must be a table.")
+            _check_override_names(cfg, kind, name, entry)
+            for d in datasets:
+                for prof in profiles:
+                    cfg.resolve(kind, name, d, prof)
+    for mname, m in matrices.items():
+        for d in m.datasets:
+            cfg.check_choice(f"dataset in matrices.{mname}", d, datasets)
+        for d in m.defenses:
+            cfg.check_name("defense", d)
+        for a in m.attacks:
+            cfg.check_name("attack", a)
+        if m.profile:
+            cfg.check_choice(f"profile in matrices.{mname}", m.profile, profiles)
+    return cfg

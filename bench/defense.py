@@ -1,0 +1,90 @@
+"""The Defense plug-in base. A defense builds its model (inputs in [0, 1]) and says how to make the training
+loss for one batch; the shared trainer in `bench.training` does everything else."""
+from __future__ import annotations
+
+import contextlib
+from typing import ClassVar, Literal
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from pydantic import Field
+
+from .nets import build_classifier
+from .params import Number, StrictModel
+
+
+class TrainParams(StrictModel):
+    """Training recipe shared by every trained defense (the `paper` profile holds the papers' values)."""
+
+    arch: str = Field("auto", description="architecture; 'auto' = the dataset's default in [datasets.*]")
+    epochs: int = Field(70, ge=0)
+    n_train: int = Field(0, ge=0, description="train on a seeded subset of this size (0 = all)")
+    batch_size: int = Field(128, gt=0)
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    lr: Number = Field(0.05, gt=0, description="peak LR for 'cyclic', initial LR otherwise")
+    momentum: Number = Field(0.9, ge=0, lt=1)
+    weight_decay: Number = Field(5e-4, ge=0)
+    schedule: Literal["cyclic", "multistep", "constant"] = "cyclic"
+    milestones: list[int] = Field(default_factory=list, description="epochs where 'multistep' multiplies the LR by gamma")
+    gamma: Number = Field(0.1, gt=0)
+    augment: Literal["crop_flip", "none"] = "crop_flip"
+    monitor_n: int = Field(500, ge=0, description="test images for the per-epoch clean-accuracy log")
+
+
+class DefenseParams(TrainParams):
+    pass
+
+
+class Defense:
+    """Subclass, set `Params`, decorate with @register_defense("name"). Override `build_model` for a new
+    architecture, `batch_loss` for a new training objective, `epoch_metrics` to log more per epoch."""
+
+    name: ClassVar[str] = ""
+    Params: ClassVar[type[DefenseParams]] = DefenseParams
+    stochastic: ClassVar[bool] = False  # attacks must use EOT; evaluation may ensemble
+    non_differentiable: ClassVar[tuple[str, ...]] = ()  # parts whose autograd gradient is masked or zero
+    surrogates: ClassVar[tuple[str, ...]] = ()  # backward surrogates attacks may select by name
+
+    def __init__(self, params: DefenseParams, dataset_info, dataset_arch: str = "resnet32"):
+        self.params = params
+        self.info = dataset_info
+        self.arch = params.arch if params.arch != "auto" else dataset_arch
+
+    @classmethod
+    def describe(cls) -> str:
+        return (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+
+    def build_model(self) -> nn.Module:
+        return build_classifier(self.arch, self.info)
+
+    def start_epoch(self, model: nn.Module, epoch: int) -> None:
+        """Called before each training epoch (0-based): staged recipes switch regularisers or freeze layers here."""
+        self.epoch = epoch
+
+    def batch_loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return (loss, logits on the batch the model was trained on) for one training batch."""
+        logits = model(x)
+        return F.cross_entropy(logits, y), logits
+
+    def evaluation_model(self, model: nn.Module) -> nn.Module:
+        """The model whose predictions count (clean and adversarial); stochastic defenses return an ensemble."""
+        return model
+
+    def epoch_metrics(self, model: nn.Module, monitor: tuple[torch.Tensor, torch.Tensor], history: list[dict]) -> dict:
+        """Extra per-epoch numbers for the training log (e.g. PGD accuracy of an adversarially trained model)."""
+        return {}
+
+    def training_flags(self, history: list[dict]) -> dict:
+        """Flags stored with the checkpoint and shown in results (e.g. {'collapsed': True})."""
+        return {}
+
+    @contextlib.contextmanager
+    def surrogate(self, model: nn.Module, spec: str | None):
+        """Switch the model's backward pass to a named surrogate; forward values must not change."""
+        if spec not in (None, "", "autograd"):
+            from .errors import BenchError
+
+            allowed = ", ".join(self.surrogates) or "none (this defense is plainly differentiable)"
+            raise BenchError(f"Defense '{self.name}' has no backward surrogate '{spec}'. Allowed: {allowed}.")
+        yield model

@@ -1,0 +1,57 @@
+"""Where a number came from: code version, library versions, device."""
+from __future__ import annotations
+
+import functools
+import importlib.metadata
+import platform
+import subprocess
+from pathlib import Path
+
+import torch
+
+LIBRARIES = ("torch", "torchvision", "numpy", "foolbox", "torchattacks", "pyautoattack", "scikit-learn", "pandas")
+
+
+@functools.lru_cache(maxsize=1)
+def git_sha() -> str:
+    root = Path(__file__).resolve().parent.parent
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
+        if sha.returncode != 0:
+            return "unknown"
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return sha.stdout.strip()[:12] + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+@functools.lru_cache(maxsize=1)
+def versions() -> dict[str, str]:
+    out = {"python": platform.python_version(), "bench": importlib.metadata.version("bench")}
+    for lib in LIBRARIES:
+        try:
+            out[lib] = importlib.metadata.version(lib)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"cuda:{torch.cuda.get_device_name(device)}"
+    return f"cpu:{platform.processor() or platform.machine()}x{torch.get_num_threads()}"
+
+
+def resolve_device(spec: str) -> torch.device:
+    from .errors import BenchError
+
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(spec)
+    except RuntimeError:
+        raise BenchError(f"Unknown device '{spec}'. Allowed: auto, cpu, cuda, cuda:N.") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise BenchError(f"Device '{spec}' was requested but no CUDA GPU is visible. Use --device cpu or auto.")
+    return device

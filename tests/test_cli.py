@@ -1,0 +1,58 @@
+"""Bad input must give a one-paragraph error, a non-zero exit code and no traceback."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def bench(*args, env_extra=None, cwd=None):
+    env = {**os.environ, "BENCH_PROGRESS": "0", **(env_extra or {})}
+    return subprocess.run([sys.executable, "-m", "bench.cli", *args], capture_output=True, text=True,
+                          cwd=cwd or REPO, env=env, timeout=300)
+
+
+def _assert_clean_error(p, *needles):
+    assert p.returncode != 0
+    out = p.stdout + p.stderr
+    assert "Traceback" not in out, out
+    for n in needles:
+        assert n in out, out
+
+
+def test_misspelled_defense(tmp_path):
+    p = bench("run", "--defense", "naturl", "--attack", "pgd_linf", "--results-dir", str(tmp_path))
+    _assert_clean_error(p, "naturl", "Did you mean 'natural'")
+
+
+def test_misspelled_key_in_config(config_copy, tmp_path):
+    config_copy.write_text(config_copy.read_text().replace("loss = \"ce\"", "los = \"ce\"", 1))
+    p = bench("run", "--config", str(config_copy), "--results-dir", str(tmp_path))
+    _assert_clean_error(p, "attacks.pgd_linf.los", "loss")
+
+
+def test_negative_eps(config_copy, tmp_path):
+    config_copy.write_text(config_copy.read_text().replace('eps = "8/255"\nsteps = 40', 'eps = "-8/255"\nsteps = 40', 1))
+    p = bench("list", "--config", str(config_copy))
+    _assert_clean_error(p, "attacks.pgd_linf.eps", "greater than or equal to 0")
+
+
+def test_missing_data_folder(tmp_path):
+    p = bench("run", "--data-root", str(tmp_path / "no_data"), "--results-dir", str(tmp_path / "r"),
+              env_extra={"BENCH_NO_DOWNLOAD": "1"})
+    _assert_clean_error(p, str(tmp_path / "no_data"), "BENCH_DATA")
+
+
+def test_help_explains_every_option():
+    p = bench("run", "--help")
+    assert p.returncode == 0
+    for opt in ("--defense", "--attack", "--profile", "--dataset", "--n-test", "--device", "--seed", "--force"):
+        assert opt in p.stdout
+
+
+def test_list_shows_plugins_and_params():
+    p = bench("list")
+    assert p.returncode == 0 and "natural" in p.stdout and "pgd_linf" in p.stdout and "restarts" in p.stdout

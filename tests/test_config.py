@@ -1,0 +1,70 @@
+import pytest
+
+from bench.config import load_config
+from bench.errors import ConfigError
+from bench.params import parse_number, parse_step, step_value
+
+
+def _edit(path, old, new):
+    text = path.read_text()
+    assert old in text
+    path.write_text(text.replace(old, new, 1))
+
+
+def test_repo_config_loads_and_layers():
+    cfg = load_config()
+    assert cfg.attack("pgd_linf", "cifar10", "paper").params.restarts == 100
+    assert cfg.attack("pgd_linf", "cifar10", "smoke").params.steps == 10
+    mnist = cfg.attack("pgd_linf", "mnist", "quick").params
+    assert mnist.eps == pytest.approx(0.3) and mnist.steps == 40 and step_value(mnist.step_size, mnist.eps) == pytest.approx(0.03)
+    assert cfg.defense("natural", "mnist", "paper").params.optimizer == "adam"
+
+
+def test_fractions_and_steps_parse():
+    assert parse_number("8/255") == pytest.approx(8 / 255)
+    assert step_value(parse_step("eps/8"), 0.8) == pytest.approx(0.1)
+    assert step_value(parse_step("2.5*eps"), 0.1) == pytest.approx(0.25)
+    assert step_value(parse_step("1/255"), 0.5) == pytest.approx(1 / 255)
+    with pytest.raises(ValueError):
+        parse_number("eight")
+
+
+def test_misspelled_key_names_key_and_suggestion(config_copy):
+    _edit(config_copy, "restarts = 100\nloss = \"ce\"", "restart = 100\nloss = \"ce\"")
+    with pytest.raises(ConfigError) as e:
+        load_config(config_copy)
+    msg = str(e.value)
+    assert "attacks.pgd_linf.restart" in msg and "restarts" in msg
+
+
+def test_negative_eps_is_rejected_with_key_and_value(config_copy):
+    _edit(config_copy, 'eps = "8/255"\nsteps = 40', 'eps = -0.1\nsteps = 40')
+    with pytest.raises(ConfigError) as e:
+        load_config(config_copy)
+    assert "attacks.pgd_linf.eps" in str(e.value) and "-0.1" in str(e.value)
+
+
+def test_wrong_type_in_profile_override_points_at_override(config_copy):
+    _edit(config_copy, "[defenses.natural.profile.quick]\nepochs = 10", "[defenses.natural.profile.quick]\nepochs = \"ten\"")
+    with pytest.raises(ConfigError) as e:
+        load_config(config_copy)
+    assert "defenses.natural.profile.quick.epochs" in str(e.value)
+
+
+def test_unknown_plugin_profile_and_top_level_key(config_copy):
+    text = config_copy.read_text()
+    config_copy.write_text(text + '\n[defenses.mystery]\nplugin = "naturall"\n')
+    with pytest.raises(ConfigError, match="naturall.*Did you mean 'natural'"):
+        load_config(config_copy)
+    config_copy.write_text(text.replace("[defenses.natural.profile.smoke]", "[defenses.natural.profile.smok]"))
+    with pytest.raises(ConfigError, match="profile.smok"):
+        load_config(config_copy)
+    config_copy.write_text(text + "\n[setings]\nseed = 1\n")
+    with pytest.raises(ConfigError, match="setings"):
+        load_config(config_copy)
+
+
+def test_unknown_defense_name():
+    cfg = load_config()
+    with pytest.raises(ConfigError, match="Did you mean 'natural'"):
+        cfg.defense("naturl", "cifar10", "smoke")
