@@ -1,11 +1,16 @@
 """Projected-gradient attacks (PGD, FGSM, BIM, CW-loss PGD, PGD-EOT) on the shared engine `bench.pgd`."""
 from __future__ import annotations
 
+import contextlib
 from typing import Literal
+
+import torch
 
 from bench import Attack, AttackOutput, AttackParams, Field, Number, register_attack
 from bench.params import StepSize, step_value
 from bench.pgd import PGDSettings, run_pgd
+
+from ._whitebox import attacked_model, ensemble_judge, gradient_warnings
 
 
 class PGDParams(AttackParams):
@@ -24,7 +29,8 @@ class PGDParams(AttackParams):
     early_stop: bool = Field(True, description="drop points from the batch as soon as they are fooled")
     l1_sparsity: Number = Field(0.99, gt=0, lt=1, description="L1: fraction of coordinates NOT moved per step (SLIDE)")
     l1_step: Literal["slide", "dense"] = Field("slide", description="L1 step: sparse SLIDE step, or the authors' weaker dense rescale")
-    amp: bool = Field(False, description="CUDA autocast inside the attack loop; the harness re-checks in fp32")
+    amp: bool = Field(False, description="CUDA bfloat16 autocast in the attack loop; fooled points are confirmed in fp32")
+    channels_last: bool = Field(False, description="CUDA: channels-last memory format in the attack loop")
 
     def settings(self) -> PGDSettings:
         step = step_value(self.step_size, self.eps)
@@ -39,31 +45,23 @@ class _PGDBase(Attack):
 
     def run(self, model, x, y, ctx):
         p = self.params
-        defense = ctx.defense
-        if defense is not None and defense.non_differentiable and p.backward in ("", "autograd"):
-            ctx.warnings.append(f"defense '{defense.name}' declares non-differentiable parts "
-                                f"({', '.join(defense.non_differentiable)}) and the attack used plain autograd: "
-                                f"possible gradient masking; try backward = one of {list(defense.surrogates)}")
-        if defense is not None and defense.stochastic and p.eot_samples == 1:
-            ctx.warnings.append(f"defense '{defense.name}' is stochastic and the attack used no EOT (eot_samples = 1)")
-        stochastic = defense is not None and defense.stochastic
-        judge = None
-        if stochastic and ctx.eval_model is not None:
-            judge = lambda xa, ya: ctx.eval_model(xa).argmax(1) != ya  # noqa: E731
-        with defense.surrogate(model, p.backward) if defense is not None else _null(model) as m:
-            x_adv, fooled = run_pgd(m, x, y, p.settings(), ctx.generator(), judge=judge)
-        return AttackOutput(x_adv=x_adv, fooled=fooled)
+        gradient_warnings(ctx, p.backward, p.eot_samples)
+        with attacked_model(ctx, model, p.backward) as m, _channels_last(m, x, p.channels_last) as xin:
+            x_adv, fooled = run_pgd(m, xin, y, p.settings(), ctx.generator(), judge=ensemble_judge(ctx))
+        return AttackOutput(x_adv=x_adv.contiguous(), fooled=fooled)
 
 
-class _null:
-    def __init__(self, model):
-        self.model = model
-
-    def __enter__(self):
-        return self.model
-
-    def __exit__(self, *exc):
-        return False
+@contextlib.contextmanager
+def _channels_last(model, x, enabled: bool):
+    """GPU speed option: NHWC memory format for the attack loop only (values unchanged)."""
+    if not (enabled and x.is_cuda and x.dim() == 4):
+        yield x
+        return
+    model.to(memory_format=torch.channels_last)
+    try:
+        yield x.contiguous(memory_format=torch.channels_last)
+    finally:
+        model.to(memory_format=torch.contiguous_format)
 
 
 @register_attack("pgd_linf")

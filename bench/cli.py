@@ -39,28 +39,57 @@ def run(
     seed: Optional[int] = SeedOpt,
     device: Optional[str] = DeviceOpt,
     force: bool = typer.Option(False, "--force", help="Recompute cells that already have a finished row."),
+    matrix: Optional[str] = typer.Option(None, "--matrix", "-m", help="Run a [matrices.NAME] of bench.toml on the scheduler (bare --matrix: settings.matrix); --defense/--attack/--dataset/--profile narrow or override it."),
+    devices: Optional[str] = typer.Option(None, "--devices", help="Scheduler workers: auto (one per visible GPU, else one CPU worker) | cpu | GPU indices such as 0,1."),
+    backend: Optional[str] = typer.Option(None, "--backend", help="Scheduler backend: local (default: worker processes here) | ray (each job a Ray task; pip install 'bench[ray]')."),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Ray cluster to join (default: start a local Ray instance); implies --backend ray."),
+    shards: Optional[str] = typer.Option(None, "--shards", help="Split each attack cell over this many jobs merged exactly (default 1; auto = one per worker for cells of >= 2000 test points)."),
+    plain: bool = typer.Option(False, "--plain", help="Plain log lines instead of the live progress view (CI)."),
     config: Optional[Path] = ConfigOpt,
     data_root: Optional[Path] = DataOpt,
     results_dir: Optional[Path] = ResultsOpt,
 ):
     """Train (or reuse) each defense, attack it, append one row per cell to results.csv, refresh the leaderboard.
 
-    Finished cells are skipped on re-run, so an interrupted run resumes where it stopped."""
+    Several cells, --matrix or any scheduler option run the cells as a cached DAG on worker processes (one per
+    GPU) or on Ray: a failed training blocks only its own cells, and the rest go on. Finished cells are skipped
+    on re-run, so an interrupted run (Ctrl-C or kill -9) resumes where it stopped."""
     from .report import render
     from .runner import run as run_cells
 
     env = _env(config, data_root, device, results_dir)
-    s = env.cfg.settings
-    matrix = env.cfg.matrices.get(s.matrix)
-    if not defense or not attack:
-        if matrix is None:
-            raise BenchError("Give --defense and --attack (no default [matrices] entry to take them from).")
-    defenses = list(defense or []) or matrix.defenses
-    attacks = list(attack or []) or matrix.attacks
-    rows = run_cells(defenses, attacks, dataset=dataset, profile=profile, seed=seed, n_test=n_test, force=force, env=env)
-    path = render(env.store.rows(), rows[0]["dataset"], rows[0]["profile"], env.store.root)
-    if path:
-        progress.log(f"leaderboard: {path}")
+    cfg, s = env.cfg, env.cfg.settings
+    if matrix is not None:
+        cfg.check_choice("matrix", matrix or s.matrix, cfg.matrices)
+    chosen = cfg.matrices.get(matrix or s.matrix)
+    if (not defense or not attack) and chosen is None:
+        raise BenchError("Give --defense and --attack (no default [matrices] entry to take them from).")
+    defenses = list(defense or []) or chosen.defenses
+    attacks = list(attack or []) or chosen.attacks
+    datasets = [dataset] if dataset else (chosen.datasets if matrix is not None else [s.dataset])
+    profile = profile or (chosen.profile if matrix is not None else None) or s.profile
+    scheduled = (matrix is not None or devices or backend or ray_address or shards or plain
+                 or len(defenses) * len(attacks) > 1)
+    if not scheduled:
+        rows = run_cells(defenses, attacks, dataset=datasets[0], profile=profile, seed=seed, n_test=n_test,
+                         force=force, env=env)
+        done = {(rows[0]["dataset"], rows[0]["profile"])}
+    else:
+        from .sched import run_matrix
+
+        summary = run_matrix(env, defenses, attacks, datasets, profile, seed, n_test, force,
+                             devices=devices or device or "auto", backend=backend or ("ray" if ray_address else "local"),
+                             ray_address=ray_address, shards=shards or 1, plain=plain)
+        done = {(d, profile) for d in datasets}
+    for ds, prof in sorted(done):
+        path = render(env.store.rows(), ds, prof, env.store.root)
+        if path:
+            progress.log(f"leaderboard: {path}")
+    if scheduled and summary.problems:
+        lines = "; ".join(f"{r['defense']} × {r['attack']} ({r['dataset']}) {r['status']}: {r['warnings']}"
+                          for r in summary.problems)
+        raise BenchError(f"{summary.failed} cell(s) failed and {summary.blocked} blocked ({summary.ok} finished "
+                         f"in this run); their rows in results.csv say why, and re-running retries them. {lines}")
 
 
 @app.command()
@@ -85,31 +114,6 @@ def train(
         last = t.meta.get("history", [{}])[-1] if t.meta.get("history") else {}
         progress.log(f"[{name}] checkpoint {t.key}: test_acc (monitor) {last.get('test_acc', float('nan')):.4f}, "
                      f"flags {t.meta.get('flags', {})}")
-
-
-@app.command()
-def table(
-    profile: Optional[str] = ProfileOpt,
-    dataset: Optional[str] = DatasetOpt,
-    config: Optional[Path] = ConfigOpt,
-    results_dir: Optional[Path] = ResultsOpt,
-):
-    """Render the leaderboard (Markdown + CSV) for a dataset/profile from results.csv and print it."""
-    from .config import load_config
-    from .report import render
-    from .store import ResultsStore
-
-    cfg = load_config(config)
-    root = Path(results_dir) if results_dir else cfg.resolve_path(cfg.settings.results_dir)
-    dataset = dataset or cfg.settings.dataset
-    profile = profile or cfg.settings.profile
-    cfg.check_choice("dataset", dataset, cfg.datasets)
-    cfg.check_choice("profile", profile, cfg.profiles)
-    path = render(ResultsStore(root).rows(), dataset, profile, root)
-    if path is None:
-        raise BenchError(f"No finished cells for dataset {dataset}, profile {profile} in {root / 'results.csv'}. "
-                         f"Run `bench run --profile {profile} --dataset {dataset}` first.")
-    typer.echo(path.read_text())
 
 
 @app.command("list")
@@ -152,9 +156,15 @@ def _register_command_modules() -> None:
 _register_command_modules()
 
 
+def _bare_matrix(argv: list[str]) -> list[str]:
+    # `--matrix` without a name means settings.matrix; click options cannot take an optional value
+    return [a if a != "--matrix" or (i + 1 < len(argv) and not argv[i + 1].startswith("-")) else "--matrix="
+            for i, a in enumerate(argv)]
+
+
 def main():
     try:
-        app(standalone_mode=False)
+        app(args=_bare_matrix(sys.argv[1:]), standalone_mode=False)
     except BenchError as e:
         progress.console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
         sys.exit(2)

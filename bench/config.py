@@ -17,6 +17,7 @@ from pydantic import Field, ValidationError
 from . import registry
 from .errors import ConfigError, did_you_mean
 from .params import StrictModel
+from .table_spec import TableSpec, check_table
 
 RESERVED = {"plugin", "description", "dataset", "profile"}
 DATASET_NAMES = ("cifar10", "mnist", "fashion_mnist")
@@ -78,6 +79,7 @@ class Config:
     datasets: dict[str, DatasetEntry]
     entries: dict[str, dict[str, dict]]
     matrices: dict[str, Matrix]
+    tables: dict[str, TableSpec] = field(default_factory=dict)  # [tables.*]: paper layouts (bench.table_spec)
     _cache: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -218,7 +220,7 @@ def load_config(path: str | os.PathLike | None = None) -> Config:
         raw = tomllib.loads(p.read_text())
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{p} is not valid TOML: {e}.") from None
-    _check_table_keys(raw, {"settings", "profiles", "datasets", "defenses", "attacks", "matrices"}, "")
+    _check_table_keys(raw, {"settings", "profiles", "datasets", "defenses", "attacks", "matrices", "tables"}, "")
     settings = _validate(Settings, raw.get("settings", {}), "settings")
     profiles = {k: _validate(Profile, v, f"profiles.{k}") for k, v in raw.get("profiles", {}).items()}
     datasets = {k: _validate(DatasetEntry, v, f"datasets.{k}") for k, v in raw.get("datasets", {}).items()}
@@ -230,7 +232,9 @@ def load_config(path: str | os.PathLike | None = None) -> Config:
         raise ConfigError(f"{p} defines no [profiles.*]; at least one (e.g. smoke) is required.")
     matrices = {k: _validate(Matrix, v, f"matrices.{k}") for k, v in raw.get("matrices", {}).items()}
     entries = {"defense": raw.get("defenses", {}), "attack": raw.get("attacks", {})}
-    cfg = Config(path=p, settings=settings, profiles=profiles, datasets=datasets, entries=entries, matrices=matrices)
+    tables = {k: _validate(TableSpec, v, f"tables.{k}") for k, v in raw.get("tables", {}).items()}
+    cfg = Config(path=p, settings=settings, profiles=profiles, datasets=datasets, entries=entries, matrices=matrices,
+                 tables=tables)
 
     cfg.check_choice("settings.profile", settings.profile, profiles)
     cfg.check_choice("settings.dataset", settings.dataset, datasets)
@@ -251,4 +255,6 @@ def load_config(path: str | os.PathLike | None = None) -> Config:
             cfg.check_name("attack", a)
         if m.profile:
             cfg.check_choice(f"profile in matrices.{mname}", m.profile, profiles)
+    for tname, spec in tables.items():
+        check_table(cfg, tname, spec)
     return cfg

@@ -8,7 +8,7 @@ from typing import ClassVar, Literal
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from pydantic import Field
+from pydantic import Field, model_serializer
 
 from .nets import build_classifier
 from .params import Number, StrictModel
@@ -30,6 +30,17 @@ class TrainParams(StrictModel):
     gamma: Number = Field(0.1, gt=0)
     augment: Literal["crop_flip", "none"] = "crop_flip"
     monitor_n: int = Field(500, ge=0, description="test images for the per-epoch clean-accuracy log")
+    amp: bool = Field(False, description="CUDA only: bfloat16 autocast for the training step (ignored on CPU)")
+    channels_last: bool = Field(False, description="channels-last memory format for model and batches (faster convs on GPU)")
+
+    @model_serializer(mode="wrap")
+    def _omit_speed_options_when_off(self, handler):
+        # added after checkpoints existed: left out while off, so every earlier checkpoint key stays valid
+        data = handler(self)
+        for key in ("amp", "channels_last"):
+            if data.get(key) is False:
+                data.pop(key)
+        return data
 
 
 class DefenseParams(TrainParams):

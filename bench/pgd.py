@@ -4,14 +4,21 @@ EOT, BPDA through a defense's surrogates).
 Per-sample worst case: a point is robust only if no restart fooled it; the first fooling iterate is kept,
 otherwise the highest-loss one. The forward that computes the loss also decides which points are fooled, and
 fooled points leave the batch at once (early exit), so later steps and restarts cost only the robust points.
-Restarts may be run k at a time as replicas along the batch dimension."""
+Restarts may be run k at a time as replicas along the batch dimension.
+
+Gradient strength: the loss is computed in float64 from the logits and its logit-gradient is rescaled per
+sample before the backward pass, so an over-confident model whose float32 softmax saturates (gradient exactly
+zero, the classic accidental gradient masking) still yields the exact ascent direction. Every step used here
+(sign, L2-normalised, top-k sparse) is invariant to that per-sample scale."""
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
+from .attack import perturbation_norm
 
 @dataclass(frozen=True)
 class PGDSettings:
@@ -26,10 +33,10 @@ class PGDSettings:
     random_start: bool = True
     eot_samples: int = 1
     eot_mode: str = "mean"
-    early_stop: bool = True
+    early_stop: bool = True  # False = the reference cost: every point runs every step of every restart
     l1_sparsity: float = 0.99
     l1_step: str = "slide"
-    amp: bool = False
+    amp: bool = False  # CUDA bfloat16 autocast; points it calls fooled are confirmed in fp32
 
 
 # ---------------------------------------------------------------- losses (per sample, to be maximised)
@@ -42,7 +49,6 @@ def margin(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 def attack_loss(logits: torch.Tensor, y: torch.Tensor, kind: str, kappa: float) -> torch.Tensor:
-    logits = logits.float()
     if kind == "ce":
         return F.cross_entropy(logits, y, reduction="none")
     if kind == "cw":  # -ReLU(z_y - max_{j!=y} z_j + kappa), up to a constant
@@ -58,25 +64,29 @@ def _view(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 def project_l1_box(v: torch.Tensor, eps: float, lo: torch.Tensor, hi: torch.Tensor, iters: int = 40) -> torch.Tensor:
     """Exact Euclidean projection of each v onto {||d||_1 <= eps} ∩ [lo, hi] (lo <= 0 <= hi).
-    KKT: d = clip(soft_threshold(v, lam), lo, hi) with the smallest lam >= 0 meeting the budget (bisection)."""
-    def shrink(lam):
-        return (v.sign() * (v.abs() - _view(lam, v)).clamp(min=0)).clamp(lo, hi)
+    KKT: d = clip(soft_threshold(v, lam), lo, hi) with the smallest lam >= 0 meeting the budget (bisection;
+    the returned point always uses the feasible end of the bracket)."""
+    def shrink(vv, lam, l, h):
+        return (vv.sign() * (vv.abs() - _view(lam, vv)).clamp(min=0)).clamp(l, h)
 
-    d = shrink(torch.zeros(v.shape[0], device=v.device, dtype=v.dtype))
-    over = d.flatten(1).abs().sum(1) > eps
-    if not over.any():
+    d = v.clamp(lo, hi)
+    over = (d.flatten(1).abs().sum(1) > eps).nonzero().squeeze(1)
+    if over.numel() == 0:
         return d
-    low = torch.zeros(v.shape[0], device=v.device, dtype=v.dtype)
-    high = v.flatten(1).abs().amax(1)
+    vo, lo_o, hi_o = v[over], lo[over], hi[over]
+    low = torch.zeros(over.numel(), device=v.device, dtype=v.dtype)
+    high = vo.flatten(1).abs().amax(1)
     for _ in range(iters):
         mid = (low + high) / 2
-        too_big = shrink(mid).flatten(1).abs().sum(1) > eps
+        too_big = shrink(vo, mid, lo_o, hi_o).flatten(1).abs().sum(1) > eps
         low = torch.where(too_big, mid, low)
         high = torch.where(too_big, high, mid)
-    return torch.where(_view(over, v), shrink(high), d)
+    d[over] = shrink(vo, high, lo_o, hi_o)
+    return d
 
 
 def random_start(x: torch.Tensor, norm: str, eps: float, gen: torch.Generator) -> torch.Tensor:
+    """A uniform draw from the norm ball (clipped to the image box), from the seeded CPU generator."""
     shape, dim = x.shape, x[0].numel()
     if norm == "linf":
         delta = (torch.rand(shape, generator=gen) * 2 - 1) * eps
@@ -84,105 +94,180 @@ def random_start(x: torch.Tensor, norm: str, eps: float, gen: torch.Generator) -
         if norm == "l2":
             direction = torch.randn(shape, generator=gen)
             direction = direction / _view(direction.flatten(1).norm(dim=1), direction)
-        else:  # l1: Laplace directions normalised on the L1 sphere
-            direction = torch.distributions.Laplace(0.0, 1.0).sample(shape)
+        else:  # l1: i.i.d. Laplace coordinates normalised onto the L1 sphere are uniform on it
+            sign = torch.where(torch.rand(shape, generator=gen) < 0.5, -1.0, 1.0)
+            direction = sign * torch.empty(shape).exponential_(generator=gen)
             direction = direction / _view(direction.flatten(1).abs().sum(1), direction)
         radius = torch.rand(shape[0], generator=gen) ** (1.0 / dim) * eps
         delta = direction * _view(radius, direction)
-    delta = delta.to(x.device)
+    delta = delta.to(x.device, x.dtype)
     return (x + delta).clamp(0, 1) - x
 
 
 def step(delta: torch.Tensor, grad: torch.Tensor, x: torch.Tensor, s: PGDSettings) -> torch.Tensor:
-    """One ascent step followed by the exact projection onto the norm ball ∩ the image box."""
+    """One ascent step followed by the projection onto the norm ball ∩ the image box."""
     lo, hi = -x, 1 - x
     if s.norm == "linf":
-        return (delta + s.step_size * grad.sign()).clamp(-s.eps, s.eps).clamp(lo, hi)
+        return torch.minimum(torch.maximum(delta + s.step_size * grad.sign(), lo.clamp(min=-s.eps)),
+                             hi.clamp(max=s.eps))
+    # L2/L1: project onto a ball smaller by 1e-6 (relative) so the rounding of x + delta, summed over
+    # thousands of coordinates, does not push the measured norm over eps
+    radius = s.eps * (1 - 1e-6)
     if s.norm == "l2":
-        g = grad / _view(grad.flatten(1).norm(dim=1).clamp_min(1e-12), grad)
+        g = grad / _view(grad.flatten(1).norm(dim=1).clamp_min(1e-30), grad)
         d = delta + s.step_size * g
         n = d.flatten(1).norm(dim=1)
-        d = d * _view((s.eps / n.clamp_min(1e-12)).clamp(max=1.0), d)
-        return d.clamp(lo, hi)
+        d = d * _view((radius / n.clamp_min(1e-30)).clamp(max=1.0), d)
+        return d.clamp(lo, hi)  # coordinate clipping only shrinks the L2 norm: stays feasible
     if s.norm == "l1":
         if s.l1_step == "dense":  # the authors' weaker variant, kept for comparison only
-            g = grad / _view(grad.flatten(1).abs().sum(1).clamp_min(1e-12), grad)
+            g = grad / _view(grad.flatten(1).abs().sum(1).clamp_min(1e-30), grad)
             d = delta + s.step_size * g
             n = d.flatten(1).abs().sum(1)
-            return (d * _view((s.eps / n.clamp_min(1e-12)).clamp(max=1.0), d)).clamp(lo, hi)
-        # SLIDE: move only the top (1 - sparsity) fraction of coordinates that can still move
+            return (d * _view((radius / n.clamp_min(1e-30)).clamp(max=1.0), d)).clamp(lo, hi)
+        # SLIDE: move only the top (1 - sparsity) fraction of the coordinates that can still move
         at_edge = ((grad > 0) & (delta >= hi - 1e-7)) | ((grad < 0) & (delta <= lo + 1e-7))
         g = grad.masked_fill(at_edge, 0.0)
         a = g.flatten(1).abs()
         k = max(1, int(round((1 - s.l1_sparsity) * a.shape[1])))
         thresh = a.topk(k, dim=1).values[:, -1:]
-        e = (g.sign() * (a >= thresh).view_as(g).float()).view_as(g)
-        e = e / _view(e.flatten(1).abs().sum(1).clamp_min(1e-12), e)
-        return project_l1_box(delta + s.step_size * e, s.eps, lo, hi)
+        e = (g.sign().flatten(1) * (a >= thresh)).view_as(g)
+        e = e / _view(e.flatten(1).abs().sum(1).clamp_min(1e-30), e)
+        return project_l1_box(delta + s.step_size * e, radius, lo, hi)
     raise ValueError(f"unknown norm {s.norm!r}")
+
+
+def enforce_budget(x_adv: torch.Tensor, x: torch.Tensor, norm: str, eps: float) -> torch.Tensor:
+    """In place: clip to the box and shrink the rare rows whose *measured* L2/L1 norm ||x_adv - x|| exceeds eps
+    by the float rounding of x + delta summed over many coordinates, so box and budget hold exactly as any
+    checker computes them. Returns a bool mask of the rows that changed."""
+    boxed = x_adv.clamp(0, 1)  # x + (1 - x) may round above 1
+    changed = (boxed != x_adv).flatten(1).any(1)
+    x_adv.copy_(boxed)
+    if norm == "linf":  # a coordinate's rounding error (< 1e-7) cannot accumulate in the max
+        return changed
+    for _ in range(8):
+        delta = x_adv - x
+        over = perturbation_norm(delta, norm) > eps
+        if not over.any():
+            break
+        n = perturbation_norm(delta[over], norm)
+        x_adv[over] = (x[over] + delta[over] * _view(eps / n * (1 - 1e-6), delta[over])).clamp(0, 1)
+        changed |= over
+    return changed
 
 
 # ---------------------------------------------------------------- the engine
 
-def _grad(model, x, y, delta, s: PGDSettings):
-    """Loss, logits of the first pass and the (EOT-averaged) input gradient at x + delta."""
-    delta = delta.detach().requires_grad_(True)
-    total = torch.zeros_like(delta)
-    first_logits = first_loss = None
+def _autocast(x: torch.Tensor, s: PGDSettings):
+    if s.amp and x.device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _grad(model, x_in: torch.Tensor, y, s: PGDSettings):
+    """Loss, logits of the first pass and the (EOT-averaged) input gradient at x_in (which requires grad)."""
+    # EOT 'mean' averages raw gradients, whose relative scales across passes matter: no per-pass rescale
+    rescale = not (s.eot_samples > 1 and s.eot_mode == "mean")
+    total = first_logits = first_loss = None
     for i in range(s.eot_samples):
-        with torch.autocast(x.device.type, enabled=s.amp and x.device.type == "cuda"):
-            logits = model(x + delta)
-        loss = attack_loss(logits, y, s.loss, s.kappa)
-        (g,) = torch.autograd.grad(loss.sum(), delta)
-        if s.eot_mode == "normalized":
-            g = g / _view(g.flatten(1).norm(dim=1).clamp_min(1e-12), g)
-        total += g
+        with _autocast(x_in, s):
+            logits = model(x_in)
+        z = logits.detach().double().requires_grad_(True)
+        loss = attack_loss(z, y, s.loss, s.kappa)
+        (gz,) = torch.autograd.grad(loss.sum(), z)
+        if rescale:
+            gz = gz / gz.abs().amax(1, keepdim=True).clamp_min(1e-300)
+        if logits.requires_grad:
+            (g,) = torch.autograd.grad(logits, x_in, grad_outputs=gz.to(logits.dtype), allow_unused=True)
+        else:  # a forward with no differentiable path to the input: a zero gradient, not a crash
+            g = None
+        g = torch.zeros_like(x_in) if g is None else g
+        if s.eot_mode == "normalized" and s.eot_samples > 1:
+            g = g / _view(g.flatten(1).norm(dim=1).clamp_min(1e-30), g)
+        total = g if total is None else total + g
         if i == 0:
-            first_logits, first_loss = logits.detach().float(), loss.detach()
-    return first_loss, first_logits, total / s.eot_samples
+            first_logits, first_loss = logits.detach(), loss.detach()
+    return first_loss, first_logits, total if s.eot_samples == 1 else total / s.eot_samples
+
+
+class _Tracker:
+    """Per-sample bookkeeping across steps, restarts and replicas: the first fooling iterate, else the
+    highest-loss one."""
+
+    def __init__(self, x: torch.Tensor):
+        n = x.shape[0]
+        self.best = x.clone()
+        self.best_loss = torch.full((n,), float("-inf"), device=x.device, dtype=torch.float64)
+        self.fooled = torch.zeros(n, dtype=torch.bool, device=x.device)
+
+    def update(self, owner, x_now, loss, hit=None):
+        open_ = ~self.fooled
+        cand = torch.full_like(self.best_loss, float("-inf")).scatter_reduce(0, owner, loss, "amax")
+        better = (cand > self.best_loss) & open_
+        if better.any():
+            rows = better[owner] & (loss == cand[owner])  # replicas tying on the max: any one is a keeper
+            self.best[owner[rows]] = x_now[rows]
+            self.best_loss = torch.where(better, cand, self.best_loss)
+        if hit is not None:
+            hit = hit & open_[owner]
+            if hit.any():
+                self.best[owner[hit]] = x_now[hit]
+                self.fooled[owner[hit]] = True
+
+
+def _judge(judge, x_adv, y, rows=None):
+    with torch.no_grad():
+        if rows is None:
+            return judge(x_adv, y)
+        out = torch.zeros(x_adv.shape[0], dtype=torch.bool, device=x_adv.device)
+        if rows.numel():
+            out[rows] = judge(x_adv[rows], y[rows])
+        return out
 
 
 def run_pgd(model, x: torch.Tensor, y: torch.Tensor, s: PGDSettings, gen: torch.Generator,
             judge=None) -> tuple[torch.Tensor, torch.Tensor]:
     """Returns (x_adv, fooled). `judge(x_adv, y) -> fooled` replaces the step forward's verdict for
-    stochastic models (e.g. an ensemble); it is then applied once at the end of each restart."""
+    stochastic models (e.g. an ensemble); it is then applied at the end of each restart to the highest-loss
+    iterate and to the final one."""
     n = x.shape[0]
-    best = x.clone()
-    best_loss = torch.full((n,), float("-inf"), device=x.device)
-    fooled = torch.zeros(n, dtype=torch.bool, device=x.device)
+    tr = _Tracker(x)
     rounds = (s.restarts + s.batch_restarts - 1) // s.batch_restarts
     for r in range(rounds):
         replicas = min(s.batch_restarts, s.restarts - r * s.batch_restarts)
-        alive = (~fooled).nonzero().squeeze(1)
+        alive = (~tr.fooled).nonzero().squeeze(1) if s.early_stop else torch.arange(n, device=x.device)
         if alive.numel() == 0:
             break
         owner = alive.repeat(replicas)  # row -> sample index
         xa, ya = x[owner], y[owner]
-        use_random = s.random_start or r > 0 or replicas > 1
-        delta = random_start(xa, s.norm, s.eps, gen) if use_random else torch.zeros_like(xa)
-        if replicas > 1 and not s.random_start:
-            delta[: alive.numel()] = 0  # the first replica of the first round keeps the zero start
+        if s.random_start or r > 0 or replicas > 1:
+            delta = random_start(xa, s.norm, s.eps, gen)
+            if r == 0 and not s.random_start:
+                delta[: alive.numel()] = 0  # the first replica of the first round keeps the zero start
+        else:
+            delta = torch.zeros_like(xa)
         for t in range(s.steps + 1):
             last = t == s.steps
+            x_in = (xa + delta).detach().requires_grad_(not last)
             if last:  # the final iterate only needs a verdict, not a gradient
-                with torch.no_grad(), torch.autocast(x.device.type, enabled=s.amp and x.device.type == "cuda"):
-                    logits = model(xa + delta).float()
-                loss = attack_loss(logits, ya, s.loss, s.kappa)
+                with torch.no_grad(), _autocast(x, s):
+                    logits = model(x_in)
+                loss = attack_loss(logits.double(), ya, s.loss, s.kappa)
             else:
-                loss, logits, g = _grad(model, xa, ya, delta, s)
-            x_now = (xa + delta).detach()
-            upd = (loss > best_loss[owner]) & ~fooled[owner]
-            # replicas of one sample may improve together; whichever write wins is a valid keeper
-            best_loss[owner[upd]] = loss[upd]
-            best[owner[upd]] = x_now[upd]
+                loss, logits, g = _grad(model, x_in, ya, s)
+            x_now = x_in.detach()
+            hit = None
             if judge is None:
-                hit = (logits.argmax(1) != ya) & ~fooled[owner]
-                if hit.any():
-                    best[owner[hit]] = x_now[hit]
-                    fooled[owner[hit]] = True
-                keep = ~fooled[owner]
-                if s.early_stop and not keep.all():
-                    owner, xa, ya, delta = owner[keep], xa[keep], ya[keep], delta[keep]
+                hit = logits.argmax(1) != ya
+                if s.amp and x.device.type == "cuda" and hit.any():  # low precision proposes, fp32 decides
+                    with torch.no_grad():
+                        hit[hit.clone()] = model(x_now[hit]).float().argmax(1) != ya[hit]
+            tr.update(owner, x_now, loss, hit)
+            if judge is None and s.early_stop:
+                keep = ~tr.fooled[owner]
+                if not keep.all():
+                    owner, xa, ya, delta, x_now = owner[keep], xa[keep], ya[keep], delta[keep], x_now[keep]
                     if not last:
                         g = g[keep]
                     if owner.numel() == 0:
@@ -190,5 +275,17 @@ def run_pgd(model, x: torch.Tensor, y: torch.Tensor, s: PGDSettings, gen: torch.
             if not last:
                 delta = step(delta, g, xa, s).detach()
         if judge is not None:
-            fooled |= judge(best, y)
-    return best, fooled
+            tr.fooled |= _judge(judge, tr.best, y, alive)
+            # the ensemble may fall on the final iterate rather than on the single-pass highest-loss one
+            rows = _judge(judge, x_now, ya) & ~tr.fooled[owner]
+            tr.best[owner[rows]] = x_now[rows]
+            tr.fooled[owner[rows]] = True
+    changed = enforce_budget(tr.best, x, s.norm, s.eps)
+    if changed.any():  # a rounding-level shrink may in principle undo a fooling point: re-decide it
+        rows = changed.nonzero().squeeze(1)
+        if judge is not None:
+            tr.fooled[rows] = _judge(judge, tr.best[rows], y[rows])
+        else:
+            with torch.no_grad():
+                tr.fooled[rows] = model(tr.best[rows]).argmax(1) != y[rows]
+    return tr.best, tr.fooled

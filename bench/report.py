@@ -1,62 +1,34 @@
-"""Leaderboards rendered from the results store only (pandas + tabulate)."""
+"""Leaderboards and paper tables written from the results store only (cells are computed in bench.tables)."""
 from __future__ import annotations
 
-import json
-from datetime import datetime, timezone
 from pathlib import Path
 
-import pandas as pd
+from .errors import ConfigError, did_you_mean
+from .store import ResultsStore
+from .tables import Results, leaderboard, spec_table
 
-from .store import atomic_write_bytes
-
-
-def latest_rows(rows: list[dict], dataset: str, profile: str) -> pd.DataFrame:
-    df = pd.DataFrame(rows)
-    if df.empty:
-        return df
-    df = df[(df["dataset"] == dataset) & (df["profile"] == profile) & (df["status"] == "ok")]
-    return df.sort_values("timestamp").groupby(["defense", "attack"], as_index=False).last()
+PLOTS_PAGE = "plots.md"
 
 
-def _cell_text(r) -> str:
-    acc = float(r["robust_acc"]) * 100
-    half = (float(r["ci_high"]) - float(r["ci_low"])) * 50
-    text = f"{acc:.1f} ± {half:.1f}"
-    flags = json.loads(r["flags"] or "{}")
-    if flags.get("collapsed"):
-        text += " (collapsed)"
-    if r.get("warnings"):
-        text += " ⚠"
-    return text
-
-
-def leaderboard(rows: list[dict], dataset: str, profile: str) -> tuple[pd.DataFrame, str]:
-    """(table, caption). Rows = defenses, columns = clean + attacks, cells = accuracy % ± 95 % CI half-width."""
-    df = latest_rows(rows, dataset, profile)
-    if df.empty:
-        return pd.DataFrame(), f"No results for dataset {dataset}, profile {profile}."
-    table = df.pivot(index="defense", columns="attack", values="cell").copy()
-    cells = {(r["defense"], r["attack"]): _cell_text(r) for _, r in df.iterrows()}
-    for (d, a), text in cells.items():
-        table.loc[d, a] = text
-    clean = df.groupby("defense")["clean_acc"].last().astype(float) * 100
-    table.insert(0, "clean", clean.map(lambda v: f"{v:.1f}"))
-    table = table.fillna("not run")
-    n = sorted(set(df["n"].astype(str)))
-    seeds = sorted(set(df["seed"].astype(str)))
-    shas = sorted(set(df["git_sha"]))
-    caption = (f"Accuracy (%) ± 95 % Wilson CI half-width. dataset {dataset}, profile {profile}, n {', '.join(n)}, "
-               f"seed {', '.join(seeds)}, git {', '.join(shas)}, rendered "
-               f"{datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}. ⚠ = see warnings in results.csv.")
-    return table, caption
-
-
-def render(rows: list[dict], dataset: str, profile: str, out_dir: Path) -> Path | None:
-    table, caption = leaderboard(rows, dataset, profile)
-    if table.empty:
-        return None
+def render(rows: list[dict], dataset: str, profile: str, out_dir: Path, seed=None, runs_dir: Path | None = None,
+           latex: bool = False) -> Path | None:
+    """Write `leaderboard.md` / `.csv` (and `.tex`) for a dataset/profile into out_dir; None when nothing ran."""
     out_dir = Path(out_dir)
-    md = f"# Leaderboard — {dataset} / {profile}\n\n{table.to_markdown()}\n\n{caption}\n"
-    atomic_write_bytes(out_dir / "leaderboard.md", md.encode())
-    atomic_write_bytes(out_dir / "leaderboard.csv", table.to_csv().encode())
-    return out_dir / "leaderboard.md"
+    results = Results(rows, runs_dir or ResultsStore(out_dir).manifest_dir)
+    table = leaderboard(results, dataset, profile, seed)
+    if table is None:
+        return None
+    if (out_dir / PLOTS_PAGE).exists():
+        table.links.append(f"Plots: [{PLOTS_PAGE}]({PLOTS_PAGE})")
+    return table.write(out_dir, "leaderboard", latex)
+
+
+def render_specs(results: Results, cfg, names: list[str], profile: str, out_dir: Path, seed=None,
+                 latex: bool = False) -> list[Path]:
+    """Write each [tables.NAME] layout to out_dir/tables/NAME.md|csv(|tex), measured numbers beside the paper's."""
+    for name in names:
+        if name not in cfg.tables:
+            raise ConfigError(f"Unknown table '{name}': no [tables.{name}] in {cfg.path}. "
+                              f"{did_you_mean(name, cfg.tables)}")
+    return [spec_table(results, cfg, name, profile, seed).write(Path(out_dir) / "tables", name, latex)
+            for name in names]

@@ -54,6 +54,8 @@ def _build_defense(env: Env, name: str, dataset: str, profile: str):
     resolved = env.cfg.defense(name, dataset, profile)
     defense = resolved.cls(resolved.params, dataset_info(dataset), env.cfg.datasets[dataset].arch)
     defense.entry_name = name
+    # artifacts a defense builds before training (e.g. the sparse front end's dictionary) go to the run's cache
+    defense.cache, defense.data_root = env.cache, env.data_root
     return resolved, defense
 
 
@@ -71,7 +73,9 @@ def train(defense: str, dataset: str | None = None, profile: str | None = None, 
     seed = s.seed if seed is None else seed
     resolved, d = _build_defense(env, defense, dataset, profile)
     key = checkpoint_key(resolved, dataset, seed)
-    model = d.build_model()
+    with torch.random.fork_rng(devices=[]):  # initial weights from the seed, not from what ran before in this process
+        torch.manual_seed(seed)
+        model = d.build_model()
     if env.cache.has("checkpoints", key):
         payload, meta = env.cache.load("checkpoints", key)
         model.load_state_dict(payload["model"])
@@ -115,99 +119,200 @@ def predict(model, x: torch.Tensor, device, batch_size: int) -> torch.Tensor:
     return torch.cat(out) if out else torch.empty(0, dtype=torch.long)
 
 
-def run_cell(env: Env, defense: str, attack: str, dataset: str, profile: str, seed: int,
-             n_test: int | None = None, force: bool = False) -> dict:
+def resolve_cell(env: Env, defense: str, attack: str, dataset: str, profile: str, seed: int,
+                 n_test: int | None = None):
+    """(defense entry, attack entry, n_test, cell key) of one cell, exactly as run_cell computes them."""
     cfg = env.cfg
     prof = cfg.profiles[profile]
-    n_test = n_test or prof.n_test
     dres = cfg.defense(defense, dataset, profile)
     ares = cfg.attack(attack, dataset, profile)
-    cell = cell_key(dataset, dres, ares, profile, seed, n_test)
-    if not force and env.store.has(cell):
-        progress.log(f"[{defense} × {attack}] finished earlier (cell {cell}); skipping (use --force to redo)")
-        return next(r for r in env.store.rows() if r["cell"] == cell)
+    # an expensive attack may cap its test points in bench.toml (ZOO: 100 images); --n-test still wins
+    n_test = n_test or getattr(ares.params, "n_test", 0) or prof.n_test
+    return dres, ares, n_test, cell_key(dataset, dres, ares, profile, seed, n_test)
 
+
+def attack_batch_size(env: Env, ares, profile: str) -> int:
+    return getattr(ares.params, "batch_size", 0) or env.cfg.profiles[profile].eval_batch_size
+
+
+def shard_range(n_attacked: int, batch: int, shard: tuple[int, int]) -> tuple[int, int]:
+    """Positions [lo, hi) of the attacked points that shard (i, k) owns: whole nominal batches, so every batch
+    holds the same points as in the unsharded run."""
+    i, k = shard
+    if not 0 <= i < k:
+        raise BenchError(f"shard {i} of {k} does not exist: the index must be in 0..{k - 1}.")
+    n_batches = -(-n_attacked // batch)
+    return min(n_attacked, i * n_batches // k * batch), min(n_attacked, (i + 1) * n_batches // k * batch)
+
+
+def _batch_seed(seed: int, start: int) -> int:
+    # every attack batch gets its own seed from its first position, so its result does not depend on the
+    # batches before it: what lets shards of a cell run anywhere and merge into exactly the unsharded result
+    return seed * 1_000_003 + 7919 + start
+
+
+def attack_part(env: Env, defense: str, attack: str, dataset: str, profile: str, seed: int,
+                n_test: int | None = None, *, shard: tuple[int, int] = (0, 1), batch_size: int | None = None) -> dict:
+    """Attack the points of one shard of a cell and return the per-sample outcome (JSON-able, writes nothing).
+
+    The clean verdict covers the whole seeded test subset; the correctly classified points are attacked in
+    nominal batches (the attack's batch_size, else the profile's eval_batch_size) and shard (i, k) takes the
+    i-th of k runs of whole batches. `batch_size` below the nominal one splits each batch further (a retry
+    after running out of memory); results then differ from the nominal run only through the attack's
+    randomness. Merge the parts of a cell with `merge_parts`."""
+    prof = env.cfg.profiles[profile]
+    dres, ares, n_test, cell = resolve_cell(env, defense, attack, dataset, profile, seed, n_test)
     trained = train(defense, dataset, profile, seed, env=env)
     d, model = trained.defense, trained.model
     atk = ares.cls(ares.params)
     x, y = load_subset(dataset, "test", env.data_root, n_test, seed)
     counter = PassCounter(model).eval()
     eval_model = d.evaluation_model(counter) if hasattr(d, "evaluation_model") else counter
-    bs = getattr(ares.params, "batch_size", 0) or prof.eval_batch_size
+    nominal = attack_batch_size(env, ares, profile)
+    bs = min(batch_size or nominal, nominal)
     t0 = time.time()
     torch.manual_seed(seed)
     clean_pred = predict(eval_model, x, env.device, prof.eval_batch_size)
     correct = clean_pred == y
+    clean_passes = counter.forward_images
     ctx = AttackContext(defense=d, device=env.device, seed=seed, batch_size=bs, eval_model=eval_model,
                         dataset=dataset, profile=profile, env=env)
-    x_adv = x.clone()
     attacked = correct.nonzero().squeeze(1)
-    queries = torch.zeros(len(x))
-    extra_out: dict = {}
-    with progress.bar(f"{attack} on {defense}", len(attacked)) as advance:
-        for i in range(0, len(attacked), bs):
-            idx = attacked[i:i + bs]
+    lo, hi = shard_range(len(attacked), nominal, shard)
+    fooled, norms, queries, extra_out = [], [], [], {}
+    with progress.bar(f"{attack} on {defense}", hi - lo) as advance:
+        for start in range(lo, hi, bs):
+            idx = attacked[start:min(start + bs, hi)]
+            torch.manual_seed(_batch_seed(seed, start))
             out = atk.run(counter, x[idx].to(env.device), y[idx].to(env.device), ctx)
-            x_adv[idx] = out.x_adv.detach().cpu().float()
-            if out.queries is not None:
-                queries[idx] = out.queries.cpu().float()
+            x_adv = out.x_adv.detach().cpu().float()
+            if not ((x_adv >= 0) & (x_adv <= 1)).all():
+                raise BenchError(f"attack '{attack}' produced images outside [0, 1]: this is a bug in the attack.")
+            # the verdict is ours: an fp32 forward of the final adversarial examples in eval mode
+            fooled.append(predict(eval_model, x_adv, env.device, prof.eval_batch_size) != y[idx])
+            if atk.norm:
+                norms.append(perturbation_norm(x_adv - x[idx], atk.norm))
+            queries.append(out.queries.cpu().float() if out.queries is not None else torch.zeros(len(idx)))
             for k, v in out.extra.items():
                 extra_out.setdefault(k, []).extend(v if isinstance(v, list) else [v])
             advance(len(idx))
-    # the verdict is ours: one fp32 forward of the final adversarial examples in eval mode
-    adv_pred = predict(eval_model, x_adv, env.device, prof.eval_batch_size)
-    wall = time.time() - t0
-    fooled = correct & (adv_pred != y)
-    norms = perturbation_norm(x_adv - x, atk.norm) if atk.norm else None
-    if not ((x_adv >= 0) & (x_adv <= 1)).all():
-        raise BenchError(f"attack '{attack}' produced images outside [0, 1]: this is a bug in the attack.")
-    row = _base_row(env, cell, dataset, defense, attack, profile, seed, atk, trained, counter, wall, ctx)
-    n = len(x)
-    if atk.kind == "bounded":
-        if norms is not None and atk.eps is not None and (norms > atk.eps * (1 + 1e-5) + 1e-6).any():
-            raise BenchError(f"attack '{attack}' exceeded its {atk.norm} budget {atk.eps:.6g} "
+    return {"cell": cell, "defense": defense, "attack": attack, "dataset": dataset, "profile": profile, "seed": seed,
+            "n_test": n_test, "shard": list(shard), "batch_size": bs, "kind": atk.kind, "norm": atk.norm,
+            "eps": atk.eps, "correct": correct.tolist(), "index": attacked[lo:hi].tolist(),
+            "fooled": torch.cat(fooled).tolist() if fooled else [],
+            "norms": torch.cat(norms).tolist() if norms else None,
+            "queries": torch.cat(queries).tolist() if queries else [], "extra": extra_out,
+            "clean_passes": clean_passes, "forward_passes": counter.forward_images - clean_passes,
+            "backward_passes": counter.backward_images, "wall_s": time.time() - t0,
+            "device": provenance.device_name(env.device), "warnings": sorted(set(ctx.warnings)), "info": ctx.info,
+            "checkpoint": trained.key, "training": trained.meta}
+
+
+def merge_parts(env: Env, parts: list[dict]) -> tuple[dict, dict]:
+    """The result row and manifest of a cell from the parts of all its shards (or its one unsharded part).
+    Per-sample outcomes concatenate, so the merge is exact."""
+    parts = sorted(parts, key=lambda p: p["shard"][0])
+    first = parts[0]
+    k = first["shard"][1]
+    if [p["shard"] for p in parts] != [[i, k] for i in range(k)] or len({p["cell"] for p in parts}) != 1:
+        raise BenchError(f"cannot merge shards {[p['shard'] for p in parts]} of cells "
+                         f"{sorted({p['cell'] for p in parts})}: need shards 0..{k - 1} of one cell.")
+    if any(p["correct"] != first["correct"] for p in parts):
+        raise BenchError(f"the shards of cell {first['cell']} disagree on the clean predictions: the defense's "
+                         f"evaluation is not deterministic across workers, so the shards cannot be merged.")
+    defense, attack, dataset, profile = first["defense"], first["attack"], first["dataset"], first["profile"]
+    cfg = env.cfg
+    dres, ares, _, cell = resolve_cell(env, defense, attack, dataset, profile, first["seed"], first["n_test"])
+    if cell != first["cell"]:
+        raise BenchError(f"cell {first['cell']} was computed with another bench.toml than {cfg.path} has now "
+                         f"(its key there is {cell}); run it again.")
+    correct = torch.tensor(first["correct"], dtype=torch.bool)
+    n = len(correct)
+    fooled = torch.zeros(n, dtype=torch.bool)
+    queries = torch.zeros(n)
+    norm = next((p["norm"] for p in parts if p["norm"]), "")
+    eps = next((p["eps"] for p in parts if p["eps"] is not None), None)
+    norms = torch.zeros(n) if norm else None
+    extra_out: dict = {}
+    for p in parts:
+        index = torch.tensor(p["index"], dtype=torch.long)
+        fooled[index] = torch.tensor(p["fooled"], dtype=torch.bool)
+        queries[index] = torch.tensor(p["queries"], dtype=torch.float)
+        if norms is not None and p["norms"] is not None:
+            norms[index] = torch.tensor(p["norms"], dtype=torch.float)
+        for key, v in p["extra"].items():
+            extra_out.setdefault(key, []).extend(v)
+    fooled &= correct
+    warnings = sorted({w for p in parts for w in p["warnings"]})
+    wall = sum(p["wall_s"] for p in parts)
+    trained_meta = first["training"]
+    row = {"cell": cell, "dataset": dataset, "defense": defense, "attack": attack, "profile": profile,
+           "seed": first["seed"], "norm": norm, "eps": _f(eps) if eps is not None else "", "status": "ok",
+           "forward_passes": first["clean_passes"] + sum(p["forward_passes"] for p in parts),
+           "backward_passes": sum(p["backward_passes"] for p in parts),
+           "wall_s": f"{wall:.2f}", "device": "+".join(sorted({p["device"] for p in parts})),
+           "git_sha": provenance.git_sha(), "versions": json.dumps(provenance.versions(), sort_keys=True),
+           "config_hash": content_hash(cfg.path.read_text()), "defense_ckpt": first["checkpoint"],
+           "flags": json.dumps(trained_meta.get("flags", {}), sort_keys=True),
+           "warnings": " | ".join(warnings), "timestamp": _now()}
+    if first["kind"] == "bounded":
+        if norms is not None and eps is not None and (norms > eps * (1 + 1e-5) + 1e-6).any():
+            raise BenchError(f"attack '{attack}' exceeded its {norm} budget {eps:.6g} "
                              f"(max {norms.max().item():.6g}): this is a bug in the attack.")
         robust = correct & ~fooled
     else:
-        within = norms <= atk.eps if atk.eps is not None else torch.zeros_like(fooled)
+        within = norms <= eps if eps is not None else torch.zeros_like(fooled)
         robust = correct & ~(fooled & within)
         fooled_norms = norms[fooled]
         row.update(success_rate=_f(fooled.sum().item() / max(1, correct.sum().item())),
                    mean_norm=_f(fooled_norms.mean().item()) if len(fooled_norms) else "",
                    median_norm=_f(fooled_norms.median().item()) if len(fooled_norms) else "",
                    queries=_f(queries[correct].mean().item()))
-    k = int(robust.sum())
-    lo, hi = wilson_interval(k, n)
-    row.update(clean_acc=_f(correct.float().mean().item()), robust_acc=_f(k / n), ci_low=_f(lo), ci_high=_f(hi),
-               n=n, n_fooled=int(fooled.sum()))
-    manifest = {"defense_entry": dres.as_dict(), "attack_entry": ares.as_dict(), "profile": prof.model_dump(),
-                "config_file": str(cfg.path), "data_root": str(env.data_root), "checkpoint": trained.key,
-                "training": {k: v for k, v in trained.meta.items() if k != "history"},
-                "training_history": trained.meta.get("history", []),
-                "attack_info": ctx.info,
+    n_robust = int(robust.sum())
+    lo, hi = wilson_interval(n_robust, n)
+    row.update(clean_acc=_f(correct.float().mean().item()), robust_acc=_f(n_robust / n), ci_low=_f(lo),
+               ci_high=_f(hi), n=n, n_fooled=int(fooled.sum()))
+    manifest = {"defense_entry": dres.as_dict(), "attack_entry": ares.as_dict(),
+                "profile": cfg.profiles[profile].model_dump(), "config_file": str(cfg.path),
+                "data_root": str(env.data_root), "checkpoint": first["checkpoint"],
+                "training": {key: v for key, v in trained_meta.items() if key != "history"},
+                "training_history": trained_meta.get("history", []),
+                # attack-specific counters cannot be summed blindly, so a sharded cell keeps each shard's
+                "attack_info": first["info"] if k == 1 else {"shards": [p["info"] for p in parts]},
+                "attack_batch_size": sorted({p["batch_size"] for p in parts}),
                 "per_sample": {"correct": correct.tolist(), "fooled": fooled.tolist(),
                                "norm": norms.tolist() if norms is not None else None, **extra_out}}
+    if k > 1:
+        manifest["shards"] = k
+    return row, manifest
+
+
+def run_cell(env: Env, defense: str, attack: str, dataset: str, profile: str, seed: int,
+             n_test: int | None = None, force: bool = False, *, batch_size: int | None = None) -> dict:
+    """Train (or reuse) the defense, attack it on the seeded test subset and append one row (skipped when a
+    finished row exists, unless `force`). `batch_size` caps the attack's batch (see `attack_part`)."""
+    _, _, n_test, cell = resolve_cell(env, defense, attack, dataset, profile, seed, n_test)
+    if not force and env.store.has(cell):
+        progress.log(f"[{defense} × {attack}] finished earlier (cell {cell}); skipping (use --force to redo)")
+        return next(r for r in env.store.rows() if r["cell"] == cell and r["status"] == "ok")
+    part = attack_part(env, defense, attack, dataset, profile, seed, n_test, batch_size=batch_size)
+    row, manifest = merge_parts(env, [part])
     env.store.append(row, manifest)
-    progress.log(f"[{defense} × {attack}] {dataset}/{profile} n={n}: clean {float(row['clean_acc']):.2%}, "
-                 f"robust {float(row['robust_acc']):.2%} [{lo:.2%}, {hi:.2%}] in {wall:.1f}s")
-    for w in ctx.warnings:
-        progress.log(f"warning: {w}")
+    log_row(row)
     return row
+
+
+def log_row(row: dict) -> None:
+    lo, hi = float(row["ci_low"]), float(row["ci_high"])
+    progress.log(f"[{row['defense']} × {row['attack']}] {row['dataset']}/{row['profile']} n={row['n']}: "
+                 f"clean {float(row['clean_acc']):.2%}, robust {float(row['robust_acc']):.2%} [{lo:.2%}, {hi:.2%}] "
+                 f"in {float(row['wall_s']):.1f}s")
+    for w in filter(None, row["warnings"].split(" | ")):
+        progress.log(f"warning: {w}")
 
 
 def _f(v: float) -> str:
     return f"{v:.6g}"
-
-
-def _base_row(env, cell, dataset, defense, attack, profile, seed, atk, trained, counter, wall, ctx) -> dict:
-    return {"cell": cell, "dataset": dataset, "defense": defense, "attack": attack, "profile": profile,
-            "seed": seed, "norm": atk.norm, "eps": _f(atk.eps) if atk.eps is not None else "", "status": "ok",
-            "forward_passes": counter.forward_images, "backward_passes": counter.backward_images,
-            "wall_s": f"{wall:.2f}", "device": provenance.device_name(env.device), "git_sha": provenance.git_sha(),
-            "versions": json.dumps(provenance.versions(), sort_keys=True),
-            "config_hash": content_hash(env.cfg.path.read_text()), "defense_ckpt": trained.key,
-            "flags": json.dumps(trained.meta.get("flags", {}), sort_keys=True),
-            "warnings": " | ".join(sorted(set(ctx.warnings))), "timestamp": _now()}
 
 
 def run(defense="natural", attack="pgd_linf", dataset=None, profile=None, seed=None, n_test=None, force=False,

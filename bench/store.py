@@ -124,6 +124,8 @@ class ResultsStore:
             writer = csv.DictWriter(out, fieldnames=RESULT_COLUMNS, lineterminator="\n")
             writer.writeheader()
             for r in self.rows():
+                if r["cell"] == row["cell"] and r.get("status") != "ok":
+                    continue  # a failed or blocked attempt of this cell is superseded by the new row
                 writer.writerow({k: r.get(k, "") for k in RESULT_COLUMNS})
             writer.writerow({k: row.get(k, "") for k in RESULT_COLUMNS})
             atomic_write_bytes(self.csv_path, out.getvalue().encode())

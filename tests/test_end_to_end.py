@@ -1,10 +1,10 @@
 """The first real cell end to end on real data: natural ResNet-32 × pgd_linf (smoke profile)."""
 import csv
+import re
 import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -43,9 +43,8 @@ def test_kill_mid_run_keeps_rows_and_resumes(tmp_path, data_root):
     rows_before = (results / "results.csv").read_text()
 
     proc = subprocess.Popen([*base, "--defense", "natural_b"], env=env, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 600
-    for line in proc.stderr:  # wait for the first finished epoch, then kill hard
-        if line.startswith("epoch=2") or time.time() > deadline:
+    for line in proc.stderr:  # epoch 2 logged => epoch 1's state is on disk; kill hard mid-training
+        if line.startswith("epoch=2"):
             break
     proc.send_signal(signal.SIGKILL)
     proc.wait()
@@ -54,7 +53,7 @@ def test_kill_mid_run_keeps_rows_and_resumes(tmp_path, data_root):
 
     done = subprocess.run([*base, "--defense", "natural_b"], env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
-    assert "resuming training of natural at epoch 3/6" in done.stderr
+    assert re.search(r"resuming training of natural at epoch [34]/6", done.stderr), done.stderr
     with open(results / "results.csv") as f:
         rows = list(csv.DictReader(f))
     assert [r["defense"] for r in rows] == ["natural", "natural_b"]

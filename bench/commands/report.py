@@ -1,0 +1,130 @@
+"""`bench table`, `bench plot`, `bench regress`: reports read from the results store only."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from ..errors import BenchError
+
+# bench.cli imports this module while it loads, so the shared options cannot be imported from it
+ConfigOpt = typer.Option(None, "--config", help="bench.toml to use (default: BENCH_CONFIG, ./bench.toml, the repo's).")
+ResultsOpt = typer.Option(None, "--results-dir", help="Folder holding results.csv and runs/ (default from bench.toml).")
+ProfileOpt = typer.Option(None, "--profile", "-p", help="Profile whose cells to show (default from [settings]).")
+DatasetOpt = typer.Option(None, "--dataset", help="Dataset whose cells to show (default from [settings]).")
+SeedOpt = typer.Option(None, "--seed", help="Seed whose cells to show (default: the seed of the most recent row).")
+OutOpt = typer.Option(None, "--out", help="Folder for the output (default: the results folder).")
+
+
+def _context(config, results_dir, dataset=None, profile=None):
+    from ..config import load_config
+    from ..tables import Results
+
+    cfg = load_config(config)
+    root = Path(results_dir) if results_dir else cfg.resolve_path(cfg.settings.results_dir)
+    dataset = dataset or cfg.settings.dataset
+    profile = profile or cfg.settings.profile
+    cfg.check_choice("dataset", dataset, cfg.datasets)
+    cfg.check_choice("profile", profile, cfg.profiles)
+    return cfg, root, dataset, profile, Results.load(root)
+
+
+def table(
+    profile: Optional[str] = ProfileOpt,
+    dataset: Optional[str] = DatasetOpt,
+    seed: Optional[int] = SeedOpt,
+    spec: List[str] = typer.Option(None, "--spec", help="Render this [tables.NAME] paper layout (repeat for several)."),
+    paper: bool = typer.Option(False, "--paper", help="Render every [tables.*] paper layout."),
+    latex: bool = typer.Option(False, "--latex", help="Also write a LaTeX (.tex) version."),
+    out: Optional[Path] = OutOpt,
+    config: Optional[Path] = ConfigOpt,
+    results_dir: Optional[Path] = ResultsOpt,
+):
+    """Render the leaderboard (Markdown + CSV) for a dataset/profile from results.csv and print it.
+
+    Rows are defenses, columns attacks (accuracy ± 95 % CI, mean norm for minimum-norm attacks), a per-sample
+    worst-case column and cost columns. With --spec/--paper, renders the papers' table layouts from bench.toml
+    into tables/NAME.md|csv with the published numbers beside the measured ones."""
+    from ..report import render, render_specs
+
+    cfg, root, dataset, profile, results = _context(config, results_dir, dataset, profile)
+    out = Path(out) if out else root
+    names = list(cfg.tables) if paper else list(spec or [])
+    if names:
+        for path in render_specs(results, cfg, names, profile, out, seed, latex):
+            typer.echo(path.read_text())
+        return
+    path = render(results.rows, dataset, profile, out, seed, results.runs_dir, latex)
+    if path is None:
+        raise BenchError(f"No cells for dataset {dataset}, profile {profile}"
+                         f"{'' if seed is None else f', seed {seed}'} in {root / 'results.csv'}. "
+                         f"Run `bench run --profile {profile} --dataset {dataset}` first.")
+    typer.echo(path.read_text())
+
+
+def plot(
+    profile: Optional[str] = ProfileOpt,
+    dataset: Optional[str] = DatasetOpt,
+    seed: Optional[int] = SeedOpt,
+    attack: List[str] = typer.Option(None, "--attack", "-a", help="Attack entry to plot (repeat; default: every attack with results)."),
+    kind: List[str] = typer.Option(None, "--kind", help="eps | steps | restarts | norms (repeat; default: all that have data)."),
+    out: Optional[Path] = OutOpt,
+    config: Optional[Path] = ConfigOpt,
+    results_dir: Optional[Path] = ResultsOpt,
+):
+    """Plot accuracy vs eps / steps / restarts per defense and the norm distributions of minimum-norm attacks.
+
+    A curve joins the cells whose attack differs only in the plotted parameter (define entries such as
+    pgd_linf_eps4 in bench.toml and run them). PNGs go to plots/ and are linked from plots.md."""
+    from ..plots import KINDS, render_plots
+
+    for k in kind or []:
+        if k not in KINDS:
+            raise BenchError(f"Unknown plot kind '{k}'. Allowed: {', '.join(KINDS)}.")
+    cfg, root, dataset, profile, results = _context(config, results_dir, dataset, profile)
+    for a in attack or []:
+        cfg.check_name("attack", a)
+    page, made, skipped = render_plots(results, Path(out) if out else root, dataset, profile, seed,
+                                       list(attack or []) or None, list(kind or []) or None)
+    if page is None:
+        raise BenchError(f"No cells for dataset {dataset}, profile {profile} in {root / 'results.csv'}.")
+    for p in made:
+        typer.echo(f"{p.title}: {page.parent / p.file}")
+    for s in skipped:
+        typer.echo(f"not plotted: {s}")
+    typer.echo(f"page: {page}")
+
+
+def regress(
+    baseline: Path = typer.Option(..., "--baseline", help="Baseline CSV, e.g. results/baselines/quick.csv."),
+    profile: List[str] = typer.Option(None, "--profile", "-p", help="Profile(s) to compare (default: the baseline's; for a new baseline, its file name)."),
+    alpha: float = typer.Option(0.05, "--alpha", min=0, max=1, help="Significance level of the two-proportion / Welch tests."),
+    min_change: float = typer.Option(0.02, "--min-change", min=0, max=1, help="Minimum absolute accuracy change (fraction; 0.02 = 2 points) to flag."),
+    norm_rtol: float = typer.Option(0.10, "--norm-rtol", min=0, help="Minimum relative change of a mean perturbation norm to flag."),
+    report: Optional[Path] = typer.Option(None, "--report", help="Markdown report path (default: <results>/regress.md)."),
+    update: bool = typer.Option(False, "--update", help="Accept the current numbers: rewrite the baseline from them (exit 0)."),
+    config: Optional[Path] = ConfigOpt,
+    results_dir: Optional[Path] = ResultsOpt,
+):
+    """Compare the latest results with a baseline. Exit code 0 = no regression, 1 = regression, 2 = error.
+
+    A cell regresses when its clean or robust accuracy moves beyond sampling noise (two-proportion z-test)
+    and by at least --min-change, when it disappears, or when it stops finishing."""
+    from ..regress import run_regress
+
+    cfg, root, _, _, results = _context(config, results_dir)
+    for p in profile or []:
+        cfg.check_choice("profile", p, cfg.profiles)
+    code, text = run_regress(results, baseline, report or root / "regress.md", list(profile or []) or None,
+                             cfg.profiles, alpha, min_change, norm_rtol, update)
+    typer.echo(text)
+    if code:
+        sys.exit(code)  # SystemExit passes through typer in non-standalone mode, unlike typer.Exit
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(table)
+    app.command()(plot)
+    app.command()(regress)

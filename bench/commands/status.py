@@ -1,0 +1,105 @@
+"""`bench status`: the state of a matrix from the results store and the artifact cache (nothing is run)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from ..errors import BenchError
+
+# bench.cli imports this module while it loads, so the shared options cannot be imported from it
+ConfigOpt = typer.Option(None, "--config", help="bench.toml to use (default: BENCH_CONFIG, ./bench.toml, the repo's).")
+ResultsOpt = typer.Option(None, "--results-dir", help="Folder holding results.csv and the cache (default from bench.toml).")
+
+STYLE = {"ok": "green", "failed": "bold red", "blocked": "red", "queued": "yellow", "untrained": "dim",
+         "training": "cyan"}
+
+
+def status(
+    matrix: Optional[str] = typer.Option(None, "--matrix", "-m", help="[matrices.NAME] to show (default: settings.matrix)."),
+    defense: List[str] = typer.Option(None, "--defense", "-d", help="Show these defenses instead of the matrix's."),
+    attack: List[str] = typer.Option(None, "--attack", "-a", help="Show these attacks instead of the matrix's."),
+    dataset: Optional[str] = typer.Option(None, "--dataset", help="Only this dataset (default: the matrix's)."),
+    profile: Optional[str] = typer.Option(None, "--profile", "-p", help="Profile (default: the matrix's, else [settings])."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seed (default from [settings])."),
+    n_test: Optional[int] = typer.Option(None, "--n-test", min=1, help="The --n-test the matrix was run with (default: the profile's)."),
+    config: Optional[Path] = ConfigOpt,
+    results_dir: Optional[Path] = ResultsOpt,
+):
+    """Show every cell of a matrix (ok with robust accuracy, failed, blocked, queued, untrained) and the
+    state of its checkpoints, read from results.csv and the artifact cache."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from ..runner import Env
+    from ..sched.plan import build_plan
+    from ..store import safe_torch_load
+
+    env = Env.create(config=config, results_dir=results_dir, device="cpu")
+    cfg, s = env.cfg, env.cfg.settings
+    name = matrix or s.matrix
+    chosen = cfg.matrices.get(name)
+    if chosen is None and (matrix or not defense or not attack):
+        cfg.check_choice("matrix", name, cfg.matrices)
+        raise BenchError(f"No matrix '{name}': give --matrix NAME or --defense and --attack.")
+    defenses = list(defense or []) or chosen.defenses
+    attacks = list(attack or []) or chosen.attacks
+    datasets = [dataset] if dataset else (chosen.datasets if chosen else [s.dataset])
+    profile = profile or (chosen.profile if chosen else None) or s.profile
+    seed = s.seed if seed is None else seed
+    plan = build_plan(env, defenses, attacks, datasets, profile, seed, n_test)
+    latest = {r["cell"]: r for r in env.store.rows()}  # the last row of a cell is its state
+    out = Console()
+    counts: dict[str, int] = {}
+    for ds in datasets:
+        table = Table(title=f"{name if chosen and not (defense or attack) else 'cells'} · {ds} · {profile} · seed {seed}",
+                      title_justify="left")
+        table.add_column("defense \\ attack")
+        for a in attacks:
+            table.add_column(a)
+        for d in defenses:
+            cells = []
+            for a in attacks:
+                job = next(j for j in plan.cells() if (j.row["defense"], j.row["attack"], j.row["dataset"]) == (d, a, ds))
+                state, text = _cell_state(plan, job, latest.get(job.row["cell"]))
+                counts[state] = counts.get(state, 0) + 1
+                cells.append(f"[{STYLE.get(state, '')}]{text}[/]")
+            table.add_row(d, *cells)
+        out.print(table)
+    out.print("cells: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
+    planned = {j.row["cell"] for j in plan.cells()}
+    names = {(j.row["defense"], j.row["attack"], j.row["dataset"]) for j in plan.cells()}
+    other = [r for r in latest.values() if r["cell"] not in planned and r["profile"] == profile
+             and str(r["seed"]) == str(seed) and (r["defense"], r["attack"], r["dataset"]) in names]
+    if other:
+        out.print(f"{len(other)} row(s) of these cells were made with another --n-test or bench.toml "
+                  f"(n = {', '.join(sorted({r['n'] for r in other}))}): pass --n-test to show them.")
+    trains = [j for j in plan if j.kind == "train"]
+    out.print(f"checkpoints ({env.cache.root / 'checkpoints'}):")
+    for j in trains:
+        key = j.spec["key"]
+        partial = env.cache.path("checkpoints", key, ".partial.pt")
+        if env.cache.has("checkpoints", key):
+            what = "cached"
+        elif partial.exists():
+            state = safe_torch_load(partial)
+            epochs = cfg.defense(j.spec["defense"], j.spec["dataset"], profile).params.epochs
+            what = f"interrupted after epoch {state['epoch']}/{epochs} (resumes there)"
+        else:
+            what = "not trained"
+        out.print(f"  {j.spec['defense']:<20} {j.spec['dataset']:<14} {key}  {what}")
+
+
+def _cell_state(plan, job, row) -> tuple[str, str]:
+    if row is not None and row["status"] == "ok":
+        return "ok", f"{float(row['robust_acc']):.1%}"
+    if row is not None:
+        reason = row["warnings"]
+        return row["status"], f"{row['status']}: {reason[:60]}{'…' if len(reason) > 60 else ''}"
+    trained = all(plan[d].state == "done" for d in job.deps if d.startswith("train:"))
+    return ("queued", "queued") if trained else ("untrained", "untrained")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("status")(status)

@@ -1,0 +1,79 @@
+"""Run a defense × attack (× dataset) matrix as a cached DAG of jobs on all local GPUs (one CPU worker
+without GPUs) or on a Ray cluster.
+
+    from bench.sched import run_matrix
+    summary = run_matrix(env, ["natural", "pgd_at"], ["pgd_linf", "fgsm"], devices="auto")
+
+Nodes are trained checkpoints and attack cells (optionally split into shards), content-addressed by their
+resolved config: finished ones are never recomputed, a failed one blocks only its dependents, and the same
+command resumes after any interruption, kill -9 included."""
+from __future__ import annotations
+
+from ..data import load_split
+from ..errors import BenchError
+from ..runner import Env
+from .core import Scheduler, Summary
+from .jobs import env_spec
+from .plan import Plan, build_plan, parse_shards
+from .view import GpuMonitor, make_view
+
+BACKENDS = ("local", "ray")
+
+
+def make_backend(kind: str, devices: str | None = None, ray_address: str | None = None, log_dir=None):
+    if kind == "local":
+        from .local import LocalBackend, parse_devices
+
+        return LocalBackend(parse_devices(devices), log_dir)
+    if kind == "ray":
+        from .ray_backend import RayBackend
+
+        return RayBackend(ray_address)
+    raise BenchError(f"Unknown backend '{kind}'. Allowed: {', '.join(BACKENDS)}.")
+
+
+def run_matrix(env: Env, defenses: list[str], attacks: list[str], datasets: list[str] | None = None,
+               profile: str | None = None, seed: int | None = None, n_test: int | None = None, force: bool = False,
+               devices: str | None = "auto", backend: str = "local", ray_address: str | None = None,
+               shards: int | str = 1, plain: bool = False) -> Summary:
+    """Run every cell of defenses × attacks × datasets; returns what this run wrote (see `Summary`)."""
+    from .. import progress
+
+    s = env.cfg.settings
+    datasets = datasets or [s.dataset]
+    profile = profile or s.profile
+    seed = s.seed if seed is None else seed
+    shards = parse_shards(shards)
+    view_plain = plain or not progress.enabled()
+    runner = make_backend(backend, devices, ray_address, None if view_plain else env.store.root / "logs")
+    for name in defenses:  # every bad name fails before any work starts
+        for dataset in datasets:
+            env.cfg.defense(name, dataset, profile)
+    for dataset in datasets:
+        env.cfg.check_choice("dataset", dataset, env.cfg.datasets)
+        load_split(dataset, "test", str(env.data_root))  # a missing data root is one clear error, not N failed cells
+    if backend == "ray" and shards == "auto":
+        runner.start(env_spec(env))  # the cluster's size decides the shard count
+    plan = build_plan(env, defenses, attacks, datasets, profile, seed, n_test, shards, runner.slots, force)
+    todo = [j for j in plan if not j.skipped and j.kind != "merge"]
+    cells = plan.cells()
+    progress.log(f"[scheduler] {len(cells)} cells ({sum(c.skipped for c in cells)} finished earlier), "
+                 f"{sum(j.kind == 'train' for j in todo)} trainings and {sum(j.kind != 'train' for j in todo)} "
+                 f"attack jobs to run on {runner.name} with {runner.slots} worker(s)"
+                 + ("" if view_plain or backend != "local" else f"; worker logs in {env.store.root / 'logs'}"))
+    if not plan.unfinished():
+        if getattr(runner, "started", False):
+            runner.stop()
+        return Summary(skipped=len(cells))
+    if not runner.started:
+        runner.start(env_spec(env))
+    gpus = GpuMonitor()
+    try:
+        summary = Scheduler(env, plan, runner, make_view(view_plain), gpus).run()
+    finally:
+        gpus.close()
+    summary.gpu_util = sum(gpus.samples) / len(gpus.samples) if gpus.samples else None
+    return summary
+
+
+__all__ = ["run_matrix", "build_plan", "Plan", "Summary", "Scheduler", "make_backend", "BACKENDS"]

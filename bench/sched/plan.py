@@ -1,0 +1,157 @@
+"""The matrix as a DAG of jobs. Every node is content-addressed by its resolved config (a checkpoint by
+`checkpoint_key`, a cell by `cell_key`), so a node shared by several cells is computed once, and a node whose
+artifact or finished row already exists is done before the run starts."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import BenchError
+from ..runner import Env, attack_batch_size, checkpoint_key, resolve_cell
+
+AUTO_SHARD_MIN_N = 2000  # `--shards auto` splits a cell over the workers only from this many test points
+
+PENDING, RUNNING, DONE, FAILED, BLOCKED = "pending", "running", "done", "failed", "blocked"
+
+
+@dataclass
+class Job:
+    id: str
+    kind: str  # train | cell | shard | merge | noop
+    label: str
+    spec: dict  # what a worker needs to run it (JSON-able)
+    deps: list[str] = field(default_factory=list)
+    row: dict | None = None  # identity of the result row a cell or merge job writes
+    state: str = PENDING
+    reason: str = ""
+    attempts: int = 0
+    notes: list[str] = field(default_factory=list)  # e.g. a retry with a smaller batch, copied into the row
+    started: float | None = None
+    seconds: float | None = None
+    skipped: bool = False  # finished before this run
+
+    @property
+    def writes_row(self) -> bool:
+        return self.row is not None
+
+
+@dataclass
+class Plan:
+    jobs: dict[str, Job]
+    shard_dir: Path
+
+    def __iter__(self):
+        return iter(self.jobs.values())
+
+    def __getitem__(self, job_id: str) -> Job:
+        return self.jobs[job_id]
+
+    def ready(self) -> list[Job]:
+        """Pending jobs whose dependencies are done; trainings first, because each unlocks many cells."""
+        ready = [j for j in self if j.state == PENDING and all(self.jobs[d].state == DONE for d in j.deps)]
+        return sorted(ready, key=lambda j: j.kind != "train")
+
+    def dependents(self, job_id: str) -> list[Job]:
+        """Every job that needs `job_id`, directly or through others (in plan order)."""
+        found: set[str] = set()
+        frontier = {job_id}
+        while frontier:
+            nxt = {j.id for j in self if j.id not in found and frontier & set(j.deps)}
+            found |= nxt
+            frontier = nxt
+        return [j for j in self if j.id in found]
+
+    def unfinished(self) -> bool:
+        return any(j.state in (PENDING, RUNNING) for j in self)
+
+    def cells(self) -> list[Job]:
+        return [j for j in self if j.writes_row]
+
+    def shard_path(self, job: Job) -> Path:
+        i, k = job.spec["shard"]
+        return self.shard_dir / job.spec["cell"] / f"{i}of{k}.json"
+
+
+def surrogate_defenses(env: Env, ares) -> list[str]:
+    """Defense entries an attack trains or loads for itself (transfer attacks name theirs in a `*surrogate*`
+    parameter): their checkpoints become dependencies of the attack's cells."""
+    names = env.cfg.entries["defense"]
+    return [v for k, v in ares.params.model_dump().items() if "surrogate" in k and isinstance(v, str) and v in names]
+
+
+def _train_job(env: Env, name: str, dataset: str, profile: str, seed: int) -> Job:
+    key = checkpoint_key(env.cfg.defense(name, dataset, profile), dataset, seed)
+    job = Job(f"train:{key}", "train", f"train {name} ({dataset})",
+              {"kind": "train", "defense": name, "dataset": dataset, "profile": profile, "seed": seed, "key": key})
+    if env.cache.has("checkpoints", key):
+        job.state, job.skipped = DONE, True
+    return job
+
+
+def shard_count(shards: int | str, n_test: int, slots: int) -> int:
+    if shards == "auto":
+        return slots if slots > 1 and n_test >= AUTO_SHARD_MIN_N else 1
+    return max(1, int(shards))
+
+
+def build_plan(env: Env, defenses: list[str], attacks: list[str], datasets: list[str], profile: str, seed: int,
+               n_test: int | None = None, shards: int | str = 1, slots: int = 1, force: bool = False) -> Plan:
+    """Cross defenses × attacks × datasets into jobs; finished cells and cached checkpoints are marked done."""
+    finished = {r["cell"] for r in env.store.rows() if r["status"] == "ok"}
+    plan = Plan({}, env.cache.root / "shards")
+    jobs = plan.jobs
+
+    def add(job: Job) -> Job:
+        return jobs.setdefault(job.id, job)  # the same content key twice is one node
+
+    for dataset in datasets:
+        for defense in defenses:
+            for attack in attacks:
+                dres, ares, n, cell = resolve_cell(env, defense, attack, dataset, profile, seed, n_test)
+                deps = [add(_train_job(env, name, dataset, profile, seed)).id
+                        for name in [defense, *surrogate_defenses(env, ares)]]
+                atk = ares.cls(ares.params)
+                spec = {"defense": defense, "attack": attack, "dataset": dataset, "profile": profile, "seed": seed,
+                        "n_test": n, "cell": cell, "nominal_batch": attack_batch_size(env, ares, profile)}
+                row = {"cell": cell, "dataset": dataset, "defense": defense, "attack": attack, "profile": profile,
+                       "seed": seed, "norm": atk.norm, "eps": atk.eps, "defense_ckpt": deps[0].split(":", 1)[1]}
+                label = f"{defense} × {attack}" + (f" ({dataset})" if len(datasets) > 1 else "")
+                done = cell in finished and not force
+                k = shard_count(shards, n, slots)
+                if k == 1:
+                    job = add(Job(f"cell:{cell}", "cell", label, {**spec, "kind": "cell", "shard": [0, 1]}, deps,
+                                  row=row))
+                else:
+                    parts = [add(Job(f"shard:{cell}:{i}of{k}", "shard", f"{label} [{i + 1}/{k}]",
+                                     {**spec, "kind": "shard", "shard": [i, k]}, deps)) for i in range(k)]
+                    for part in parts:
+                        if done or plan.shard_path(part).exists():
+                            part.state, part.skipped = DONE, True
+                    job = add(Job(f"merge:{cell}", "merge", label, {**spec, "kind": "merge", "shards": k},
+                                  [p.id for p in parts], row=row))
+                if done:
+                    job.state, job.skipped = DONE, True
+    _skip_unneeded_trainings(plan)
+    return plan
+
+
+def _skip_unneeded_trainings(plan: Plan) -> None:
+    # a checkpoint whose cells all have finished rows is not trained again (e.g. after the cache was cleared)
+    for job in plan:
+        if job.kind == "train" and job.state == PENDING and all(d.state == DONE for d in plan.dependents(job.id)
+                                                              if d.kind != "merge"):
+            job.state, job.skipped = DONE, True
+
+
+def parse_shards(value: str | int | None) -> int | str:
+    if value in (None, ""):
+        return 1
+    if str(value) == "auto":
+        return "auto"
+    try:
+        k = int(value)
+    except ValueError:
+        k = 0
+    if k < 1:
+        raise BenchError(f"--shards {value!r}: give a whole number >= 1 or 'auto'.")
+    return k

@@ -1,0 +1,417 @@
+"""Tables from the results store: the leaderboard and the paper layouts of [tables.*] (bench.table_spec).
+
+A cell shows the latest row of its (dataset, defense, attack, profile, seed). The worst-case cell combines the
+per-sample verdicts stored in the cells' manifests: a point counts as robust only if no attack fooled it, so it
+can be lower than the minimum of the column means. Cells that have no number say why (not run, failed, blocked,
+pending) and every caveat (collapsed training, warnings, incomplete worst case) becomes a numbered footnote."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from tabulate import tabulate
+
+from .stats import wilson_interval
+from .store import ResultsStore, atomic_write_bytes
+from .table_spec import PENDING, TableSpec
+
+KEY = ("dataset", "defense", "attack", "profile", "seed")
+
+
+def is_min_norm(row: dict) -> bool:
+    """Minimum-norm attacks (Boundary, HopSkipJump) fill success_rate; bounded attacks leave it empty."""
+    return str(row.get("success_rate") or "") != ""
+
+
+def to_float(value, default=0.0) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return default
+
+
+def flags_of(row: dict) -> dict:
+    try:
+        return json.loads(row.get("flags") or "{}")
+    except json.JSONDecodeError:
+        return {}
+
+
+class Results:
+    """Rows of results.csv reduced to the latest row per cell key, plus their manifests (read on demand)."""
+
+    def __init__(self, rows: list[dict], runs_dir: Path | None = None):
+        self.rows = rows
+        self.runs_dir = Path(runs_dir) if runs_dir else None
+        self._manifests: dict[str, dict | None] = {}
+        # a stable sort keeps file order among equal timestamps, so the row written last wins
+        ordered = sorted(enumerate(rows), key=lambda ir: (ir[1].get("timestamp", ""), ir[0]))
+        self.latest: dict[tuple, dict] = {}
+        for _, r in ordered:
+            self.latest[tuple(str(r.get(k, "")) for k in KEY)] = r
+
+    @classmethod
+    def load(cls, root: Path) -> "Results":
+        store = ResultsStore(root)
+        return cls(store.rows(), store.manifest_dir)
+
+    def latest_rows(self, **where) -> list[dict]:
+        return [r for r in self.latest.values() if all(str(r.get(k, "")) == str(v) for k, v in where.items())]
+
+    def default_seed(self, dataset: str, profile: str) -> str | None:
+        """The seed of the most recent row (tables show one seed; the caption names the others)."""
+        rows = self.latest_rows(dataset=dataset, profile=profile)
+        return max(rows, key=lambda r: r.get("timestamp", ""))["seed"] if rows else None
+
+    def slice(self, dataset: str, profile: str, seed) -> "Slice":
+        cells = {(r["defense"], r["attack"]): r for r in self.latest_rows(dataset=dataset, profile=profile, seed=seed)}
+        return Slice(self, dataset, profile, str(seed), cells)
+
+    def manifest(self, row: dict) -> dict | None:
+        """The run manifest of a row, or None when it is missing or belongs to another run of the same cell."""
+        cell = row.get("cell", "")
+        if cell not in self._manifests:
+            path = self.runs_dir / f"{cell}.json" if self.runs_dir else None
+            try:
+                self._manifests[cell] = json.loads(path.read_text()) if path and path.exists() else None
+            except (OSError, json.JSONDecodeError):
+                self._manifests[cell] = None
+        m = self._manifests[cell]
+        if m is None or m.get("row", {}).get("timestamp") != row.get("timestamp"):
+            return None
+        return m
+
+    def robust_vector(self, row: dict) -> tuple[list[bool] | None, str]:
+        """Per-sample 'still correct after the attack', recomputed from the manifest as the runner does (for a
+        minimum-norm attack: not fooled within its eps) and checked against the row's robust count."""
+        m = self.manifest(row)
+        if m is None:
+            return None, "no manifest of this run"
+        ps = m.get("per_sample") or {}
+        correct, fooled, norms = ps.get("correct"), ps.get("fooled"), ps.get("norm")
+        n = int(to_float(row.get("n")))
+        if not correct or not fooled or len(correct) != n or len(fooled) != n:
+            return None, "manifest lacks per-sample verdicts"
+        if is_min_norm(row):
+            if not norms or len(norms) != n:
+                return None, "manifest lacks per-sample norms"
+            eps = to_float(row.get("eps"))
+            fooled = [f and v <= eps for f, v in zip(fooled, norms)]
+        robust = [bool(c) and not bool(f) for c, f in zip(correct, fooled)]
+        if sum(robust) != round(to_float(row.get("robust_acc")) * n):
+            return None, "manifest disagrees with its row"
+        return robust, ""
+
+
+@dataclass
+class Slice:
+    """The latest cells of one dataset / profile / seed, keyed by (defense, attack)."""
+
+    results: Results
+    dataset: str
+    profile: str
+    seed: str
+    cells: dict[tuple[str, str], dict]
+
+    def defenses(self) -> list[str]:
+        return sorted({d for d, _ in self.cells})
+
+    def attacks(self) -> list[str]:
+        """Bounded attacks first, then minimum-norm ones, each sorted by name."""
+        names = {a: is_min_norm(r) for (_, a), r in self.cells.items()}
+        return sorted(names, key=lambda a: (names[a], a))
+
+    def rows_of(self, defense: str, ok_only: bool = True) -> list[dict]:
+        return [r for (d, _), r in self.cells.items() if d == defense and (r["status"] == "ok" or not ok_only)]
+
+
+class Notes:
+    """Numbered footnotes, deduplicated."""
+
+    def __init__(self):
+        self.items: list[str] = []
+
+    def mark(self, text: str) -> str:
+        if text not in self.items:
+            self.items.append(text)
+        return f"[{self.items.index(text) + 1}]"
+
+
+@dataclass
+class Cell:
+    text: str
+    value: float | None = None  # percent for accuracies, the norm for minimum-norm attacks
+    low: float | None = None
+    high: float | None = None
+
+
+def accuracy_cell(k: int, n: int) -> Cell:
+    lo, hi = wilson_interval(k, n)
+    acc = 100 * k / n
+    return Cell(f"{acc:.1f} ± {50 * (hi - lo):.1f}", acc, 100 * lo, 100 * hi)
+
+
+def attack_cell(sl: Slice, defense: str, attack: str, notes: Notes) -> Cell:
+    row = sl.cells.get((defense, attack))
+    if row is None:
+        return Cell("not run")
+    where = f"{defense} × {attack}"
+    if row["status"] != "ok":
+        status, reason = row["status"], row.get("warnings") or "no reason recorded"
+        return Cell(f"{status} " + notes.mark(f"{where} {status}: {reason}"))
+    if is_min_norm(row):
+        success = to_float(row["success_rate"])
+        if str(row.get("mean_norm") or "") == "":
+            cell = Cell("none fooled")
+        else:
+            mean = to_float(row["mean_norm"])
+            cell = Cell(f"{mean:.2f}" + (f" ({100 * success:.0f} % fooled)" if success < 1 else ""), mean)
+    else:
+        n = int(to_float(row["n"]))
+        cell = Cell("", 100 * to_float(row["robust_acc"]), 100 * to_float(row["ci_low"]), 100 * to_float(row["ci_high"]))
+        cell.text = f"{cell.value:.1f} ± {(cell.high - cell.low) / 2:.1f}" if n else "n = 0"
+    return _annotate(cell, row, where, notes)
+
+
+def _annotate(cell: Cell, row: dict, where: str, notes: Notes) -> Cell:
+    flags = flags_of(row)
+    if flags.get("collapsed"):
+        cell.text += " (collapsed)"
+    other = {k: v for k, v in flags.items() if v and k != "collapsed"}
+    if other:
+        cell.text += " " + notes.mark(f"{where}: training flags {json.dumps(other, sort_keys=True)}")
+    if row.get("warnings"):
+        cell.text += " ⚠" + notes.mark(f"{where}: {row['warnings']}")
+    return cell
+
+
+def clean_cell(sl: Slice, defense: str, notes: Notes) -> Cell:
+    rows = sl.rows_of(defense)
+    if not rows:
+        return Cell("not run" if not sl.rows_of(defense, ok_only=False) else "no finished cell")
+    n_max = max(int(to_float(r["n"])) for r in rows)  # attacks with their own smaller n_test see fewer points
+    values = {(round(to_float(r["clean_acc"]) * n_max), n_max) for r in rows if int(to_float(r["n"])) == n_max}
+    if len(values) == 1:
+        k, n = values.pop()
+        return accuracy_cell(k, n) if n else Cell("n = 0")
+    accs = sorted(100 * k / n for k, n in values if n)
+    return Cell(f"{accs[0]:.1f}–{accs[-1]:.1f} " + notes.mark(
+        f"{defense}: clean accuracy differs between its cells on the same test points (stochastic defense?)"))
+
+
+def worst_cell(sl: Slice, defense: str, attacks: list[str], notes: Notes) -> Cell:
+    """Per-sample worst case: a point is robust only if it is correct and no listed attack fooled it (minimum-norm
+    attacks count at their eps; without one they measure norms, not accuracy, and are left out)."""
+    usable, missing = [], []
+    for attack in attacks:
+        if attack.startswith(PENDING):
+            missing.append(f"{attack[len(PENDING):]} (pending)")
+            continue
+        row = sl.cells.get((defense, attack))
+        if row is None or row["status"] != "ok":
+            missing.append(f"{attack} ({'not run' if row is None else row['status']})")
+            continue
+        if is_min_norm(row) and str(row.get("eps") or "") == "":
+            continue
+        vec, why = sl.results.robust_vector(row)
+        if vec is None:
+            missing.append(f"{attack} ({why})")
+        else:
+            usable.append((attack, vec))
+    if not usable:
+        if all(m.endswith("(not run)") for m in missing):
+            return Cell("not run")
+        return Cell("n/a " + notes.mark(f"{defense} worst case: {'; '.join(missing)}"))
+    n = max(len(v) for _, v in usable)  # samples align only between cells on the same test subset (same n)
+    missing += [f"{a} (n = {len(v)}, not {n})" for a, v in usable if len(v) != n]
+    vectors = [v for _, v in usable if len(v) == n]
+    robust = [all(v[i] for v in vectors) for i in range(n)]
+    cell = accuracy_cell(sum(robust), n)
+    if missing:  # over fewer attacks the worst case can only be higher: say it is an upper bound
+        cell.text = "≤ " + cell.text + " " + notes.mark(f"{defense} worst case without {'; '.join(missing)}")
+    return cell
+
+
+def _count(v: float) -> str:
+    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if v >= size:
+            return f"{v / size:.3g}{unit}"
+    return f"{v:.0f}"
+
+
+def cost_cells(sl: Slice, defense: str) -> list[str]:
+    """Attack wall seconds, forward / backward image passes (summed over the row's cells), training seconds, device."""
+    rows = sl.rows_of(defense)
+    if not rows:
+        return ["", "", "", "", ""]
+    train = ""
+    for r in rows:
+        m = sl.results.manifest(r)
+        if m and m.get("training", {}).get("train_seconds") is not None:
+            train = f"{to_float(m['training']['train_seconds']):.0f}"
+            break
+    return [f"{sum(to_float(r['wall_s']) for r in rows):.1f}",
+            _count(sum(to_float(r["forward_passes"]) for r in rows)),
+            _count(sum(to_float(r["backward_passes"]) for r in rows)), train,
+            ", ".join(sorted({r.get("device", "") for r in rows}))]
+
+
+def format_eps(norm: str, eps: str) -> str:
+    if eps in ("", None):
+        return ""
+    v = to_float(eps)
+    if norm == "linf" and v > 0 and abs(v * 255 - round(v * 255)) < 1e-3:
+        return f"{round(v * 255)}/255"
+    return f"{v:g}"
+
+
+NORM_NAMES = {"linf": "Linf", "l2": "L2", "l1": "L1"}
+
+
+def attack_label(sl: Slice, attack: str) -> str:
+    row = next(r for (_, a), r in sl.cells.items() if a == attack)
+    norm = NORM_NAMES.get(row.get("norm") or "", row.get("norm") or "")
+    if is_min_norm(row):
+        return f"{attack} (mean {norm or 'norm'})"
+    budget = " ".join(p for p in (norm, format_eps(row.get("norm", ""), row.get("eps", ""))) if p)
+    return f"{attack} ({budget})" if budget else attack
+
+
+@dataclass
+class Table:
+    title: str
+    header: list[str]
+    rows: list[list[str]]
+    caption: str
+    notes: list[str] = field(default_factory=list)
+    links: list[str] = field(default_factory=list)
+
+    def markdown(self) -> str:
+        parts = [f"## {self.title}", tabulate(self.rows, self.header, tablefmt="github", disable_numparse=True),
+                 self.caption]
+        if self.notes:  # two trailing spaces: a Markdown line break between footnotes
+            parts.append("\n".join(f"[{i}] {t}  " for i, t in enumerate(self.notes, 1)))
+        parts += self.links
+        return "\n\n".join(parts) + "\n"
+
+    def csv(self) -> str:
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(self.header)
+        writer.writerows(self.rows)
+        return out.getvalue()
+
+    def latex(self) -> str:
+        body = tabulate(self.rows, self.header, tablefmt="latex_booktabs", disable_numparse=True)
+        notes = " ".join(f"[{i}] {t}" for i, t in enumerate(self.notes, 1))
+        text = _latex_escape(f"{self.title}. {self.caption} {notes}".strip())
+        return f"\\begin{{table}}\n\\centering\n\\caption{{{text}}}\n{body}\n\\end{{table}}\n"
+
+    def write(self, out_dir: Path, stem: str, latex: bool = False) -> Path:
+        out_dir = Path(out_dir)
+        atomic_write_bytes(out_dir / f"{stem}.md", self.markdown().encode())
+        atomic_write_bytes(out_dir / f"{stem}.csv", self.csv().encode())
+        if latex:
+            atomic_write_bytes(out_dir / f"{stem}.tex", self.latex().encode())
+        return out_dir / f"{stem}.md"
+
+
+def _latex_escape(text: str) -> str:
+    for a, b in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("$", r"\$"), ("#", r"\#"),
+                 ("_", r"\_"), ("{", r"\{"), ("}", r"\}"), ("~", r"\textasciitilde{}"), ("^", r"\^{}")):
+        text = text.replace(a, b)
+    return text
+
+
+def caption(slices: list[Slice], what: str) -> str:
+    """Profile, n, seed, git SHA and dates of the rows shown, so a table can be traced to its runs."""
+    rows = [r for sl in slices for r in sl.cells.values()]
+    sl0 = slices[0]
+    def joined(key):
+        return ", ".join(sorted({str(r.get(key, "")) for r in rows})) or "-"
+    stamps = sorted(r.get("timestamp", "") for r in rows)
+    others = sorted({r["seed"] for sl in slices for r in sl.results.latest_rows(dataset=sl.dataset, profile=sl.profile)}
+                    - {sl0.seed})
+    text = (f"{what} Dataset {', '.join(sorted({sl.dataset for sl in slices}))}, profile {sl0.profile}, "
+            f"seed {sl0.seed}, n {joined('n')}, git {joined('git_sha')}, results "
+            f"{stamps[0][:10] + ' to ' + stamps[-1][:10] if stamps else '-'}, rendered "
+            f"{datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}.")
+    if others:
+        text += f" Other seeds in the store: {', '.join(others)} (--seed)."
+    return text
+
+
+def leaderboard(results: Results, dataset: str, profile: str, seed=None) -> Table | None:
+    """Rows = defenses, columns = clean, each attack, the per-sample worst case and the cost columns."""
+    seed = seed if seed is not None else results.default_seed(dataset, profile)
+    if seed is None:
+        return None
+    sl = results.slice(dataset, profile, seed)
+    if not sl.cells:
+        return None
+    notes = Notes()
+    attacks = sl.attacks()
+    header = ["defense", "clean", *(attack_label(sl, a) for a in attacks), "worst case",
+              "attack s", "fwd passes", "bwd passes", "train s", "device"]
+    body = []
+    for d in sl.defenses():
+        ran = [a for a in attacks if (d, a) in sl.cells]
+        body.append([d, clean_cell(sl, d, notes).text, *(attack_cell(sl, d, a, notes).text for a in attacks),
+                     worst_cell(sl, d, ran, notes).text, *cost_cells(sl, d)])
+    what = ("Accuracy % ± 95 % Wilson half-width; minimum-norm attacks: mean perturbation norm of fooled points. "
+            "Worst case: per sample over every attack run on that defense (all norms; minimum-norm attacks at "
+            "their eps, if they have one). Costs summed over the defense's cells.")
+    return Table(f"Leaderboard — {dataset} / {profile}", header, body, caption([sl], what), notes.items)
+
+
+def spec_table(results: Results, cfg, name: str, profile: str, seed=None) -> Table:
+    """A [tables.NAME] layout: each column measured here, then the paper's published number beside it."""
+    spec: TableSpec = cfg.tables[name]
+    if seed is None:
+        seed = results.default_seed(spec.dataset, profile)
+    seed = seed if seed is not None else cfg.settings.seed
+    slices = {ds: results.slice(ds, profile, seed) for ds in {spec.column_dataset(i) for i in range(len(spec.columns))}}
+    notes = Notes()
+    header = [""] + [h for c in spec.columns for h in (c.label, f"{c.label} (paper)")]
+    body = []
+    for row in spec.rows:
+        label = row.label + (" " + notes.mark(f"{row.label}: {row.note}") if row.note else "")
+        if row.defense is None:
+            label += " " + notes.mark(_pending_note(cfg, name, "defense", row.pending))
+        out = [label]
+        for i, ref in enumerate(spec.row_cells(row)):
+            cell = _spec_cell(cfg, name, spec, row, ref, slices[spec.column_dataset(i)], notes)
+            paper = row.paper[i] if row.paper else "-"
+            if (isinstance(paper, float) and cell.low is not None and cell.high is not None
+                    and not cell.low <= paper <= cell.high):
+                cell.text += " †"
+            out += [cell.text, "–" if paper == "-" else f"{paper:g}"]
+        body.append(out)
+    what = (f"{spec.source}. Measured: accuracy % ± 95 % Wilson half-width (mean norm for minimum-norm attacks); "
+            f"(paper) = published number; † = the published number lies outside our 95 % interval.")
+    if spec.note:
+        what += f" {spec.note}"
+    return Table(f"{name}: {spec.title}", header, body, caption(list(slices.values()), what), notes.items)
+
+
+def _spec_cell(cfg, name: str, spec: TableSpec, row, ref: str, sl: Slice, notes: Notes) -> Cell:
+    if row.defense is None:
+        return Cell("pending")
+    if ref.startswith(PENDING):
+        return Cell("pending " + notes.mark(_pending_note(cfg, name, "attack", ref[len(PENDING):])))
+    if ref == "clean":
+        return clean_cell(sl, row.defense, notes)
+    if ref == "worst":
+        return worst_cell(sl, row.defense, spec.worst_attacks(row), notes)
+    return attack_cell(sl, row.defense, ref, notes)
+
+
+def _pending_note(cfg, table: str, kind: str, entry: str) -> str:
+    section = f"[{'defenses' if kind == 'defense' else 'attacks'}.{entry}]"
+    if entry in cfg.entries[kind]:
+        return f"{section} exists now: map it in [tables.{table}] to show measured numbers."
+    return f"no {section} entry in bench.toml yet."

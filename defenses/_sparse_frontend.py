@@ -1,0 +1,305 @@
+"""Building blocks of the sparse-coding front end (000 §3, 001 §4.2, SPEC §1-2): the frozen dictionary encoder
+(conv -> top-T -> optional dropout -> quantizing activation), the transposed-conv decoder, the whole network,
+the softmax ensemble, and the backward surrogates attacks select by name (BPDA, SPEC §2).
+
+Every surrogate changes gradients only: the forward of each mode runs the same operations on the same values,
+so outputs are bit-identical (given the same random state for the dropout draw)."""
+from __future__ import annotations
+
+import contextlib
+import re
+import warnings
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from bench import BenchError
+
+# ---------------------------------------------------------------- backward modes
+
+SURROGATE_GRAMMAR = ("'autograd' (plain gradients: the quantizer's is zero), 'smooth:S' (derivative of "
+                     "½[tanh(S(x̃−j)) + tanh(S(x̃+j))], S >= 0, 'smooth' = 'smooth:4', 'smooth:0' = identity), "
+                     "'identity' (activation passes the gradient unchanged), 'top_u:U' or 'top_u:kT' (gradient "
+                     "through the top-U pre-selection coefficients; 'top_u' = 'top_u:2T'), 'frontend_identity' "
+                     "(the whole front end, encoder + decoder, is the identity in the backward pass); activation "
+                     "and top-U parts combine with '+', e.g. 'smooth:4+top_u:2T'")
+
+
+@dataclass(frozen=True)
+class Backward:
+    activation: str = "autograd"  # autograd | smooth | identity
+    steepness: float = 0.0
+    top_u: int | None = None
+    frontend_identity: bool = False
+
+
+def _bad(spec: str, why: str) -> BenchError:
+    return BenchError(f"Unknown backward surrogate {spec!r} for the sparse front end: {why}. Allowed: "
+                      f"{SURROGATE_GRAMMAR}.")
+
+
+def parse_backward(spec: str | None, top_t: int, n_atoms: int, quantize: bool = True) -> Backward:
+    """'smooth:4+top_u:2T' -> Backward(activation='smooth', steepness=4, top_u=30) for T = 15."""
+    if spec in (None, "", "autograd"):
+        return Backward()
+    fields: dict = {}
+    for part in spec.replace(" ", "").split("+"):
+        name, _, arg = part.partition(":")
+        if name in fields or (name in ("smooth", "identity") and "activation" in fields):
+            raise _bad(spec, f"'{part}' repeats or contradicts an earlier part")
+        if name == "smooth":
+            try:
+                s = float(arg) if arg else 4.0
+            except ValueError:
+                raise _bad(spec, f"steepness {arg!r} is not a number") from None
+            if s < 0:
+                raise _bad(spec, "steepness must be >= 0")
+            fields["activation"] = ("smooth", s) if s > 0 else ("identity", 0.0)
+        elif name == "identity" and not arg:
+            fields["activation"] = ("identity", 0.0)
+        elif name == "top_u":
+            fields["top_u"] = _parse_u(spec, arg or "2T", top_t, n_atoms)
+        elif name == "frontend_identity" and not arg:
+            fields["frontend_identity"] = True
+        else:
+            raise _bad(spec, f"'{part}' is not a known part")
+    if fields.get("frontend_identity") and len(fields) > 1:
+        raise _bad(spec, "'frontend_identity' replaces the whole front end and combines with nothing")
+    if "activation" in fields and not quantize:
+        raise _bad(spec, "this front end has no quantizing activation (quantize off), so only 'top_u' and "
+                         "'frontend_identity' apply")
+    activation, steepness = fields.get("activation", ("autograd", 0.0))
+    return Backward(activation, steepness, fields.get("top_u"), fields.get("frontend_identity", False))
+
+
+def _parse_u(spec: str, arg: str, top_t: int, n_atoms: int) -> int:
+    m = re.fullmatch(r"(\d*\.?\d*)T", arg)
+    try:
+        u = round(float(m.group(1) or 1) * top_t) if m else int(arg)
+    except ValueError:
+        raise _bad(spec, f"U = {arg!r} is neither an integer nor a multiple of T like '2T'") from None
+    if not 1 <= u <= n_atoms:
+        raise _bad(spec, f"U = {u} must lie in [1, {n_atoms}] (the number of atoms)")
+    return u
+
+
+# ---------------------------------------------------------------- custom autograd functions
+
+class _Select(torch.autograd.Function):
+    """Forward: keep the coefficients in `keep` (top-T, after dropout). Backward: pass the gradient only where
+    `pass_grad` is set (the top-U pre-selection coefficients)."""
+
+    @staticmethod
+    def forward(ctx, c, keep, pass_grad):
+        ctx.save_for_backward(pass_grad)
+        return torch.where(keep, c, 0.0)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (pass_grad,) = ctx.saved_tensors
+        return torch.where(pass_grad, grad, 0.0), None, None
+
+
+def quantize(c: torch.Tensor, l1: torch.Tensor, jump: float) -> torch.Tensor:
+    """sign(c)·||d_l||_1 where |c| > jump·||d_l||_1 (jump = beta·eps), else 0 (000 eq. 3)."""
+    l1v = l1.view(1, -1, 1, 1)
+    return torch.where(c.abs() > jump * l1v, torch.sign(c) * l1v, 0.0)
+
+
+def smooth_slope(c: torch.Tensor, l1: torch.Tensor, jump: float, s: float) -> torch.Tensor:
+    """d/dx̃ of ½[tanh(s(x̃−j)) + tanh(s(x̃+j))] at x̃ = c/||d_l||_1 (= d/dc of ||d_l||_1 times that function)."""
+    x = c / l1.view(1, -1, 1, 1)
+    return 0.5 * s * (torch.cosh(s * (x - jump)).pow(-2) + torch.cosh(s * (x + jump)).pow(-2))
+
+
+class _Quantize(torch.autograd.Function):
+    """Forward: `quantize`. Backward: identity (steepness 0) or the smooth slope."""
+
+    @staticmethod
+    def forward(ctx, c, l1, jump: float, steepness: float):
+        ctx.jump, ctx.steepness = jump, steepness
+        ctx.save_for_backward(c, l1)
+        return quantize(c, l1, jump)
+
+    @staticmethod
+    def backward(ctx, grad):
+        if ctx.steepness <= 0:
+            return grad, None, None, None
+        c, l1 = ctx.saved_tensors
+        return grad * smooth_slope(c, l1, ctx.jump, ctx.steepness), None, None, None
+
+
+class _StraightThrough(torch.autograd.Function):
+    """Forward: `value` (computed elsewhere without a graph). Backward: the gradient goes to `source` unchanged."""
+
+    @staticmethod
+    def forward(ctx, source, value):
+        return value.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad, None
+
+
+class _SparseConvTranspose(torch.autograd.Function):
+    """`F.conv_transpose2d(codes, weight, bias, stride)` computed from the non-zero codes only (at most T of L
+    per location), so its cost scales with T instead of L; exact gradients for codes, weight and bias."""
+
+    @staticmethod
+    def forward(ctx, codes, weight, bias, stride: int):
+        b, n_atoms, h, w = codes.shape
+        k = weight.shape[-1]
+        flat = codes.permute(0, 2, 3, 1).reshape(b * h * w, n_atoms)
+        bag, atom = flat.nonzero(as_tuple=True)
+        values = flat[bag, atom]
+        counts = torch.bincount(bag, minlength=b * h * w)
+        cols = F.embedding_bag(atom, weight.reshape(n_atoms, -1), counts.cumsum(0) - counts, mode="sum",
+                               per_sample_weights=values)
+        out = F.fold(cols.view(b, h * w, -1).transpose(1, 2), ((h - 1) * stride + k, (w - 1) * stride + k), k,
+                     stride=stride)
+        ctx.stride, ctx.bags = stride, b * h * w
+        ctx.save_for_backward(weight, bag, atom, values)
+        return out + bias.view(1, -1, 1, 1)
+
+    @staticmethod
+    def backward(ctx, grad):
+        weight, bag, atom, values = ctx.saved_tensors
+        n_atoms, k = weight.shape[0], weight.shape[-1]
+        grad_codes = grad_weight = grad_bias = None
+        if ctx.needs_input_grad[0]:  # the adjoint of a transposed conv is the conv with the same weight
+            grad_codes = F.conv2d(grad, weight, stride=ctx.stride)
+        if ctx.needs_input_grad[1]:
+            cols = F.unfold(grad, k, stride=ctx.stride).transpose(1, 2).reshape(ctx.bags, -1)
+            with warnings.catch_warnings():  # "sparse CSR support is in beta": used only for this product
+                warnings.simplefilter("ignore", UserWarning)
+                codes_t = torch.sparse_coo_tensor(torch.stack([atom, bag]), values, (n_atoms, ctx.bags),
+                                                  check_invariants=False).to_sparse_csr()
+                grad_weight = torch.sparse.mm(codes_t, cols).view_as(weight)
+        if ctx.needs_input_grad[2]:
+            grad_bias = grad.sum(dim=(0, 2, 3))
+        return grad_codes, grad_weight, grad_bias, None
+
+
+# ---------------------------------------------------------------- modules
+
+class SparseEncoder(nn.Module):
+    """Frozen conv whose filters are the unit-norm dictionary atoms -> top-T per location by |value| (sign kept)
+    -> optional dropout of survivors with probability p at train AND test time (no rescale) -> quantizing
+    activation (optional). Runs in fp32 even under autocast: the thresholds decide which codes survive."""
+
+    def __init__(self, filters: torch.Tensor, stride: int, top_t: int, beta: float, eps: float,
+                 dropout_p: float = 0.0, quantize: bool = True):
+        super().__init__()
+        self.register_buffer("filters", filters.float().clone())
+        self.stride, self.top_t, self.dropout_p, self.quantize = stride, top_t, dropout_p, quantize
+        self.jump = beta * eps
+
+    @property
+    def n_atoms(self) -> int:
+        return self.filters.shape[0]
+
+    def l1_norms(self) -> torch.Tensor:
+        return self.filters.abs().sum(dim=(1, 2, 3))
+
+    def coefficients(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x.float(), self.filters, stride=self.stride)
+
+    def forward(self, x: torch.Tensor, mode: Backward = Backward()) -> torch.Tensor:
+        with torch.autocast(x.device.type, enabled=False):
+            return self.encode(self.coefficients(x), mode)
+
+    def encode(self, c: torch.Tensor, mode: Backward = Backward()) -> torch.Tensor:
+        """Coefficients (B × L × H × W) -> top-T (-> dropout) (-> quantized) codes."""
+        with torch.autocast(c.device.type, enabled=False):
+            magnitude = c.abs()
+            top = magnitude.topk(self.top_t, dim=1, sorted=False).indices
+            survive = torch.rand(top.shape, device=c.device) >= self.dropout_p if self.dropout_p > 0 else True
+            keep = torch.zeros_like(c, dtype=torch.bool).scatter_(1, top, survive)
+            if mode.top_u is None:
+                z = torch.where(keep, c, 0.0)
+            else:  # dropout is ignored by this surrogate: the expected selection is (1-p)·top-T
+                upper = magnitude.topk(mode.top_u, dim=1, sorted=False).indices
+                z = _Select.apply(c, keep, torch.zeros_like(keep).scatter_(1, upper, True))
+            if not self.quantize:
+                return z
+            if mode.activation == "autograd":
+                return quantize(z, self.l1_norms(), self.jump)
+            steepness = mode.steepness if mode.activation == "smooth" else 0.0
+            return _Quantize.apply(z, self.l1_norms(), self.jump, steepness)
+
+
+class Decoder(nn.Module):
+    """ConvT(L→300, k, s) → ReLU → ConvT(300→100, 3) → ReLU → ConvT(100→C, 3) → ReLU, centre-cropped to the
+    image size and clamped to [0, 1] (SPEC §1; CIFAR: 15→32→34→36→32). The first layer reads only the
+    non-zero codes (`sparse_first_layer`), which is exact and ~L/T times cheaper."""
+
+    def __init__(self, n_atoms: int, channels: int, kernel: int, stride: int, widths=(300, 100)):
+        super().__init__()
+        self.up = nn.ConvTranspose2d(n_atoms, widths[0], kernel, stride)
+        self.mid = nn.ConvTranspose2d(widths[0], widths[1], 3)
+        self.out = nn.ConvTranspose2d(widths[1], channels, 3)
+        self.stride = stride
+        self.sparse_first_layer = True
+
+    def forward(self, z: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        if self.sparse_first_layer:
+            with torch.autocast(z.device.type, enabled=False):
+                h = _SparseConvTranspose.apply(z.float(), self.up.weight, self.up.bias, self.stride)
+        else:
+            h = self.up(z)
+        h = F.relu(self.out(F.relu(self.mid(F.relu(h)))))
+        top, left = (h.shape[-2] - size[0]) // 2, (h.shape[-1] - size[1]) // 2
+        return h[..., top:top + size[0], left:left + size[1]].clamp(0, 1)
+
+
+class SparseCodingNet(nn.Module):
+    """encoder -> decoder (the front end, image in, image out) -> classifier. `backward` selects the gradient
+    surrogate attacks see; it never changes the forward values."""
+
+    def __init__(self, encoder: SparseEncoder, decoder: Decoder, classifier: nn.Module):
+        super().__init__()
+        self.encoder, self.decoder, self.classifier = encoder, decoder, classifier
+        self.backward_mode = Backward()
+
+    def frontend(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.encoder(x, self.backward_mode), x.shape[-2:])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.backward_mode.frontend_identity:
+            with torch.no_grad():
+                z = self.frontend(x)
+            z = _StraightThrough.apply(x, z)
+        else:
+            z = self.frontend(x)
+        return self.classifier(z)
+
+
+class SoftmaxEnsemble(nn.Module):
+    """log of the mean softmax over `passes` stochastic forwards (argmax = the ensemble's vote; softmax of the
+    output gives the mean probabilities back)."""
+
+    def __init__(self, model: nn.Module, passes: int):
+        super().__init__()
+        self.model, self.passes = model, passes
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        probs = sum(F.softmax(self.model(x).float(), dim=1) for _ in range(self.passes)) / self.passes
+        return probs.clamp_min(torch.finfo(probs.dtype).tiny).log()
+
+
+@contextlib.contextmanager
+def backward_mode(model: nn.Module, mode: Backward):
+    """Set `mode` on every SparseCodingNet inside `model` (e.g. behind a PassCounter), restore it afterwards."""
+    nets = [m for m in model.modules() if isinstance(m, SparseCodingNet)]
+    if not nets:
+        raise BenchError("surrogate(): the model given contains no sparse-coding front end (SparseCodingNet).")
+    before = [n.backward_mode for n in nets]
+    for n in nets:
+        n.backward_mode = mode
+    try:
+        yield model
+    finally:
+        for n, b in zip(nets, before):
+            n.backward_mode = b

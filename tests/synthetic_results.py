@@ -1,0 +1,54 @@
+"""Synthetic result rows and manifests in the exact format bench.runner writes (for report / regress tests)."""
+from __future__ import annotations
+
+import json
+
+from bench.stats import wilson_interval
+from bench.store import RESULT_COLUMNS, ResultsStore, content_hash
+
+EPS8 = "0.0313725"
+
+
+def cell(defense: str, attack: str, correct: list[bool], fooled: list[bool], *, dataset="cifar10", profile="quick",
+         seed=0, norm="linf", eps=EPS8, status="ok", min_norm=False, norms=None, flags=None, warnings="",
+         timestamp="2026-01-01T00:00:00+00:00", plugin=None, params=None, git_sha="abc123def456",
+         wall_s=10.0, passes=(1000, 500)) -> tuple[dict, dict]:
+    """One (row, manifest) pair. Bounded: robust = correct and not fooled; min-norm: not fooled within eps (if any)."""
+    n = len(correct)
+    fooled = [bool(c) and bool(f) for c, f in zip(correct, fooled)]
+    within = [f and (not min_norm or (eps != "" and v <= float(eps))) for f, v in zip(fooled, norms or [0.0] * n)]
+    robust = [bool(c) and not w for c, w in zip(correct, within)]
+    k = sum(robust)
+    lo, hi = wilson_interval(k, n)
+    params = params or {"eps": float(eps) if eps else None, "steps": 10, "restarts": 1, "step_size": "eps*0.125"}
+    entry = {"name": attack, "plugin": plugin or attack, "params": params}
+    key = content_hash({"d": defense, "a": entry, "ds": dataset, "p": profile, "s": seed, "n": n})
+    row = {c: "" for c in RESULT_COLUMNS}
+    row.update(cell=key, dataset=dataset, defense=defense, attack=attack, profile=profile, seed=seed, norm=norm,
+               eps=eps, status=status, n=n, n_fooled=sum(fooled), clean_acc=f"{sum(map(bool, correct)) / n:.6g}",
+               robust_acc=f"{k / n:.6g}", ci_low=f"{lo:.6g}", ci_high=f"{hi:.6g}", forward_passes=passes[0],
+               backward_passes=passes[1], wall_s=f"{wall_s:.2f}", device="cpu:test", git_sha=git_sha, versions="{}",
+               config_hash="cfg", defense_ckpt="ckpt", flags=json.dumps(flags or {}), warnings=warnings,
+               timestamp=timestamp)
+    if min_norm:
+        fooled_norms = [v for v, f in zip(norms, fooled) if f]
+        row.update(success_rate=f"{sum(fooled) / max(1, sum(map(bool, correct))):.6g}",
+                   mean_norm=f"{sum(fooled_norms) / len(fooled_norms):.6g}" if fooled_norms else "",
+                   median_norm="", queries="100")
+    if status != "ok":
+        row.update(clean_acc="", robust_acc="", ci_low="", ci_high="")
+    manifest = {"attack_entry": entry, "training": {"train_seconds": 12.0}, "training_history": [],
+                "per_sample": {"correct": [bool(c) for c in correct], "fooled": fooled, "norm": norms}}
+    return row, manifest
+
+
+def fooling(n: int, indices) -> list[bool]:
+    chosen = set(indices)
+    return [i in chosen for i in range(n)]
+
+
+def write(root, cells) -> ResultsStore:
+    store = ResultsStore(root)
+    for row, manifest in cells:
+        store.append(row, manifest)
+    return store

@@ -1,0 +1,115 @@
+"""Transfer and PW-T: examples made on a surrogate defense fool the target more than random noise of the same
+budget, the surrogate is named in the manifest, and cached examples serve a second run."""
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import bench
+from attacks.transfer import Transfer, sample_ids
+from bench.errors import ConfigError
+from bench.runner import Env, load_subset, predict
+
+REPO = Path(__file__).resolve().parent.parent
+
+# a second natural model (other data subset, other length) stands in for PGD-AT / the sparse autoencoder
+EXTRA = """
+[defenses.natural_surrogate]
+plugin = "natural"
+epochs = 1
+n_train = 2000
+batch_size = 100
+monitor_n = 50
+
+[attacks.transfer_test]
+plugin = "transfer"
+surrogate = "natural_surrogate"
+surrogate_attack = "pgd_transfer"
+
+[attacks.pgd_eot_test]
+plugin = "pgd_eot"
+eps = "8/255"
+steps = 5
+step_size = "2/255"
+eot_samples = 1
+
+[attacks.pwt_test]
+plugin = "pwt"
+surrogate = "natural_surrogate"
+surrogate_attack = "pgd_eot_test"
+
+[attacks.transfer_bad]
+plugin = "transfer"
+surrogate = "natural_surrogate"
+surrogate_attack = "pwt_test"
+"""
+
+
+@pytest.fixture(scope="module")
+def transfer_env(tmp_path_factory, data_root, session_results):
+    cfg = tmp_path_factory.mktemp("transfer") / "bench.toml"
+    cfg.write_text((REPO / "bench.toml").read_text() + EXTRA)
+    # same results folder as the session Env: the natural smoke checkpoint is reused, not retrained
+    return Env.create(config=cfg, data_root=data_root, device="cpu", results_dir=session_results)
+
+
+def _noise_fooled(env, x, y, eps, seed=0):
+    """Fooled fraction of the natural model under random sign noise of the same Linf budget: chance level."""
+    model = bench.train("natural", "cifar10", "smoke", 0, env=env).model
+    g = torch.Generator().manual_seed(seed)
+    noisy = (x + eps * (torch.randint(0, 2, x.shape, generator=g).float() * 2 - 1)).clamp(0, 1)
+    return (predict(model, noisy, env.device, 200) != y).float().mean().item()
+
+
+@pytest.mark.slow
+def test_transfer_from_a_surrogate_fools_natural_beyond_chance(transfer_env, natural_smoke):
+    env = transfer_env
+    (row,) = bench.run(defense="natural", attack="transfer_test", dataset="cifar10", profile="smoke", env=env)
+    clean, robust = float(row["clean_acc"]), float(row["robust_acc"])
+    assert row["norm"] == "linf" and abs(float(row["eps"]) - 8 / 255) < 1e-6  # the surrogate attack's budget
+    manifest = json.loads((env.store.manifest_dir / f"{row['cell']}.json").read_text())
+    info = manifest["attack_info"]
+    assert info["surrogate"] == "natural_surrogate" and info["surrogate_checkpoint"]
+    n_attacked = round(clean * int(row["n"]))
+    assert info["generated"] == n_attacked and info["reused"] == 0
+    assert info["surrogate_backward_passes"] > 0 and int(row["backward_passes"]) == 0  # the target is never differentiated
+
+    x, y = load_subset("cifar10", "test", env.data_root, int(row["n"]), 0)
+    correct = torch.tensor(manifest["per_sample"]["correct"])
+    chance = _noise_fooled(env, x[correct], y[correct], 8 / 255)
+    fooled = 1 - robust / clean
+    assert fooled > chance + 0.2, (fooled, chance)
+
+    # a second run (forced) is served from the per-image cache: nothing is generated, the verdict is identical
+    (again,) = bench.run(defense="natural", attack="transfer_test", dataset="cifar10", profile="smoke", env=env,
+                         force=True)
+    info2 = json.loads((env.store.manifest_dir / f"{again['cell']}.json").read_text())["attack_info"]
+    assert info2["generated"] == 0 and info2["reused"] == n_attacked
+    assert again["robust_acc"] == row["robust_acc"]
+
+
+@pytest.mark.slow
+def test_pwt_plugin_runs_with_another_surrogate(transfer_env, natural_smoke):
+    env = transfer_env
+    (row,) = bench.run(defense="natural", attack="pwt_test", dataset="cifar10", profile="smoke", env=env)
+    info = json.loads((env.store.manifest_dir / f"{row['cell']}.json").read_text())["attack_info"]
+    assert info["surrogate"] == "natural_surrogate" and info["surrogate_attack"]["plugin"] == "pgd_eot"
+    assert float(row["robust_acc"]) < 0.6 * float(row["clean_acc"])
+
+
+def test_surrogate_attack_must_run_on_the_pgd_engine(transfer_env):
+    x, y = load_subset("cifar10", "test", transfer_env.data_root, 4, 0)
+    atk = transfer_env.cfg.attack("transfer_bad", "cifar10", "smoke")
+    ctx = bench.AttackContext(defense=None, device=torch.device("cpu"), seed=0, batch_size=4, env=transfer_env,
+                              dataset="cifar10", profile="smoke")
+    with pytest.raises(ConfigError, match="pwt_test"):
+        Transfer(atk.params).run(None, x, y, ctx)
+
+
+def test_sample_ids_address_image_and_label():
+    x = torch.rand(3, 3, 4, 4)
+    y = torch.tensor([1, 2, 3])
+    ids = sample_ids(x, y)
+    assert len(set(ids)) == 3 and sample_ids(x.clone(), y) == ids
+    assert sample_ids(x, torch.tensor([1, 2, 4]))[2] != ids[2]
