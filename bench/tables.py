@@ -225,7 +225,8 @@ def worst_cell(sl: Slice, defense: str, attacks: list[str], notes: Notes) -> Cel
     if not usable:
         if all(m.endswith("(not run)") for m in missing):
             return Cell("not run")
-        return Cell("n/a " + notes.mark(f"{defense} worst case: {'; '.join(missing)}"))
+        text = "not run" if all(m.endswith(("(not run)", "(pending)")) for m in missing) else "n/a"
+        return Cell(f"{text} " + notes.mark(f"{defense} worst case: {'; '.join(missing)}"))
     n = max(len(v) for _, v in usable)  # samples align only between cells on the same test subset (same n)
     missing += [f"{a} (n = {len(v)}, not {n})" for a, v in usable if len(v) != n]
     vectors = [v for _, v in usable if len(v) == n]

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import re
-import warnings
 from dataclasses import dataclass
 
 import torch
@@ -143,45 +142,6 @@ class _StraightThrough(torch.autograd.Function):
         return grad, None
 
 
-class _SparseConvTranspose(torch.autograd.Function):
-    """`F.conv_transpose2d(codes, weight, bias, stride)` computed from the non-zero codes only (at most T of L
-    per location), so its cost scales with T instead of L; exact gradients for codes, weight and bias."""
-
-    @staticmethod
-    def forward(ctx, codes, weight, bias, stride: int):
-        b, n_atoms, h, w = codes.shape
-        k = weight.shape[-1]
-        flat = codes.permute(0, 2, 3, 1).reshape(b * h * w, n_atoms)
-        bag, atom = flat.nonzero(as_tuple=True)
-        values = flat[bag, atom]
-        counts = torch.bincount(bag, minlength=b * h * w)
-        cols = F.embedding_bag(atom, weight.reshape(n_atoms, -1), counts.cumsum(0) - counts, mode="sum",
-                               per_sample_weights=values)
-        out = F.fold(cols.view(b, h * w, -1).transpose(1, 2), ((h - 1) * stride + k, (w - 1) * stride + k), k,
-                     stride=stride)
-        ctx.stride, ctx.bags = stride, b * h * w
-        ctx.save_for_backward(weight, bag, atom, values)
-        return out + bias.view(1, -1, 1, 1)
-
-    @staticmethod
-    def backward(ctx, grad):
-        weight, bag, atom, values = ctx.saved_tensors
-        n_atoms, k = weight.shape[0], weight.shape[-1]
-        grad_codes = grad_weight = grad_bias = None
-        if ctx.needs_input_grad[0]:  # the adjoint of a transposed conv is the conv with the same weight
-            grad_codes = F.conv2d(grad, weight, stride=ctx.stride)
-        if ctx.needs_input_grad[1]:
-            cols = F.unfold(grad, k, stride=ctx.stride).transpose(1, 2).reshape(ctx.bags, -1)
-            with warnings.catch_warnings():  # "sparse CSR support is in beta": used only for this product
-                warnings.simplefilter("ignore", UserWarning)
-                codes_t = torch.sparse_coo_tensor(torch.stack([atom, bag]), values, (n_atoms, ctx.bags),
-                                                  check_invariants=False).to_sparse_csr()
-                grad_weight = torch.sparse.mm(codes_t, cols).view_as(weight)
-        if ctx.needs_input_grad[2]:
-            grad_bias = grad.sum(dim=(0, 2, 3))
-        return grad_codes, grad_weight, grad_bias, None
-
-
 # ---------------------------------------------------------------- modules
 
 class SparseEncoder(nn.Module):
@@ -231,25 +191,17 @@ class SparseEncoder(nn.Module):
 
 
 class Decoder(nn.Module):
-    """ConvT(L→300, k, s) → ReLU → ConvT(300→100, 3) → ReLU → ConvT(100→C, 3) → ReLU, centre-cropped to the
-    image size and clamped to [0, 1] (SPEC §1; CIFAR: 15→32→34→36→32). The first layer reads only the
-    non-zero codes (`sparse_first_layer`), which is exact and ~L/T times cheaper."""
+    """ConvT(L→w1, k, s) → ReLU → ConvT(w1→w2, 3) → ReLU → ConvT(w2→C, 3) → ReLU, centre-cropped to the image
+    size and clamped to [0, 1] (SPEC §1: w = (300, 100); CIFAR: 15→32→34→36→32)."""
 
     def __init__(self, n_atoms: int, channels: int, kernel: int, stride: int, widths=(300, 100)):
         super().__init__()
         self.up = nn.ConvTranspose2d(n_atoms, widths[0], kernel, stride)
         self.mid = nn.ConvTranspose2d(widths[0], widths[1], 3)
         self.out = nn.ConvTranspose2d(widths[1], channels, 3)
-        self.stride = stride
-        self.sparse_first_layer = True
 
     def forward(self, z: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        if self.sparse_first_layer:
-            with torch.autocast(z.device.type, enabled=False):
-                h = _SparseConvTranspose.apply(z.float(), self.up.weight, self.up.bias, self.stride)
-        else:
-            h = self.up(z)
-        h = F.relu(self.out(F.relu(self.mid(F.relu(h)))))
+        h = F.relu(self.out(F.relu(self.mid(F.relu(self.up(z))))))
         top, left = (h.shape[-2] - size[0]) // 2, (h.shape[-1] - size[1]) // 2
         return h[..., top:top + size[0], left:left + size[1]].clamp(0, 1)
 

@@ -2,6 +2,7 @@
 recipes in bench.toml, the per-epoch robustness log and the catastrophic-overfitting flag)."""
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -9,6 +10,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import bench
 from bench.config import load_config
 from bench.data import dataset_info
 from bench.errors import ConfigError
@@ -247,6 +249,10 @@ def test_rfgsm_with_a_huge_step_is_flagged_collapsed(config_copy, data_root, tmp
     assert last["fgsm_acc"] > last["pgd_acc"] + 0.4, trained.meta["history"]  # the collapse really happened
     assert trained.meta["flags"]["collapsed"] is True
     assert "masking" in trained.meta["flags"]["reason"] or "overfitting" in trained.meta["flags"]["reason"]
+    # the flag travels to the result row, beside the honest multi-step number
+    (row,) = bench.run(defense="rf_broken", attack="pgd_linf", dataset="mnist", profile="smoke", n_test=50, env=env)
+    assert json.loads(row["flags"])["collapsed"] is True
+    assert float(row["robust_acc"]) < 0.2
 
 
 def test_gpu_speed_options_enter_the_checkpoint_key_only_when_on():

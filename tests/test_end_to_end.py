@@ -12,7 +12,7 @@ import pytest
 import bench
 
 REPO = Path(__file__).resolve().parent.parent
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.ci]
 
 
 def test_smoke_cell_breaks_a_natural_model(env, natural_smoke):
@@ -43,7 +43,7 @@ def test_kill_mid_run_keeps_rows_and_resumes(tmp_path, data_root):
     rows_before = (results / "results.csv").read_text()
 
     proc = subprocess.Popen([*base, "--defense", "natural_b"], env=env, stderr=subprocess.PIPE, text=True)
-    for line in proc.stderr:  # epoch 2 logged => epoch 1's state is on disk; kill hard mid-training
+    for line in proc.stderr:  # epoch 2 logged => epoch 1 is saved (epoch 2 may be too); kill hard mid-training
         if line.startswith("epoch=2"):
             break
     proc.send_signal(signal.SIGKILL)
@@ -53,7 +53,7 @@ def test_kill_mid_run_keeps_rows_and_resumes(tmp_path, data_root):
 
     done = subprocess.run([*base, "--defense", "natural_b"], env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
-    assert re.search(r"resuming training of natural at epoch [34]/6", done.stderr), done.stderr
+    assert re.search(r"resuming training of natural at epoch [23]/6", done.stderr), done.stderr
     with open(results / "results.csv") as f:
         rows = list(csv.DictReader(f))
     assert [r["defense"] for r in rows] == ["natural", "natural_b"]

@@ -21,7 +21,8 @@ from bench import Defense, register_attack, register_defense
 from bench.runner import Env, attack_part, merge_parts, run_cell, shard_range
 from bench.sched import build_plan, run_matrix
 from bench.sched.core import Scheduler
-from bench.sched.local import PARENT_ENV, Event
+from bench.sched.jobs import Event
+from bench.sched.local import PARENT_ENV
 from bench.sched.view import PlainView
 from bench.store import ResultsStore
 

@@ -20,17 +20,33 @@ class _Quiet:
         pass
 
 
-def _noop_seconds(env, backend: str, devices: str, n: int, sleep: float) -> float:
-    """Wall time of n no-op jobs through the scheduler, worker start-up included."""
+def _time_noops(env, backend: str, devices: str, n: int, sleep: float) -> dict:
+    """Run one warm-up no-op job per worker, then n no-op jobs that wait for all of them; time the n."""
     from ..sched import make_backend
     from ..sched.core import Scheduler
     from ..sched.plan import Job, Plan
 
-    plan = Plan({f"noop:{i}": Job(f"noop:{i}", "noop", f"noop {i}", {"kind": "noop", "seconds": sleep})
-                 for i in range(n)}, env.cache.root / "shards")
+    runner = make_backend(backend, devices)
+    if backend == "ray":
+        from ..sched.jobs import env_spec
+
+        runner.start(env_spec(env))
+    warm = [Job(f"warm:{i}", "noop", f"warm-up {i}", {"kind": "noop", "seconds": 0.0}) for i in range(runner.slots)]
+    timed = [Job(f"noop:{i}", "noop", f"noop {i}", {"kind": "noop", "seconds": sleep}, [w.id for w in warm])
+             for i in range(n)]
+    marks = {}
+
+    class Timed(Scheduler):
+        def _handle(self, ev):
+            super()._handle(ev)
+            if all(w.state == "done" for w in warm) and "warm" not in marks:
+                marks["warm"], marks["cpu"] = time.perf_counter(), time.process_time()
+
     t0 = time.perf_counter()
-    Scheduler(env, plan, make_backend(backend, devices), _Quiet()).run()
-    return time.perf_counter() - t0
+    Timed(env, Plan({j.id: j for j in warm + timed}, env.cache.root / "shards"), runner, _Quiet()).run()
+    end, cpu_end = time.perf_counter(), time.process_time()
+    return {"workers": runner.slots, "startup": marks["warm"] - t0, "seconds": end - marks["warm"],
+            "cpu": cpu_end - marks["cpu"]}
 
 
 def perf_scheduler(
@@ -44,22 +60,19 @@ def perf_scheduler(
     config: Optional[Path] = ConfigOpt,
     data_root: Optional[Path] = typer.Option(None, "--data-root", help="Data root for --matrix."),
 ):
-    """Scheduler overhead per job: the extra wall time of `--jobs` more no-op jobs over one per worker, divided
-    by their number (dispatch, queues, result handling, progress), with worker start-up measured apart."""
+    """Scheduler overhead per job: the wall time of `--jobs` no-op jobs (after one warm-up job per worker, so
+    worker start-up is measured apart) beyond their sleep, per job: dispatch, queues, result handling, progress."""
     from ..runner import Env
-    from ..sched import make_backend, run_matrix
+    from ..sched import run_matrix
 
     with tempfile.TemporaryDirectory() as tmp:
         env = Env.create(config=config, data_root=data_root, device="cpu", results_dir=tmp)
-        slots = make_backend(backend, devices).slots if backend == "local" else None
-        base_n = slots or 1
-        start = _noop_seconds(env, backend, devices, base_n, sleep)
-        total = _noop_seconds(env, backend, devices, base_n + jobs, sleep)
-        per_job = (total - start) / jobs
-        typer.echo(f"backend {backend}, {base_n if slots else '?'} worker(s): start-up + {base_n} job(s) "
-                   f"{start:.2f}s; {jobs} more no-op jobs (sleep {sleep}s) {total - start:.2f}s → "
-                   f"{per_job * 1000:.1f} ms per job ({per_job - sleep / base_n:.4f}s over the ideal), "
-                   f"{jobs / (total - start):.0f} jobs/s")
+        t = _time_noops(env, backend, devices, jobs, sleep)
+        ideal = sleep * jobs / t["workers"]
+        typer.echo(f"backend {backend}, {t['workers']} worker(s): start-up {t['startup']:.2f}s; {jobs} no-op jobs "
+                   f"(sleep {sleep}s) in {t['seconds']:.3f}s → {(t['seconds'] - ideal) / jobs * 1000:.2f} ms "
+                   f"overhead per job ({jobs / t['seconds']:.0f} jobs/s); scheduler CPU "
+                   f"{t['cpu'] / jobs * 1000:.2f} ms per job")
         if matrix:
             env.cfg.check_choice("matrix", matrix, env.cfg.matrices)
             m = env.cfg.matrices[matrix]
@@ -67,7 +80,7 @@ def perf_scheduler(
             summary = run_matrix(env, m.defenses, m.attacks, m.datasets, profile or m.profile, None, n_test,
                                  devices=devices, backend=backend, plain=True)
             wall = time.perf_counter() - t0
-            workers = slots or 1
+            workers = t["workers"]
             typer.echo(f"matrix {matrix}: {summary.jobs_run} jobs in {wall:.1f}s on {workers} worker(s); "
                        f"time inside jobs {summary.job_seconds:.1f}s = {summary.job_seconds / (wall * workers):.0%} "
                        f"of worker time" + (f"; mean GPU utilisation {summary.gpu_util:.0f}%"

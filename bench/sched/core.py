@@ -12,8 +12,8 @@ from .. import progress, provenance
 from ..errors import BenchError
 from ..runner import Env, _f, _now, log_row, merge_parts
 from ..store import atomic_write_json, content_hash
-from .jobs import env_spec
-from .local import Event, physical_gpu
+from .jobs import Event, env_spec
+from .local import physical_gpu
 from .plan import BLOCKED, DONE, FAILED, PENDING, RUNNING, Job, Plan
 from .view import GpuMonitor
 
@@ -89,7 +89,7 @@ class Scheduler:
             elif job.kind == "shard":
                 atomic_write_json(self.plan.shard_path(job), ev.result["part"])
             elif job.kind == "train":
-                progress.log(f"[scheduler] trained {job.label} in {ev.seconds:.1f}s ({job.spec['key']})")
+                progress.log(f"[scheduler] {job.label} done in {ev.seconds:.1f}s (checkpoint {job.spec['key']})")
             return
         job.attempts += 1
         if ev.retryable and job.attempts < MAX_ATTEMPTS:

@@ -6,12 +6,27 @@ import importlib
 import sys
 import time
 import traceback
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from ..errors import BenchError
 from ..store import ArtifactCache, ResultsStore, file_lock
+
+
+@dataclass
+class Event:
+    """A job's outcome as a backend reports it: ok with a result, an error (retryable = out of memory or a
+    crashed worker) and the seconds spent."""
+
+    job: str
+    ok: bool
+    result: dict = field(default_factory=dict)
+    error: str = ""
+    traceback: str = ""
+    retryable: bool = False
+    seconds: float = 0.0
 
 
 def env_spec(env) -> dict:

@@ -9,28 +9,15 @@ import os
 import queue
 import signal
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from ..errors import BenchError
-from .jobs import make_env, run_job
+from .jobs import Event, make_env, run_job
 
 PARENT_ENV = "BENCH_SCHEDULER_PID"  # set in every worker: tells which scheduler process owns it
-
-
-@dataclass
-class Event:
-    """A job's outcome: ok with a result, an error (retryable = out of memory) or a crashed worker."""
-
-    job: str
-    ok: bool
-    result: dict = field(default_factory=dict)
-    error: str = ""
-    traceback: str = ""
-    retryable: bool = False
-    seconds: float = 0.0
 
 
 def parse_devices(spec: str | None) -> list[str]:

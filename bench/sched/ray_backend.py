@@ -10,7 +10,7 @@ import time
 import torch
 
 from ..errors import BenchError
-from .local import Event
+from .jobs import Event
 
 _ENVS: dict = {}  # per Ray worker process: one Env per (spec, device), reused by every task it runs
 

@@ -94,7 +94,8 @@ class LiveView:
             busy = w["job"] is not None
             table.add_row(w["worker"], w["device"], w["label"] if busy else Text("idle", style="dim"),
                           clock(now - w["since"]) if busy else "", w.get("gpu", ""))
-        self.live.update(Group(Text(summary_line(snap), style="bold"), table))
+        self.live.update(Group(Text(summary_line(snap), style="bold"), table) if snap["workers"]
+                         else Text(summary_line(snap), style="bold"))
 
     def close(self) -> None:
         self.live.stop()
