@@ -84,50 +84,79 @@ def _parse_u(spec: str, arg: str, top_t: int, n_atoms: int) -> int:
     return u
 
 
-# ---------------------------------------------------------------- custom autograd functions
-
-class _Select(torch.autograd.Function):
-    """Forward: keep the coefficients in `keep` (top-T, after dropout). Backward: pass the gradient only where
-    `pass_grad` is set (the top-U pre-selection coefficients)."""
-
-    @staticmethod
-    def forward(ctx, c, keep, pass_grad):
-        ctx.save_for_backward(pass_grad)
-        return torch.where(keep, c, 0.0)
-
-    @staticmethod
-    def backward(ctx, grad):
-        (pass_grad,) = ctx.saved_tensors
-        return torch.where(pass_grad, grad, 0.0), None, None
-
+# ---------------------------------------------------------------- the encoder's non-differentiable parts
 
 def quantize(c: torch.Tensor, l1: torch.Tensor, jump: float) -> torch.Tensor:
-    """sign(c)·||d_l||_1 where |c| > jump·||d_l||_1 (jump = beta·eps), else 0 (000 eq. 3)."""
-    l1v = l1.view(1, -1, 1, 1)
-    return torch.where(c.abs() > jump * l1v, torch.sign(c) * l1v, 0.0)
+    """sign(c)·||d_l||_1 where |c| > jump·||d_l||_1 (jump = beta·eps), else 0 (000 eq. 3). `l1` holds each
+    coefficient's atom norm (broadcastable to c)."""
+    return torch.where(c.abs() > jump * l1, torch.sign(c) * l1, 0.0)
 
 
 def smooth_slope(c: torch.Tensor, l1: torch.Tensor, jump: float, s: float) -> torch.Tensor:
     """d/dx̃ of ½[tanh(s(x̃−j)) + tanh(s(x̃+j))] at x̃ = c/||d_l||_1 (= d/dc of ||d_l||_1 times that function)."""
-    x = c / l1.view(1, -1, 1, 1)
+    x = c / l1
     return 0.5 * s * (torch.cosh(s * (x - jump)).pow(-2) + torch.cosh(s * (x + jump)).pow(-2))
 
 
+def select(c: torch.Tensor, top: torch.Tensor, survive: torch.Tensor | None) -> torch.Tensor:
+    """The top-T coefficients (B × T × H × W, gathered at `top`), dropped ones set to 0."""
+    v = c.gather(1, top)
+    return v if survive is None else torch.where(survive, v, 0.0)
+
+
+def activation_slope(v: torch.Tensor, l1: torch.Tensor, jump: float, mode: Backward) -> torch.Tensor | float:
+    """The surrogate derivative of the quantizer at v (1 when nothing is quantized)."""
+    if jump is None or mode.activation == "identity":
+        return 1.0
+    if mode.activation == "smooth":
+        return smooth_slope(v, l1, jump, mode.steepness)
+    return 0.0  # plain autograd: sign() has zero derivative
+
+
 class _Quantize(torch.autograd.Function):
-    """Forward: `quantize`. Backward: identity (steepness 0) or the smooth slope."""
+    """Forward: `quantize`. Backward: identity or smooth surrogate slope (`mode`)."""
 
     @staticmethod
-    def forward(ctx, c, l1, jump: float, steepness: float):
-        ctx.jump, ctx.steepness = jump, steepness
-        ctx.save_for_backward(c, l1)
-        return quantize(c, l1, jump)
+    def forward(ctx, v, l1, jump: float, mode: Backward):
+        ctx.jump, ctx.mode = jump, mode
+        ctx.save_for_backward(v, l1)
+        return quantize(v, l1, jump)
 
     @staticmethod
     def backward(ctx, grad):
-        if ctx.steepness <= 0:
-            return grad, None, None, None
-        c, l1 = ctx.saved_tensors
-        return grad * smooth_slope(c, l1, ctx.jump, ctx.steepness), None, None, None
+        v, l1 = ctx.saved_tensors
+        return grad * activation_slope(v, l1, ctx.jump, ctx.mode), None, None, None
+
+
+class _TopUEncode(torch.autograd.Function):
+    """Forward: the encoder's codes from coefficients c (exactly `SparseEncoder.codes`). Backward (top-U
+    surrogate): the gradient of each code reaches its coefficient through the activation surrogate, but only for
+    the top-U coefficients by pre-selection |c|; the top-T selection and the dropout draw are ignored."""
+
+    @staticmethod
+    def forward(ctx, c, top, survive, l1_atoms, jump, mode: Backward, upper):
+        ctx.jump, ctx.mode, ctx.has_survive = jump, mode, survive is not None
+        ctx.save_for_backward(c, top, survive if survive is not None else top, l1_atoms, upper)
+        return codes(c, top, survive, l1_atoms, jump, lambda v, l1: quantize(v, l1, jump))
+
+    @staticmethod
+    def backward(ctx, grad):
+        c, top, survive, l1_atoms, upper = ctx.saved_tensors
+        l1 = l1_atoms.view(1, -1, 1, 1)
+        v = select(c, top, survive if ctx.has_survive else None)
+        # codes outside the top T (or dropped) have activation input 0; inside, their selected value
+        slope = torch.zeros_like(c).add_(activation_slope(torch.zeros_like(l1), l1, ctx.jump, ctx.mode))
+        slope.scatter_(1, top, torch.as_tensor(activation_slope(v, l1_atoms[top], ctx.jump, ctx.mode),
+                                               dtype=c.dtype, device=c.device).expand_as(v))
+        return torch.where(upper, grad * slope, 0.0), None, None, None, None, None, None
+
+
+def codes(c, top, survive, l1_atoms, jump, activate) -> torch.Tensor:
+    """Dense codes: zeros except the kept top-T coefficients, passed through `activate` (if quantizing)."""
+    v = select(c, top, survive)
+    if jump is not None:
+        v = activate(v, l1_atoms[top])
+    return torch.zeros_like(c).scatter(1, top, v)
 
 
 class _StraightThrough(torch.autograd.Function):
@@ -171,23 +200,21 @@ class SparseEncoder(nn.Module):
             return self.encode(self.coefficients(x), mode)
 
     def encode(self, c: torch.Tensor, mode: Backward = Backward()) -> torch.Tensor:
-        """Coefficients (B × L × H × W) -> top-T (-> dropout) (-> quantized) codes."""
+        """Coefficients (B × L × H × W) -> top-T (-> dropout) (-> quantized) codes. Only the T kept values per
+        location are quantized, so the activation costs T/L of a dense pass."""
         with torch.autocast(c.device.type, enabled=False):
             magnitude = c.abs()
             top = magnitude.topk(self.top_t, dim=1, sorted=False).indices
-            survive = torch.rand(top.shape, device=c.device) >= self.dropout_p if self.dropout_p > 0 else True
-            keep = torch.zeros_like(c, dtype=torch.bool).scatter_(1, top, survive)
-            if mode.top_u is None:
-                z = torch.where(keep, c, 0.0)
-            else:  # dropout is ignored by this surrogate: the expected selection is (1-p)·top-T
-                upper = magnitude.topk(mode.top_u, dim=1, sorted=False).indices
-                z = _Select.apply(c, keep, torch.zeros_like(keep).scatter_(1, upper, True))
-            if not self.quantize:
-                return z
+            survive = torch.rand(top.shape, device=c.device) >= self.dropout_p if self.dropout_p > 0 else None
+            jump = self.jump if self.quantize else None
+            l1 = self.l1_norms()
+            if mode.top_u is not None:
+                upper = torch.zeros_like(c, dtype=torch.bool).scatter_(
+                    1, magnitude.topk(mode.top_u, dim=1, sorted=False).indices, True)
+                return _TopUEncode.apply(c, top, survive, l1, jump, mode, upper)
             if mode.activation == "autograd":
-                return quantize(z, self.l1_norms(), self.jump)
-            steepness = mode.steepness if mode.activation == "smooth" else 0.0
-            return _Quantize.apply(z, self.l1_norms(), self.jump, steepness)
+                return codes(c, top, survive, l1, jump, lambda v, l1_top: quantize(v, l1_top, jump))
+            return codes(c, top, survive, l1, jump, lambda v, l1_top: _Quantize.apply(v, l1_top, jump, mode))
 
 
 class Decoder(nn.Module):

@@ -306,6 +306,7 @@ def killed_run(tiny_config, data_root, tmp_path_factory):
 
 
 @pytest.mark.slow
+@pytest.mark.ci
 def test_matrix_resumes_after_kill_with_every_cell_once(killed_run):
     at_kill, results = killed_run
     assert at_kill["code"] == -signal.SIGKILL and 1 <= len(at_kill["rows"]) < 9, "the kill should land mid-way"
@@ -326,6 +327,7 @@ def test_matrix_resumes_after_kill_with_every_cell_once(killed_run):
 
 
 @pytest.mark.slow
+@pytest.mark.ci
 def test_failing_defenses_block_only_their_own_cells_and_shards_merge_exactly(killed_run, planted_config, data_root,
                                                                                tmp_path):
     _, unsharded = killed_run
@@ -369,6 +371,7 @@ def test_shards_of_a_cell_merge_into_the_unsharded_result(tiny_config, data_root
 
 
 @pytest.mark.slow
+@pytest.mark.ci
 def test_ray_backend_gives_the_local_results(killed_run, tiny_config, data_root, tmp_path):
     ray = pytest.importorskip("ray", reason="Ray is an optional extra (pip install 'bench[ray]')")
     _, local = killed_run

@@ -20,7 +20,7 @@ from bench.nets import build_classifier
 from bench.store import ArtifactCache
 from defenses import _dictionary
 from defenses._sparse_frontend import (Backward, Decoder, SoftmaxEnsemble, SparseCodingNet, SparseEncoder,
-                                       _Quantize, _SparseConvTranspose, backward_mode, parse_backward, quantize)
+                                       _Quantize, backward_mode, parse_backward, quantize)
 
 REPO = Path(__file__).resolve().parent.parent
 EPS = 8 / 255
@@ -111,11 +111,11 @@ def test_defense_surrogate_context_finds_the_net_behind_wrappers(tmp_path):
 def test_smooth_backward_matches_finite_differences(s):
     """d out / d c of the smooth surrogate = d/dx̃ ½[tanh(s(x̃−j)) + tanh(s(x̃+j))] at x̃ = c/||d||_1."""
     torch.manual_seed(0)
-    l1 = torch.rand(7, dtype=torch.float64) * 3 + 4
+    l1v = (torch.rand(7, dtype=torch.float64) * 3 + 4).view(1, -1, 1, 1)
     jump = 3 * EPS
     xt = (torch.rand(2, 7, 3, 3, dtype=torch.float64) - 0.5) * 0.6  # x̃ around ±j
-    c = (xt * l1.view(1, -1, 1, 1)).requires_grad_(True)
-    (grad,) = torch.autograd.grad(_Quantize.apply(c, l1, jump, s).sum(), c)
+    c = (xt * l1v).requires_grad_(True)
+    (grad,) = torch.autograd.grad(_Quantize.apply(c, l1v, jump, Backward("smooth", s)).sum(), c)
 
     def smooth(v):
         return 0.5 * (torch.tanh(s * (v - jump)) + torch.tanh(s * (v + jump)))
@@ -124,15 +124,14 @@ def test_smooth_backward_matches_finite_differences(s):
     finite = (smooth(xt + h) - smooth(xt - h)) / (2 * h)
     assert torch.allclose(grad, finite, rtol=1e-6, atol=1e-8)
     # the same slope is d/dc of ||d||_1·smooth(c/||d||_1): the surrogate of the forward sign(c)·||d||_1
-    l1v = l1.view(1, -1, 1, 1)
     finite_c = (l1v * smooth((c.detach() + h) / l1v) - l1v * smooth((c.detach() - h) / l1v)) / (2 * h)
     assert torch.allclose(grad, finite_c, rtol=1e-5, atol=1e-8)
 
 
 def test_identity_and_autograd_activation_backward():
-    l1 = torch.full((5,), 6.0)
+    l1 = torch.full((1, 5, 1, 1), 6.0)
     c = torch.randn(1, 5, 2, 2, requires_grad=True)
-    (g_id,) = torch.autograd.grad(_Quantize.apply(c, l1, 3 * EPS, 0.0).sum(), c)
+    (g_id,) = torch.autograd.grad(_Quantize.apply(c, l1, 3 * EPS, Backward("identity")).sum(), c)
     assert torch.equal(g_id, torch.ones_like(c))
     (g_plain,) = torch.autograd.grad(quantize(c, l1, 3 * EPS).sum(), c)
     assert torch.equal(g_plain, torch.zeros_like(c))  # what makes plain autograd useless (W-NFGA)
@@ -238,24 +237,7 @@ def test_no_pgd_perturbation_flips_surviving_codes():
     assert (adv != out).any()  # the attack did move codes (some left the top-T or fell under the threshold)
 
 
-# ---------------------------------------------------------------- decoder: sparse first layer
-
-def test_sparse_first_layer_equals_conv_transpose():
-    torch.manual_seed(0)
-    enc = SparseEncoder(random_filters(60).double(), 2, 6, 3.0, EPS)
-    codes = enc(images(3).double()).double()
-    weight = torch.randn(60, 16, 4, 4, dtype=torch.float64, requires_grad=True)
-    bias = torch.randn(16, dtype=torch.float64, requires_grad=True)
-    grads = []
-    for fn in (lambda z: _SparseConvTranspose.apply(z, weight, bias, 2),
-               lambda z: F.conv_transpose2d(z, weight, bias, stride=2)):
-        z = codes.clone().requires_grad_(True)
-        out = fn(z)
-        upstream = torch.randn(out.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
-        grads.append((out.detach(), *torch.autograd.grad((out * upstream).sum(), [z, weight, bias])))
-    for a, b in zip(*grads):
-        assert torch.allclose(a, b, rtol=1e-10, atol=1e-10)
-
+# ---------------------------------------------------------------- decoder
 
 def test_decoder_output_is_an_image():
     net = small_net()
