@@ -7,6 +7,7 @@ in the manifest, counts in the attack info), (b) stochastic defenses are judged 
 and (c) the defense's backward surrogate is used for the gradients."""
 from __future__ import annotations
 
+import time
 from typing import Literal
 
 import torch
@@ -53,11 +54,14 @@ class _AutoAttackBase(Attack):
             _set_budget_of_work(aa, p.n_iter, p.square_queries)
             ctx.info.setdefault("autoattack", {"attacks": list(aa.attacks_to_run), **_settings(aa)})
             counts = ctx.info.setdefault("fooled_by_counts", {})
+            seconds = ctx.info.setdefault("seconds_by", {})
             for name in aa.attacks_to_run:
                 idx = (~fooled).nonzero().squeeze(1)
                 if idx.numel() == 0:
                     break
+                t0 = time.perf_counter()
                 adv = _perturb(aa, name, x[idx], y[idx], ctx.seed).to(x.dtype)
+                seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - t0
                 enforce_budget(adv, x[idx], p.norm, p.eps)
                 hit = judge(adv, y[idx]) if judge is not None else m(adv).argmax(1) != y[idx]
                 x_adv[idx[hit]] = adv[hit]

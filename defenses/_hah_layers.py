@@ -64,11 +64,9 @@ class WNConv2d(nn.Conv2d):
 
 
 def max3x3(a: torch.Tensor) -> torch.Tensor:
-    """max_pool2d(a, 3, stride 1, pad 1) for a >= 0, as maxima of shifted views (zero padding is harmless for
-    a >= 0): the same values, ~3-10x faster than max_pool2d on CPU."""
-    p = F.pad(a, (1, 1, 1, 1))
-    rows = torch.maximum(torch.maximum(p[:, :, :-2], p[:, :, 1:-1]), p[:, :, 2:])
-    return torch.maximum(torch.maximum(rows[..., :-2], rows[..., 1:-1]), rows[..., 2:])
+    """max_pool2d(a, 3, stride 1, pad 1), computed in channels-last layout: the same values and gradients, and on
+    CPU 3-7x faster (forward + backward) than the NCHW kernel."""
+    return F.max_pool2d(a.contiguous(memory_format=torch.channels_last), 3, 1, 1)
 
 
 class DivisiveNorm2d(nn.Module):

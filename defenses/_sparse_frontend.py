@@ -129,7 +129,7 @@ class _Quantize(torch.autograd.Function):
 
 
 class _TopUEncode(torch.autograd.Function):
-    """Forward: the encoder's codes from coefficients c (exactly `SparseEncoder.codes`). Backward (top-U
+    """Forward: the encoder's codes from coefficients c (exactly `codes`, as in every other mode). Backward (top-U
     surrogate): the gradient of each code reaches its coefficient through the activation surrogate, but only for
     the top-U coefficients by pre-selection |c|; the top-T selection and the dropout draw are ignored."""
 
@@ -234,8 +234,8 @@ class Decoder(nn.Module):
 
 
 class SparseCodingNet(nn.Module):
-    """encoder -> decoder (the front end, image in, image out) -> classifier. `backward` selects the gradient
-    surrogate attacks see; it never changes the forward values."""
+    """encoder -> decoder (the front end, image in, image out) -> classifier. `backward_mode` selects the
+    gradient surrogate attacks see; it never changes the forward values."""
 
     def __init__(self, encoder: SparseEncoder, decoder: Decoder, classifier: nn.Module):
         super().__init__()

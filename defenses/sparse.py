@@ -35,14 +35,18 @@ class FrontendParams(DefenseParams):
     artifact_seed: int = Field(0, ge=0, description="seed of the cached dictionary (and autoencoder): one per "
                                                    "setting, shared by every run seed, as the authors' single file")
     top_t: int = Field(15, gt=0, description="coefficients kept per location (T)")
+    decoder_widths: list[int] = Field([300, 100], min_length=2, max_length=2,
+                                      description="channels of the decoder's first two transposed convs (paper: 300, 100)")
     epochs: int = Field(70, ge=0)
     batch_size: int = Field(64, gt=0)
     lr: Number = Field(0.02, gt=0, description="peak LR of the cyclic schedule (000 A.3: 0.02 for T >= 5, 0.05 for T = 1, 2)")
 
     @model_validator(mode="after")
-    def _top_t_fits(self):
+    def _sizes(self):
         if self.top_t > self.n_atoms:
             raise ValueError(f"top_t = {self.top_t} exceeds n_atoms = {self.n_atoms}")
+        if min(self.decoder_widths) < 1:
+            raise ValueError(f"decoder_widths {self.decoder_widths} must be positive")
         return self
 
 
@@ -76,7 +80,7 @@ class SparseFrontendDefense(Defense):
                                                            getattr(self, "data_root", None))
         beta, eps = (p.beta, p.defense_eps) if self.quantize else (0.0, 0.0)
         encoder = SparseEncoder(filters, p.stride, p.top_t, beta, eps, self.dropout_p, self.quantize)
-        decoder = Decoder(p.n_atoms, self.info.shape[0], p.patch_size, p.stride)
+        decoder = Decoder(p.n_atoms, self.info.shape[0], p.patch_size, p.stride, tuple(p.decoder_widths))
         return SparseCodingNet(encoder, decoder, build_classifier(self.arch, self.info))
 
     @contextlib.contextmanager

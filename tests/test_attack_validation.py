@@ -112,7 +112,7 @@ def test_natural_model_falls_at_8_255(batch, seen, cls):
 
 def test_accuracy_is_monotone_in_eps(batch):
     accs = [_ours(batch, PGDLinf, eps=e / 255, steps=10, step_size="eps/4", restarts=1)[0]
-            for e in (0.25, 0.5, 1, 2, 4)]
+            for e in (0.25, 1, 4)]
     assert accs == sorted(accs, reverse=True), accs
     assert accs[0] > accs[-1] + 0.3
 
@@ -122,17 +122,17 @@ def test_more_steps_and_restarts_never_increase_accuracy(batch):
     fooled by the short run is fooled by the long one."""
     base = dict(eps=0.5 / 255, step_size=0.25 / 255)
     short, out_short = _ours(batch, PGDLinf, steps=5, restarts=1, **base)
-    longer, out_long = _ours(batch, PGDLinf, steps=20, restarts=1, **base)
-    more, out_more = _ours(batch, PGDLinf, steps=5, restarts=3, **base)
+    longer, out_long = _ours(batch, PGDLinf, steps=10, restarts=1, **base)
+    more, out_more = _ours(batch, PGDLinf, steps=5, restarts=2, **base)
     assert longer <= short and more <= short
     assert (out_long.fooled | ~out_short.fooled).all() and (out_more.fooled | ~out_short.fooled).all()
     assert longer < 1 and short > 0
 
 
 def test_autoattack_breaks_the_natural_model(batch, seen):
-    """The standard version at full strength (100 iterations, 5000 Square queries) on the first 32 points."""
+    """The standard version at full strength (100 iterations, 5000 Square queries) on the first 50 points."""
     defense, model, x, y = batch
-    k = 32
+    k = 50
     acc, out = _ours((defense, model, x[:k], y[:k]), AutoAttackStandard, eps=8 / 255)
     assert acc * k / seen[k] <= 3 * POINT
     assert all(out.extra["fooled_by"][i] for i in out.fooled.nonzero().squeeze(1).tolist())
@@ -164,17 +164,23 @@ def _pgd_trained_mlp(data_root, eps):
 
 
 def test_autoattack_agrees_with_our_pgd_on_an_adversarially_trained_model(data_root):
-    """AutoAttack is at most a couple of points below our PGD (ours is not much weaker), and not above it.
-    APGD-CE + APGD-T stand in for the standard version: on this model FAB-T and Square fool no further point
-    (measured with the full standard version) and would triple the test's time."""
+    """AutoAttack is at most a couple of points below our PGD suite (per-sample worst case of pgd_linf and
+    cw_linf, as the leaderboard's worst-case column counts it), and not above it.
+
+    On this model the CE loss alone is ~4 points weaker than any margin loss (ours CW, APGD-DLR, APGD-T all
+    agree within a point; so does APGD-CE with CE) — the reason the papers' suite has both. APGD-CE + APGD-T
+    stand in for the standard version: here FAB-T and Square fool no further point (measured with the full
+    standard version) and would triple the test's time."""
     eps = 0.1
     model = _pgd_trained_mlp(data_root, eps)
     x, y = load_subset("mnist", "test", data_root, 300, 0)
     correct = predict(model, x, "cpu", 300) == y
     batch = (None, model, x[correct], y[correct])  # a plain model: no defense traits
     clean = correct.float().mean().item()
-    pgd, _ = _ours(batch, PGDLinf, eps=eps, steps=40, step_size="eps/8", restarts=5)
+    _, ce = _ours(batch, PGDLinf, eps=eps, steps=40, step_size="eps/8", restarts=5)
+    _, cw = _ours(batch, CWLinf, eps=eps, steps=40, step_size="eps/8", restarts=5)
     aa, _ = _ours(batch, APGDCustom, eps=eps, attacks=["apgd-ce", "apgd-t"])
-    pgd, aa = pgd * clean, aa * clean  # robust accuracy over all 300 test images
+    pgd = (~(ce.fooled | cw.fooled)).float().mean().item() * clean  # robust accuracy over all 300 images
+    aa *= clean
     assert pgd > 0.4, f"the model should be robust (PGD accuracy {pgd:.2%})"
-    assert aa <= pgd + POINT and pgd - aa <= 3 * POINT, f"PGD {pgd:.2%} vs AutoAttack (APGD-CE + APGD-T) {aa:.2%}"
+    assert aa <= pgd + POINT and pgd - aa <= 2 * POINT, f"PGD {pgd:.2%} vs AutoAttack (APGD-CE + APGD-T) {aa:.2%}"

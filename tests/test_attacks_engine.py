@@ -280,3 +280,33 @@ def test_a_forward_without_gradient_path_gives_no_crash_and_no_false_success():
                         torch.Generator().manual_seed(0))
     with torch.no_grad():
         assert not fooled.any() and (base(x).argmax(1) == y).all()
+
+
+def test_channels_last_option_gives_the_same_attack():
+    from attacks.pgd import PGDLinf
+
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 8 * 8, 10)).eval()
+    x, y = _correct(m, *_data(64))
+    runs = [PGDLinf(PGDLinf.Params(eps=0.02, steps=5, step_size=0.005, channels_last=cl)).run(m, x, y, _ctx())
+            for cl in (False, True)]
+    assert runs[1].x_adv.is_contiguous() and m[0].weight.is_contiguous()
+    assert 0 < runs[0].fooled.sum() < len(y) and (runs[0].fooled != runs[1].fooled).sum() <= 1
+
+
+@pytest.mark.slow
+def test_bench_perf_command_end_to_end(tmp_path, data_root):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "perf.json"
+    p = subprocess.run([sys.executable, "-m", "bench.cli", "perf", "--random-init", "--n", "4", "--steps", "1",
+                        "--repeats", "1", "--c-steps", "2", "--c-restarts", "2", "--threads", "1",
+                        "--data-root", str(data_root), "--results-dir", str(tmp_path), "--json", str(out)],
+                       capture_output=True, text=True, env={**os.environ, "BENCH_PROGRESS": "0"}, timeout=600)
+    assert p.returncode == 0, p.stderr
+    assert "(a)" in p.stdout and "(b)" in p.stdout and "(c)" in p.stdout
+    res = json.loads(out.read_text())
+    assert res["n"] == 4 and res["passes"]["no_early_exit"]["backward"] == 4

@@ -154,6 +154,40 @@ def test_top_u_gradient_is_zero_outside_the_top_u_set():
     assert (g_t[rank >= 6] == 0).all() and (g_t[rank < 6] != 0).all()
 
 
+@pytest.mark.parametrize("dropout_p", [0.0, 0.5])
+@pytest.mark.parametrize("spec", ["smooth:4", "identity", "smooth:2+top_u:2T", "identity+top_u:3T", "top_u:2T"])
+def test_encoder_gradients_match_the_dense_definition(spec, dropout_p):
+    """Reference: codes z = keep ⊙ c (keep = top-T survivors); the gradient reaches c through the activation
+    surrogate's slope at z, only where keep is set (or, for top-U, where c is among the top U by |c|)."""
+    t, n_atoms = 6, 60
+    enc = SparseEncoder(random_filters(n_atoms), 2, top_t=t, beta=3.0, eps=EPS, dropout_p=dropout_p)
+    c = enc.coefficients(images(2)).detach().requires_grad_(True)
+    upstream = torch.randn(c.shape, generator=torch.Generator().manual_seed(4))
+    mode = parse_backward(spec, t, n_atoms)
+    torch.manual_seed(9)
+    (g,) = torch.autograd.grad((enc.encode(c, mode) * upstream).sum(), c)
+
+    torch.manual_seed(9)
+    top = c.detach().abs().topk(t, dim=1, sorted=False).indices
+    survive = torch.rand(top.shape) >= dropout_p if dropout_p > 0 else torch.ones_like(top, dtype=torch.bool)
+    keep = torch.zeros_like(c, dtype=torch.bool).scatter_(1, top, survive)
+    z = torch.where(keep, c.detach(), 0.0)
+    l1v = enc.l1_norms().view(1, -1, 1, 1)
+    jump = 3 * EPS
+    if mode.activation == "smooth":
+        s = mode.steepness
+        slope = 0.5 * s * (torch.cosh(s * (z / l1v - jump)) ** -2 + torch.cosh(s * (z / l1v + jump)) ** -2)
+    else:
+        slope = torch.full_like(z, 1.0 if mode.activation == "identity" else 0.0)
+    passes = keep
+    if mode.top_u is not None:
+        passes = torch.zeros_like(keep).scatter_(1, c.detach().abs().topk(mode.top_u, dim=1).indices, True)
+    expected = torch.where(passes, upstream * slope, 0.0)
+    assert torch.allclose(g, expected, rtol=1e-5, atol=1e-6)
+    if mode.activation != "autograd":
+        assert (g != 0).sum() >= (passes & (slope > 1e-3)).sum() * 0.99
+
+
 def test_frontend_identity_passes_the_classifier_gradient_to_the_image():
     net, x = small_net(), images(2)
     with torch.no_grad():

@@ -42,6 +42,7 @@ def register(app) -> None:
         c_steps: int = typer.Option(40, "--c-steps", min=1, help="(c): PGD steps."),
         c_restarts: int = typer.Option(10, "--c-restarts", min=1, help="(c): restarts."),
         skip_c: bool = typer.Option(False, "--skip-c", help="Skip (c), which attacks without early exit (the slow part)."),
+        threads: int = typer.Option(0, "--threads", min=0, help="torch CPU threads (0 = torch's default)."),
         json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the numbers to this JSON file."),
         profile: Optional[str] = ProfileOpt,
         dataset: Optional[str] = DatasetOpt,
@@ -60,6 +61,10 @@ def register(app) -> None:
         from bench.perf import format_result, measure
         from bench.store import atomic_write_json
 
+        import torch
+
+        if threads:
+            torch.set_num_threads(threads)
         env = _env(config, data_root, device, results_dir)
         s = env.cfg.settings
         dataset, profile = dataset or s.dataset, profile or s.profile
