@@ -56,3 +56,24 @@ def test_help_explains_every_option():
 def test_list_shows_plugins_and_params():
     p = bench("list")
     assert p.returncode == 0 and "natural" in p.stdout and "pgd_linf" in p.stdout and "restarts" in p.stdout
+
+
+def test_without_a_bar_long_work_still_logs_progress_lines(monkeypatch):
+    import time as _time
+
+    from bench import progress
+
+    lines = []
+    monkeypatch.setenv("BENCH_PROGRESS", "0")
+    monkeypatch.setenv("BENCH_HEARTBEAT", "0.001")
+    monkeypatch.setattr(progress, "log", lines.append)
+    with progress.bar("pgd_at epoch 1/3", 4) as advance:
+        for _ in range(4):
+            _time.sleep(0.005)
+            advance(loss=0.5)
+    assert len(lines) == 3 and lines[0].startswith("pgd_at epoch 1/3: 1/4 loss=0.5") and "eta" in lines[0]
+    monkeypatch.setenv("BENCH_HEARTBEAT", "0")
+    lines.clear()
+    with progress.bar("quiet", 3) as advance:
+        advance(3)
+    assert lines == []
