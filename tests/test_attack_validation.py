@@ -16,7 +16,7 @@ from bench.attack import AttackContext, perturbation_norm
 from bench.data import load_subset
 from bench.runner import predict
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.ci]  # the strength validation runs in CI (~5 min)
 POINT = 0.01  # one accuracy point
 
 
@@ -74,6 +74,7 @@ def test_linf_at_least_as_strong_as_torchattacks_and_foolbox(batch):
     torch.manual_seed(0)
     ta = _accuracy(model, torchattacks.PGD(model, eps=eps, alpha=alpha, steps=steps, random_start=True)(x, y), y)
     fbx = _foolbox(batch, fb.attacks.LinfPGD(abs_stepsize=alpha, steps=steps, random_start=True), eps)
+    print(f"Linf eps 1/255, 10 steps: ours {ours:.2%}, torchattacks PGD {ta:.2%}, foolbox LinfPGD {fbx:.2%}")
     assert 0.2 < ta < 0.9, f"eps should leave the model partly robust (torchattacks {ta:.2%})"
     assert ours <= ta + POINT and ours <= fbx + POINT, f"ours {ours:.2%}, torchattacks {ta:.2%}, foolbox {fbx:.2%}"
 
@@ -84,6 +85,7 @@ def test_l2_at_least_as_strong_as_foolbox(batch):
     eps, steps = 0.2, 10
     ours, _ = _ours(batch, PGDL2, eps=eps, steps=steps, step_size=eps / 4, restarts=1)
     fbx = _foolbox(batch, fb.attacks.L2PGD(abs_stepsize=eps / 4, steps=steps, random_start=True), eps)
+    print(f"L2 eps 0.2, 10 steps: ours {ours:.2%}, foolbox L2PGD {fbx:.2%}")
     assert 0.2 < fbx < 0.9
     assert ours <= fbx + POINT, f"ours {ours:.2%}, foolbox L2PGD {fbx:.2%}"
 
@@ -96,6 +98,7 @@ def test_l1_at_least_as_strong_as_foolbox_l1pgd_and_sparse_l1(batch):
     ours, _ = _ours(batch, PGDL1, eps=eps, steps=steps, step_size=eps / 4, restarts=1)
     sparse = _foolbox(batch, fb.attacks.SparseL1DescentAttack(abs_stepsize=eps / 4, steps=steps), eps)
     dense = _foolbox(batch, fb.attacks.L1PGD(abs_stepsize=eps / 4, steps=steps, random_start=True), eps)
+    print(f"L1 eps 2, 10 steps: ours {ours:.2%}, foolbox SparseL1Descent {sparse:.2%}, L1PGD {dense:.2%}")
     assert 0.2 < sparse < 0.95
     assert ours <= sparse + POINT and ours <= dense + POINT, \
         f"ours {ours:.2%}, foolbox SparseL1 {sparse:.2%}, L1PGD {dense:.2%}"
@@ -182,5 +185,6 @@ def test_autoattack_agrees_with_our_pgd_on_an_adversarially_trained_model(data_r
     aa, _ = _ours(batch, APGDCustom, eps=eps, attacks=["apgd-ce", "apgd-t"])
     pgd = (~(ce.fooled | cw.fooled)).float().mean().item() * clean  # robust accuracy over all 300 images
     aa *= clean
+    print(f"MNIST PGD-trained MLP, eps 0.1, n = 300: our PGD-40 x 5 CE+CW {pgd:.2%}, APGD-CE + APGD-T {aa:.2%}")
     assert pgd > 0.4, f"the model should be robust (PGD accuracy {pgd:.2%})"
     assert aa <= pgd + POINT and pgd - aa <= 2 * POINT, f"PGD {pgd:.2%} vs AutoAttack (APGD-CE + APGD-T) {aa:.2%}"

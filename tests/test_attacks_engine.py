@@ -295,6 +295,7 @@ def test_channels_last_option_gives_the_same_attack():
 
 
 @pytest.mark.slow
+@pytest.mark.ci
 def test_bench_perf_command_end_to_end(tmp_path, data_root):
     import json
     import os

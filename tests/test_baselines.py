@@ -196,6 +196,7 @@ INNER = {"pgd_at": 'steps = 2\nstep_size = "eps/2"', "trades": 'steps = 2\nstep_
 
 
 @pytest.mark.slow
+@pytest.mark.ci
 @pytest.mark.parametrize("plugin", sorted(INNER))
 def test_each_defense_trains_to_a_checkpoint_with_a_robustness_log(plugin, config_copy, data_root, tmp_path):
     from bench.runner import train
@@ -221,6 +222,7 @@ def test_each_defense_trains_to_a_checkpoint_with_a_robustness_log(plugin, confi
 
 
 @pytest.mark.slow
+@pytest.mark.ci
 def test_mnist_pgd_at_trains_on_a_tiny_subset(env):
     from bench.runner import train
 
@@ -235,6 +237,7 @@ def test_mnist_pgd_at_trains_on_a_tiny_subset(env):
 
 
 @pytest.mark.slow
+@pytest.mark.ci
 def test_rfgsm_with_a_huge_step_is_flagged_collapsed(config_copy, data_root, tmp_path):
     """A deliberately broken fast-AT run (alpha = 2 eps on MNIST at eps 0.3, where single-step training is known to
     mask gradients) must come out flagged, not as a robust model."""

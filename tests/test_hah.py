@@ -202,6 +202,7 @@ def test_gaussian_noise_is_seeded_clipped_and_judged():
 
 
 @pytest.mark.slow
+@pytest.mark.ci
 def test_smoke_training_noise_cells_and_blockwise_plot(env):
     import bench
     from bench.commands.diagnose import run_diagnostics

@@ -53,6 +53,7 @@ def test_hopskipjump_gradient_is_normalised_per_image():
 
 
 @pytest.mark.slow
+@pytest.mark.ci
 @pytest.mark.parametrize("attack", ["boundary", "hopskipjump"])
 def test_min_norm_attack_row_on_natural(env, natural_smoke, attack):
     (row,) = bench.run(defense="natural", attack=attack, dataset="cifar10", profile="smoke", env=env)

@@ -144,6 +144,7 @@ def test_paper_settings_resolve_per_dataset():
 
 
 @pytest.mark.slow
+@pytest.mark.ci
 def test_smoke_training_end_to_end_with_diagnostics(env):
     import bench
     from bench.commands.diagnose import run_diagnostics

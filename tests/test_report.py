@@ -232,6 +232,7 @@ def test_cli_table_plot_and_bad_names(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.ci
 def test_real_runs_render_leaderboard_worst_case_paper_table_and_plots(env, natural_smoke, tmp_path):
     """natural (smoke) × pgd_linf / fgsm / a 2/255 pgd_linf entry on 100 real test images."""
     import bench

@@ -65,6 +65,7 @@ def test_zoo_stops_stalled_images_early(one_thread):
 
 
 @pytest.mark.slow
+@pytest.mark.ci
 def test_zoo_breaks_the_natural_smoke_model(env, natural_smoke):
     (row,) = bench.run(defense="natural", attack="zoo", dataset="cifar10", profile="smoke", env=env)
     params = env.cfg.attack("zoo", "cifar10", "smoke").params
