@@ -1,7 +1,9 @@
 """The attack engine's cost, measured on one model and one batch in one run (`bench perf`):
 
 (a) our PGD step time / a bare forward+backward (the limit of any gradient attack),
-(b) torchattacks PGD time / ours and foolbox LinfPGD time / ours (same eps, step, steps, random start),
+(b) torchattacks PGD time / ours and foolbox LinfPGD time / ours (same eps, step, steps, random start; each
+    contender ends with the verdict forward a robust-accuracy number needs: ours and foolbox include it,
+    torchattacks returns bare examples, so its contender adds that one forward),
 (c) model passes per image of PGD-40 x 10 restarts with per-point early exit vs without.
 
 Timings interleave the contenders repetition by repetition and keep medians, so background load on a shared
@@ -52,6 +54,11 @@ def _bare_forward(model, x):
         return model(x)
 
 
+def _verdict(model, x_adv, y):
+    with torch.no_grad():
+        return model(x_adv).argmax(1) != y
+
+
 def _pgd(model, x, y, s: PGDSettings, seed: int = 0):
     return run_pgd(model, x, y, s, torch.Generator().manual_seed(seed))
 
@@ -70,7 +77,7 @@ def _contenders(model, x, y, s: PGDSettings) -> dict:
         "forward": lambda: _bare_forward(model, x),
         "ours": lambda: _pgd(model, x, y, plain),
         "ours_early_exit": lambda: _pgd(model, x, y, s),
-        "torchattacks": lambda: ta(x, y),
+        "torchattacks": lambda: _verdict(model, ta(x, y), y),
         "foolbox": lambda: fbatk(fmodel, x, y, epsilons=s.eps),
     }
 
