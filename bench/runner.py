@@ -94,7 +94,10 @@ def train(defense: str, dataset: str | None = None, profile: str | None = None, 
                   state_path=env.cache.path("checkpoints", key, ".partial.pt"))
     meta = {"defense": defense, "plugin": resolved.plugin, "params": resolved.params.model_dump(mode="json"),
             "dataset": dataset, "seed": seed, "profile": profile, "n_train": len(x_train),
-            "history": history, "flags": d.training_flags(history), "train_seconds": time.time() - t0,
+            "history": history, "flags": d.training_flags(history),
+            # every epoch's time, also those of an interrupted earlier process this run resumed from
+            "train_seconds": sum(row.get("seconds", 0.0) for row in history),
+            "wall_seconds_this_process": time.time() - t0,
             "git_sha": provenance.git_sha(), "versions": provenance.versions(),
             "device": provenance.device_name(env.device), "created": _now()}
     env.cache.save("checkpoints", key, {"model": model.state_dict()}, meta)
