@@ -14,6 +14,25 @@ from .nets import build_classifier
 from .params import Number, StrictModel
 
 
+@contextlib.contextmanager
+def set_on_modules(model: nn.Module, kind: type, attr: str, value, what: str):
+    """Set `attr = value` on every `kind` module inside `model` (also behind wrappers such as a PassCounter) for
+    the duration of the block, then restore each one's own value: how a defense swaps in a backward surrogate."""
+    from .errors import BenchError
+
+    mods = [m for m in model.modules() if isinstance(m, kind)]
+    if not mods:
+        raise BenchError(f"surrogate(): the model given contains no {what}.")
+    before = [getattr(m, attr) for m in mods]
+    for m in mods:
+        setattr(m, attr, value)
+    try:
+        yield model
+    finally:
+        for m, b in zip(mods, before):
+            setattr(m, attr, b)
+
+
 class TrainParams(StrictModel):
     """Training recipe shared by every trained defense (the `paper` profile holds the papers' values)."""
 

@@ -6,7 +6,6 @@ Every surrogate changes gradients only: the forward of each mode runs the same o
 so outputs are bit-identical (given the same random state for the dropout draw)."""
 from __future__ import annotations
 
-import contextlib
 import re
 from dataclasses import dataclass
 
@@ -15,6 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from bench import BenchError
+from bench.defense import set_on_modules
 
 # ---------------------------------------------------------------- backward modes
 
@@ -268,17 +268,6 @@ class SoftmaxEnsemble(nn.Module):
         return probs.clamp_min(torch.finfo(probs.dtype).tiny).log()
 
 
-@contextlib.contextmanager
 def backward_mode(model: nn.Module, mode: Backward):
     """Set `mode` on every SparseCodingNet inside `model` (e.g. behind a PassCounter), restore it afterwards."""
-    nets = [m for m in model.modules() if isinstance(m, SparseCodingNet)]
-    if not nets:
-        raise BenchError("surrogate(): the model given contains no sparse-coding front end (SparseCodingNet).")
-    before = [n.backward_mode for n in nets]
-    for n in nets:
-        n.backward_mode = mode
-    try:
-        yield model
-    finally:
-        for n, b in zip(nets, before):
-            n.backward_mode = b
+    return set_on_modules(model, SparseCodingNet, "backward_mode", mode, "sparse-coding front end (SparseCodingNet)")

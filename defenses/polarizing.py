@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from pydantic import field_validator, model_validator
 
 from bench import BenchError, Defense, Field, Number, register_defense
+from bench.defense import set_on_modules
 
 from ._adam_params import AdamOwnNetParams
 from ._polarizing_layers import (PolarizingClassifier, PolarizingFrontEnd, PolarizingNet, bump_b1, bump_b2,
@@ -120,17 +121,8 @@ class Polarizing(Defense):
             raise BenchError(f"Defense 'polarizing' has no backward surrogate {spec!r}. Allowed: 'autograd' or "
                              f"'identity' (straight-through, the default), 'smooth:S' with S > 0 (derivative of "
                              f"½[tanh(S(y−j)) + tanh(S(y+j))], e.g. 'smooth:4').")
-        fronts = [m for m in model.modules() if isinstance(m, PolarizingFrontEnd)]
-        if not fronts:
-            raise BenchError("surrogate(): the model given has no polarizing front end.")
-        before = [f.steepness for f in fronts]
-        for f in fronts:
-            f.steepness = steepness
-        try:
-            yield model
-        finally:
-            for f, s in zip(fronts, before):
-                f.steepness = s
+        with set_on_modules(model, PolarizingFrontEnd, "steepness", steepness, "polarizing front end") as m:
+            yield m
 
     def diagnose(self, trained, x, y, device, out_dir: Path, **_) -> dict:
         """Histograms of y after each training stage (PNG per stage) and the danger-zone fractions."""
