@@ -52,12 +52,15 @@ class TrainParams(StrictModel):
     amp: bool = Field(False, description="CUDA only: bfloat16 autocast for the training step (ignored on CPU)")
     channels_last: bool = Field(False, description="channels-last memory format for model and batches (faster convs on GPU)")
 
+    # options added after checkpoints existed: left out of the serialized recipe while at these values, so every
+    # earlier checkpoint key stays valid
+    omit_at_default: ClassVar[dict] = {"amp": False, "channels_last": False}
+
     @model_serializer(mode="wrap")
-    def _omit_speed_options_when_off(self, handler):
-        # added after checkpoints existed: left out while off, so every earlier checkpoint key stays valid
+    def _omit_later_options_at_default(self, handler):
         data = handler(self)
-        for key in ("amp", "channels_last"):
-            if data.get(key) is False:
+        for key, default in self.omit_at_default.items():
+            if key in data and data[key] == default:
                 data.pop(key)
         return data
 
@@ -75,6 +78,7 @@ class Defense:
     stochastic: ClassVar[bool] = False  # attacks must use EOT; evaluation may ensemble
     non_differentiable: ClassVar[tuple[str, ...]] = ()  # parts whose autograd gradient is masked or zero
     surrogates: ClassVar[tuple[str, ...]] = ()  # backward surrogates attacks may select by name
+    progress: float = 0.0  # epochs of training done so far (fractional), set by the training loop before each batch
 
     def __init__(self, params: DefenseParams, dataset_info, dataset_arch: str = "resnet32"):
         self.params = params

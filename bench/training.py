@@ -104,6 +104,7 @@ def fit(defense, model: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor,
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 # bfloat16 keeps fp32's range, so no loss scaling and no underflow in inner-attack gradients
+                defense.progress = epoch + i / steps_per_epoch
                 with torch.autocast("cuda", dtype=torch.bfloat16) if use_amp else contextlib.nullcontext():
                     loss, logits = defense.batch_loss(model, x, y)
                 optimizer.zero_grad(set_to_none=True)

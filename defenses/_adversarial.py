@@ -32,8 +32,19 @@ class AdversarialParams(DefenseParams):
     collapse_gap: Number = Field(0.4, gt=0, le=1, description="... or when FGSM accuracy exceeds PGD accuracy by more "
                                                               "than this after the last epoch")
 
-    def inner_settings(self) -> PGDSettings:
-        return PGDSettings(norm="linf", eps=self.eps, steps=self.steps, step_size=step_value(self.step_size, self.eps))
+    eps_warmup_epochs: Number = Field(0, ge=0, description="ramp the training budget linearly from 0 to eps over "
+                                                         "this many epochs, per batch (0 = full eps from the start; "
+                                                         "monitor and evaluation always use the full eps)")
+
+    omit_at_default: ClassVar[dict] = {**DefenseParams.omit_at_default, "eps_warmup_epochs": 0}
+
+    def inner_settings(self, progress: float | None = None) -> PGDSettings:
+        """The training attack after `progress` epochs (None = fully ramped); a relative step size follows the
+        ramped budget."""
+        eps = self.eps
+        if progress is not None and self.eps_warmup_epochs > 0:
+            eps = self.eps * min(1.0, progress / self.eps_warmup_epochs)
+        return PGDSettings(norm="linf", eps=eps, steps=self.steps, step_size=step_value(self.step_size, eps))
 
 
 def maximize(model: nn.Module, x: torch.Tensor, delta: torch.Tensor, loss_sum: Callable[[torch.Tensor], torch.Tensor],

@@ -22,7 +22,7 @@ class PGDAT(AdversarialDefense):
     Params = PGDATParams
 
     def batch_loss(self, model, x, y):
-        s = self.params.inner_settings()
+        s = self.params.inner_settings(self.progress)
         # the global RNG is seeded and checkpointed by the trainer, so a resumed run draws the same starts
         delta = random_start(x, "linf", s.eps, None) if self.params.random_start else torch.zeros_like(x)
         x_adv = maximize(model, x, delta, lambda logits: F.cross_entropy(logits.float(), y, reduction="sum"), s,

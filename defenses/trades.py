@@ -29,7 +29,7 @@ class TRADES(AdversarialDefense):
 
     def batch_loss(self, model, x, y):
         p = self.params
-        s = p.inner_settings()
+        s = p.inner_settings(self.progress)
         was_training = model.training
         model.eval()
         with torch.no_grad():

@@ -264,3 +264,23 @@ def test_gpu_speed_options_enter_the_checkpoint_key_only_when_on():
     assert "amp" not in off and "channels_last" not in off  # earlier checkpoint keys stay valid
     on = params(amp=True, channels_last=True).model_dump(mode="json")
     assert on["amp"] is True and on["channels_last"] is True
+
+
+def test_eps_warmup_ramps_the_training_budget_and_leaves_old_keys_alone():
+    params = get_plugin("defense", "pgd_at").Params
+    assert "eps_warmup_epochs" not in params().model_dump(mode="json")  # earlier checkpoint keys stay valid
+    p = params(eps=0.3, step_size="eps/4", eps_warmup_epochs=2)
+    assert p.model_dump(mode="json")["eps_warmup_epochs"] == 2
+    half, full, late = p.inner_settings(1.0), p.inner_settings(2.0), p.inner_settings(5.5)
+    assert math.isclose(half.eps, 0.15) and math.isclose(half.step_size, 0.15 / 4)  # relative step follows eps
+    assert math.isclose(full.eps, 0.3) and math.isclose(late.eps, 0.3) and math.isclose(p.inner_settings().eps, 0.3)
+    assert p.inner_settings(0.0).eps < 1e-6
+    # the training batch is attacked within the ramped budget, which the training loop sets through `progress`
+    model, (x, y) = ModeRecorder().train(), _batch()
+    d = _defense("pgd_at", eps=0.3, steps=3, step_size="eps/2", eps_warmup_epochs=2)
+    seen = {}
+    original = model.forward
+    model.forward = lambda inp: (seen.__setitem__("x", inp), original(inp))[1]
+    d.progress = 0.5
+    d.batch_loss(model, x, y)
+    assert (seen["x"] - x).abs().max() <= 0.075 + 1e-6
