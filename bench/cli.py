@@ -8,25 +8,13 @@ from typing import List, Optional
 import typer
 
 from . import progress
+from .cli_options import ConfigOpt, DataOpt, DatasetOpt, DeviceOpt, ProfileOpt, ResultsOpt, SeedOpt
+from .cli_options import make_env as _env
 from .errors import BenchError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None, pretty_exceptions_enable=False,
                   help="Adversarial-robustness benchmark: registered defenses x registered attacks, "
                        "settings in bench.toml, results with full provenance in results/.")
-
-ConfigOpt = typer.Option(None, "--config", help="bench.toml to use (default: BENCH_CONFIG, ./bench.toml, the repo's).")
-DataOpt = typer.Option(None, "--data-root", help="Folder holding the datasets (overrides BENCH_DATA and bench.toml).")
-ResultsOpt = typer.Option(None, "--results-dir", help="Where results.csv, manifests and the cache go (default from bench.toml).")
-ProfileOpt = typer.Option(None, "--profile", "-p", help="smoke | quick | paper (any [profiles.*] in bench.toml; default from [settings]).")
-DatasetOpt = typer.Option(None, "--dataset", help="cifar10 | mnist | fashion_mnist (default from [settings]).")
-SeedOpt = typer.Option(None, "--seed", help="Seed for training, the test subset and attack randomness (default from [settings]).")
-DeviceOpt = typer.Option(None, "--device", help="auto | cpu | cuda | cuda:N (default from [settings]).")
-
-
-def _env(config, data_root, device, results_dir):
-    from .runner import Env
-
-    return Env.create(config=config, data_root=data_root, device=device, results_dir=results_dir)
 
 
 @app.command()

@@ -51,7 +51,8 @@ def register(app) -> None:
     import typer
 
     from bench import progress
-    from bench.cli import ConfigOpt, DataOpt, DatasetOpt, DeviceOpt, ProfileOpt, ResultsOpt, SeedOpt, _env
+    from ..cli_options import ConfigOpt, DataOpt, DatasetOpt, DeviceOpt, ProfileOpt, ResultsOpt, SeedOpt
+    from ..cli_options import make_env as _env
 
     @app.command()
     def diagnose(

@@ -29,7 +29,8 @@ def perf_batch(env, defense: str, dataset: str, profile: str, seed: int, n: int,
 def register(app) -> None:
     import typer
 
-    from bench.cli import ConfigOpt, DataOpt, DatasetOpt, DeviceOpt, ProfileOpt, ResultsOpt, SeedOpt, _env
+    from ..cli_options import ConfigOpt, DataOpt, DatasetOpt, DeviceOpt, ProfileOpt, ResultsOpt, SeedOpt
+    from ..cli_options import make_env as _env
 
     @app.command()
     def perf(

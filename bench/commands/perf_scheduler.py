@@ -9,7 +9,8 @@ from typing import Optional
 
 import typer
 
-ConfigOpt = typer.Option(None, "--config", help="bench.toml to use (default: BENCH_CONFIG, ./bench.toml, the repo's).")
+from ..cli_options import ConfigOpt, DataOpt
+
 
 
 class _Quiet:
@@ -58,7 +59,7 @@ def perf_scheduler(
     n_test: Optional[int] = typer.Option(None, "--n-test", min=1, help="--n-test for --matrix."),
     profile: Optional[str] = typer.Option(None, "--profile", "-p", help="--profile for --matrix."),
     config: Optional[Path] = ConfigOpt,
-    data_root: Optional[Path] = typer.Option(None, "--data-root", help="Data root for --matrix."),
+    data_root: Optional[Path] = DataOpt,
 ):
     """Scheduler overhead per job: the wall time of `--jobs` no-op jobs (after one warm-up job per worker, so
     worker start-up is measured apart) beyond their sleep, per job: dispatch, queues, result handling, progress."""

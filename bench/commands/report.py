@@ -9,13 +9,12 @@ import typer
 
 from ..errors import BenchError
 
-# bench.cli imports this module while it loads, so the shared options cannot be imported from it
-ConfigOpt = typer.Option(None, "--config", help="bench.toml to use (default: BENCH_CONFIG, ./bench.toml, the repo's).")
-ResultsOpt = typer.Option(None, "--results-dir", help="Folder holding results.csv and runs/ (default from bench.toml).")
+from ..cli_options import ConfigOpt, OutOpt, ResultsOpt
+
+# reports only read: these say "show", not "run"
 ProfileOpt = typer.Option(None, "--profile", "-p", help="Profile whose cells to show (default from [settings]).")
 DatasetOpt = typer.Option(None, "--dataset", help="Dataset whose cells to show (default from [settings]).")
 SeedOpt = typer.Option(None, "--seed", help="Seed whose cells to show (default: the seed of the most recent row).")
-OutOpt = typer.Option(None, "--out", help="Folder for the output (default: the results folder).")
 
 
 def _context(config, results_dir, dataset=None, profile=None):

@@ -7,10 +7,7 @@ from typing import List, Optional
 import typer
 
 from ..errors import BenchError
-
-# bench.cli imports this module while it loads, so the shared options cannot be imported from it
-ConfigOpt = typer.Option(None, "--config", help="bench.toml to use (default: BENCH_CONFIG, ./bench.toml, the repo's).")
-ResultsOpt = typer.Option(None, "--results-dir", help="Folder holding results.csv and the cache (default from bench.toml).")
+from ..cli_options import ConfigOpt, ResultsOpt
 
 STYLE = {"ok": "green", "failed": "bold red", "blocked": "red", "queued": "yellow", "untrained": "dim",
          "training": "cyan"}
