@@ -245,6 +245,15 @@ class SparseCodingNet(nn.Module):
     def frontend(self, x: torch.Tensor) -> torch.Tensor:
         return self.decoder(self.encoder(x, self.backward_mode), x.shape[-2:])
 
+    def stages(self, x: torch.Tensor) -> list:
+        """(name, function) pairs whose composition is this model's forward on inputs shaped like `x` (with the
+        current backward mode), for `bench perf-stages`' cost breakdown."""
+        mode, size = self.backward_mode, x.shape[-2:]
+        return [("dictionary conv", self.encoder.coefficients),
+                ("top-T + quantizer", lambda c: self.encoder.encode(c, mode)),
+                ("decoder", lambda z: self.decoder(z, size)),
+                ("classifier", self.classifier)]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.backward_mode.frontend_identity:
             with torch.no_grad():

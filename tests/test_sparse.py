@@ -443,3 +443,20 @@ def test_sparse_ae_two_phases_and_frontend_identity(env):
     with pytest.raises(BenchError, match="no quantizing activation"):
         with d.surrogate(model, "smooth:4"):
             pass
+
+
+@pytest.mark.parametrize("spec", ["autograd", "smooth:4+top_u:2T"])
+def test_stages_compose_to_the_forward_and_their_costs_add_up(spec):
+    from bench.perf_stages import measure_stages
+
+    net, x = small_net().eval(), images()
+    y = torch.zeros(len(x), dtype=torch.long)
+    with backward_mode(net, parse_backward(spec, 6, 60)):
+        out = x
+        for _, f in net.stages(x):
+            out = f(out)
+        assert torch.equal(out, net(x))
+        res = measure_stages(net, x, y, repeats=1, surrogate=spec)
+    assert res.stages == ["dictionary conv", "top-T + quantizer", "decoder", "classifier"]
+    assert math.isclose(sum(res.shares().values()), 1.0) and math.isclose(sum(res.shares("forward").values()), 1.0)
+    assert all(q.requires_grad for q in net.decoder.parameters())  # frozen only while timing
