@@ -32,10 +32,10 @@ def perf_stages(
     relative to the classifier's. A benchmark, not a test: run it on an otherwise idle machine."""
     import torch
 
-    from ..data import load_subset
     from ..perf_stages import format_stages, measure_stages
-    from ..runner import _build_defense, train
+    from ..runner import _build_defense
     from ..store import atomic_write_json
+    from .perf import perf_batch
 
     if threads:
         torch.set_num_threads(threads)
@@ -44,15 +44,10 @@ def perf_stages(
     dataset, profile = dataset or s.dataset, profile or s.profile
     seed = s.seed if seed is None else seed
     _, d = _build_defense(env, defense, dataset, profile)
-    if random_init:
-        torch.manual_seed(seed)
-        model = d.build_model().to(env.device).eval()
-    else:
-        model = train(defense, dataset, profile, seed, env=env).model
+    model, x, y = perf_batch(env, defense, dataset, profile, seed, n, random_init)
     spec = surrogate if surrogate is not None else (d.surrogates[0] if d.surrogates else "autograd")
-    x, y = load_subset(dataset, "test", env.data_root, n, seed)
     with d.surrogate(model, spec) as m:
-        res = measure_stages(m, x.to(env.device), y.to(env.device), repeats, spec)
+        res = measure_stages(m, x, y, repeats, spec)
     typer.echo(format_stages(res))
     if json_out:
         atomic_write_json(json_out, res.as_dict() | {"defense": defense, "random_init": random_init,
