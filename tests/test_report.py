@@ -1,6 +1,5 @@
 """Leaderboard, paper tables and plots rendered from synthetic rows + manifests (fast) and from real runs (slow)."""
 import re
-import shutil
 from pathlib import Path
 
 import pytest
@@ -234,17 +233,12 @@ def test_cli_table_plot_and_bad_names(tmp_path):
 @pytest.mark.slow
 @pytest.mark.ci
 def test_real_runs_render_leaderboard_worst_case_paper_table_and_plots(env, natural_smoke, tmp_path):
-    """natural (smoke) × pgd_linf / fgsm / a 2/255 pgd_linf entry on 100 real test images."""
+    """natural (smoke) × pgd_linf / fgsm / bench.toml's 2/255 pgd_linf entry on 100 real test images."""
     import bench
     from bench.runner import Env
     from bench.store import ResultsStore
 
-    cfg_path = tmp_path / "bench.toml"
-    shutil.copy(REPO / "bench.toml", cfg_path)
-    cfg_path.write_text(cfg_path.read_text() + '\n[attacks.pgd_linf_eps2]\nplugin = "pgd_linf"\neps = "2/255"\n'
-                        'steps = 40\nstep_size = "eps/8"\nrestarts = 100\n[attacks.pgd_linf_eps2.profile.quick]\n'
-                        'restarts = 2\n[attacks.pgd_linf_eps2.profile.smoke]\nsteps = 10\nrestarts = 1\n')
-    own = Env(load_config(cfg_path), env.data_root, env.cache, ResultsStore(tmp_path / "results"), env.device)
+    own = Env(load_config(REPO / "bench.toml"), env.data_root, env.cache, ResultsStore(tmp_path / "results"), env.device)
     rows = bench.run(defense="natural", attack=["pgd_linf", "fgsm", "pgd_linf_eps2"], dataset="cifar10",
                      profile="smoke", n_test=100, env=own)
     results = Results.load(own.store.root)
