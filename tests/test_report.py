@@ -222,6 +222,9 @@ def test_cli_table_plot_and_bad_names(tmp_path):
     assert "Leaderboard — cifar10 / smoke" in res.output and (tmp_path / "leaderboard.tex").exists()
     res = runner.invoke(app, ["table", "--results-dir", str(tmp_path), "--profile", "smoke", "--spec", "paper000_table1"])
     assert res.exit_code == 0 and (tmp_path / "tables" / "paper000_table1.md").exists()
+    res = runner.invoke(app, ["table", "--results-dir", str(tmp_path), "--profile", "smoke", "--paper",
+                              "--dataset", "fashion_mnist", "--out", str(tmp_path / "fm")])
+    assert res.exit_code == 0 and [p.name for p in (tmp_path / "fm" / "tables").glob("*.md")] == ["paper001_table4_1.md"]
     res = runner.invoke(app, ["plot", "--results-dir", str(tmp_path), "--profile", "smoke"])
     assert res.exit_code == 0 and (tmp_path / "plots.md").exists()
     res = runner.invoke(app, ["table", "--results-dir", str(tmp_path), "--profile", "smoke"])

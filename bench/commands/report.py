@@ -35,7 +35,7 @@ def table(
     dataset: Optional[str] = DatasetOpt,
     seed: Optional[int] = SeedOpt,
     spec: List[str] = typer.Option(None, "--spec", help="Render this [tables.NAME] paper layout (repeat for several)."),
-    paper: bool = typer.Option(False, "--paper", help="Render every [tables.*] paper layout."),
+    paper: bool = typer.Option(False, "--paper", help="Render every [tables.*] paper layout (of --dataset's, when given)."),
     latex: bool = typer.Option(False, "--latex", help="Also write a LaTeX (.tex) version."),
     out: Optional[Path] = OutOpt,
     config: Optional[Path] = ConfigOpt,
@@ -48,9 +48,10 @@ def table(
     into tables/NAME.md|csv with the published numbers beside the measured ones."""
     from ..report import render, render_specs
 
+    only = dataset
     cfg, root, dataset, profile, results = _context(config, results_dir, dataset, profile)
     out = Path(out) if out else root
-    names = list(cfg.tables) if paper else list(spec or [])
+    names = [n for n, t in cfg.tables.items() if only in (None, t.dataset)] if paper else list(spec or [])
     if names:
         for path in render_specs(results, cfg, names, profile, out, seed, latex):
             typer.echo(path.read_text())
