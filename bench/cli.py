@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
+from rich.markup import escape
 
 from . import progress
 from .cli_options import ConfigOpt, DataOpt, DatasetOpt, DeviceOpt, ProfileOpt, ResultsOpt, SeedOpt
@@ -154,7 +155,8 @@ def main():
     try:
         app(args=_bare_matrix(sys.argv[1:]), standalone_mode=False)
     except BenchError as e:
-        progress.console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        # messages name bench.toml tables like [tables.NAME]: print them literally, not as rich markup
+        progress.console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:
         progress.console.print("\ninterrupted: finished rows and checkpoints are saved; run the same command "

@@ -40,6 +40,11 @@ def test_negative_eps(config_copy, tmp_path):
     _assert_clean_error(p, "attacks.pgd_linf.eps", "greater than or equal to 0")
 
 
+def test_error_messages_print_bracketed_config_names_literally(tmp_path):
+    p = bench("table", "--spec", "nope", "--results-dir", str(tmp_path))
+    _assert_clean_error(p, "no [tables.nope] in")
+
+
 def test_missing_data_folder(tmp_path):
     p = bench("run", "--data-root", str(tmp_path / "no_data"), "--results-dir", str(tmp_path / "r"),
               env_extra={"BENCH_NO_DOWNLOAD": "1"})

@@ -225,6 +225,8 @@ def test_cli_table_plot_and_bad_names(tmp_path):
     res = runner.invoke(app, ["table", "--results-dir", str(tmp_path), "--profile", "smoke", "--paper",
                               "--dataset", "fashion_mnist", "--out", str(tmp_path / "fm")])
     assert res.exit_code == 0 and [p.name for p in (tmp_path / "fm" / "tables").glob("*.md")] == ["paper001_table4_1.md"]
+    res = runner.invoke(app, ["table", "--results-dir", str(tmp_path), "--paper", "--dataset", "mnist"])
+    assert res.exit_code != 0 and "No [tables.*] paper layout for dataset mnist" in str(res.exception)
     res = runner.invoke(app, ["plot", "--results-dir", str(tmp_path), "--profile", "smoke"])
     assert res.exit_code == 0 and (tmp_path / "plots.md").exists()
     res = runner.invoke(app, ["table", "--results-dir", str(tmp_path), "--profile", "smoke"])
@@ -241,7 +243,7 @@ def test_real_runs_render_leaderboard_worst_case_paper_table_and_plots(env, natu
     from bench.runner import Env
     from bench.store import ResultsStore
 
-    own = Env(load_config(REPO / "bench.toml"), env.data_root, env.cache, ResultsStore(tmp_path / "results"), env.device)
+    own = Env(env.cfg, env.data_root, env.cache, ResultsStore(tmp_path / "results"), env.device)
     rows = bench.run(defense="natural", attack=["pgd_linf", "fgsm", "pgd_linf_eps2"], dataset="cifar10",
                      profile="smoke", n_test=100, env=own)
     results = Results.load(own.store.root)

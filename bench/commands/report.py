@@ -48,10 +48,15 @@ def table(
     into tables/NAME.md|csv with the published numbers beside the measured ones."""
     from ..report import render, render_specs
 
-    only = dataset
+    given_dataset = dataset
     cfg, root, dataset, profile, results = _context(config, results_dir, dataset, profile)
     out = Path(out) if out else root
-    names = [n for n, t in cfg.tables.items() if only in (None, t.dataset)] if paper else list(spec or [])
+    names = list(spec or [])
+    if paper:
+        names = [n for n, t in cfg.tables.items() if given_dataset in (None, t.dataset)]
+        if not names:
+            raise BenchError(f"No [tables.*] paper layout for dataset {given_dataset} in {cfg.path}; layouts exist "
+                             f"for: {', '.join(sorted({t.dataset for t in cfg.tables.values()}))}.")
     if names:
         for path in render_specs(results, cfg, names, profile, out, seed, latex):
             typer.echo(path.read_text())
