@@ -118,9 +118,9 @@ def list_(config: Optional[Path] = ConfigOpt):
             typer.echo(f"  {name:14s} {cls.describe()}")
             params = ", ".join(f"{k}={_show(f.default)}" for k, f in cls.Params.model_fields.items())
             typer.echo(f"  {'':14s} params: {params}")
-        entries = ", ".join(f"{n}" + (f" ({cfg.entries[kind][n]['plugin']})" if "plugin" in cfg.entries[kind][n] else "")
+        entries = ", ".join(f"{n}" + (f" ({cfg.entry(kind, n)['plugin']})" if "plugin" in cfg.entry(kind, n) else "")
                             for n in cfg.names(kind))
-        typer.echo(f"  entries in {cfg.path.name}: {entries}\n")
+        typer.echo(f"  names for --{kind} ({cfg.path.name} entries, and plug-ins without one): {entries}\n")
     typer.echo(f"Profiles: {', '.join(f'{k} ({v.description})' for k, v in cfg.profiles.items())}")
     typer.echo(f"Datasets: {', '.join(cfg.datasets)}; matrices: {', '.join(cfg.matrices) or '(none)'}")
 

@@ -1,7 +1,7 @@
 """bench.toml: loading, layering and full validation.
 
 An entry under [defenses.X] or [attacks.X] names its plug-in (`plugin`, default X) and gives
-parameters. Overrides are layered: entry < [X.dataset.D] < [X.profile.P] < [X.dataset.D.profile.P].
+parameters; a registered plug-in without an entry runs under its own name with its Params defaults. Overrides are layered: entry < [X.dataset.D] < [X.profile.P] < [X.dataset.D.profile.P].
 Every entry is resolved and validated for every dataset and profile at load time, so a bad value
 fails before any work starts, with the key path, the value and what is allowed."""
 from __future__ import annotations
@@ -90,14 +90,24 @@ class Config:
         p = Path(os.path.expanduser(str(value)))
         return p if p.is_absolute() else (self.root / p)
 
+    def entry(self, kind: str, name: str) -> dict | None:
+        """The [defenses.X] / [attacks.X] table; a registered plug-in without one gets an empty table (its Params
+        defaults), so adding a plug-in takes one file and one decorator, and an entry only tunes it."""
+        if name in self.entries[kind]:
+            return self.entries[kind][name]
+        return {} if name in registry.plugins(kind) else None
+
+    def has(self, kind: str, name: str) -> bool:
+        return self.entry(kind, name) is not None
+
     def names(self, kind: str) -> list[str]:
-        return sorted(self.entries[kind])
+        return sorted(set(self.entries[kind]) | set(registry.plugins(kind)))
 
     def check_name(self, kind: str, name: str) -> None:
         table = {"defense": "defenses", "attack": "attacks"}[kind]
-        if name not in self.entries[kind]:
-            raise ConfigError(f"Unknown {kind} '{name}': no [{table}.{name}] entry in {self.path}. "
-                              f"{did_you_mean(name, self.entries[kind])}")
+        if not self.has(kind, name):
+            raise ConfigError(f"Unknown {kind} '{name}': no [{table}.{name}] entry in {self.path} and no "
+                              f"registered plug-in of that name. {did_you_mean(name, self.names(kind))}")
 
     def check_choice(self, what: str, value: str, allowed) -> None:
         if value not in allowed:
@@ -153,7 +163,7 @@ def _split(table: dict) -> tuple[dict, dict, dict]:
 
 def _resolve_entry(cfg: Config, kind: str, name: str, dataset: str, profile: str) -> Resolved:
     table_name = {"defense": "defenses", "attack": "attacks"}[kind]
-    raw = cfg.entries[kind][name]
+    raw = cfg.entry(kind, name)
     prefix = f"{table_name}.{name}"
     plugin_name = raw.get("plugin", name)
     plugins = registry.plugins(kind)

@@ -92,8 +92,8 @@ def check_table(cfg, name: str, spec: TableSpec) -> None:
 
 
 def _check_entry(cfg, kind: str, name: str, at: str) -> None:
-    if name not in cfg.entries[kind]:
+    if not cfg.has(kind, name):
         table = "defenses" if kind == "defense" else "attacks"
         raise ConfigError(f"Invalid config: {at} names unknown {kind} '{name}' (no [{table}.{name}] entry). "
-                          f"{did_you_mean(name, cfg.entries[kind])} Write 'pending:{name}' "
+                          f"{did_you_mean(name, cfg.names(kind))} Write 'pending:{name}' "
                           f"(or `pending = \"{name}\"` for a row) if the entry is still being written.")

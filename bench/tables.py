@@ -415,6 +415,6 @@ def _spec_cell(cfg, name: str, spec: TableSpec, row, ref: str, sl: Slice, notes:
 
 def _pending_note(cfg, table: str, kind: str, entry: str) -> str:
     section = f"[{'defenses' if kind == 'defense' else 'attacks'}.{entry}]"
-    if entry in cfg.entries[kind]:
+    if cfg.has(kind, entry):
         return f"{section} exists now: map it in [tables.{table}] to show measured numbers."
     return f"no {section} entry in bench.toml yet."

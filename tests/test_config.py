@@ -68,3 +68,26 @@ def test_unknown_defense_name():
     cfg = load_config()
     with pytest.raises(ConfigError, match="Did you mean 'natural'"):
         cfg.defense("naturl", "cifar10", "smoke")
+
+
+def test_a_registered_plugin_needs_no_bench_toml_entry():
+    """One file, one decorator: a plug-in without a [defenses.X] entry resolves with its Params defaults."""
+    from bench import Defense, DefenseParams, Field, register_defense
+    from bench.registry import _REGISTRIES
+
+    @register_defense("entryless_demo")
+    class EntrylessDemo(Defense):
+        """Test only: a defense with no bench.toml entry."""
+
+        class Params(DefenseParams):
+            strength: float = Field(0.5, ge=0)
+
+    try:
+        cfg = load_config()
+        assert "entryless_demo" not in cfg.entries["defense"] and "entryless_demo" in cfg.names("defense")
+        resolved = cfg.defense("entryless_demo", "cifar10", "smoke")
+        assert resolved.cls is EntrylessDemo and resolved.params.strength == 0.5
+        with pytest.raises(ConfigError, match="Did you mean 'entryless_demo'"):
+            cfg.defense("entryless_dem", "cifar10", "smoke")
+    finally:
+        _REGISTRIES["defense"].pop("entryless_demo")

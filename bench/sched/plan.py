@@ -75,8 +75,8 @@ class Plan:
 def surrogate_defenses(env: Env, ares) -> list[str]:
     """Defense entries an attack trains or loads for itself (transfer attacks name theirs in a `*surrogate*`
     parameter): their checkpoints become dependencies of the attack's cells."""
-    names = env.cfg.entries["defense"]
-    return [v for k, v in ares.params.model_dump().items() if "surrogate" in k and isinstance(v, str) and v in names]
+    return [v for k, v in ares.params.model_dump().items()
+            if "surrogate" in k and isinstance(v, str) and env.cfg.has("defense", v)]
 
 
 def _train_job(env: Env, name: str, dataset: str, profile: str, seed: int) -> Job:
