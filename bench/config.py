@@ -1,9 +1,10 @@
 """bench.toml: loading, layering and full validation.
 
 An entry under [defenses.X] or [attacks.X] names its plug-in (`plugin`, default X) and gives
-parameters; a registered plug-in without an entry runs under its own name with its Params defaults. Overrides are layered: entry < [X.dataset.D] < [X.profile.P] < [X.dataset.D.profile.P].
+parameters. Overrides are layered: entry < [X.dataset.D] < [X.profile.P] < [X.dataset.D.profile.P].
 Every entry is resolved and validated for every dataset and profile at load time, so a bad value
-fails before any work starts, with the key path, the value and what is allowed."""
+fails before any work starts, with the key path, the value and what is allowed. A registered plug-in
+without an entry runs under its own name with its Params defaults (validated when first resolved)."""
 from __future__ import annotations
 
 import os
