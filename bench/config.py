@@ -1,7 +1,8 @@
 """bench.toml: loading, layering and full validation.
 
 An entry under [defenses.X] or [attacks.X] names its plug-in (`plugin`, default X) and gives
-parameters. Overrides are layered: entry < [X.dataset.D] < [X.profile.P] < [X.dataset.D.profile.P].
+parameters. Overrides are layered: [profiles.P.defense_defaults] (defenses only, and only the keys a plug-in
+declares) < entry < [X.dataset.D] < [X.profile.P] < [X.dataset.D.profile.P].
 Every entry is resolved and validated for every dataset and profile at load time, so a bad value
 fails before any work starts, with the key path, the value and what is allowed. A registered plug-in
 without an entry runs under its own name with its Params defaults (validated when first resolved)."""
@@ -39,6 +40,10 @@ class Profile(StrictModel):
     description: str
     n_test: int = Field(gt=0)
     eval_batch_size: int = Field(256, gt=0)
+    # the lowest override layer of every defense in this profile, for the keys its Params declares: it shrinks a
+    # plug-in that has no bench.toml entry (or no table for this profile) to the profile's training size. Attacks
+    # get none: a shared key means different things to them (FGSM's steps = 1 is what makes it FGSM).
+    defense_defaults: dict[str, Any] = Field(default_factory=dict)
 
 
 class DatasetEntry(StrictModel):
@@ -173,7 +178,9 @@ def _resolve_entry(cfg: Config, kind: str, name: str, dataset: str, profile: str
                           f"{did_you_mean(plugin_name, plugins)}")
     cls = plugins[plugin_name]
     base, by_dataset, by_profile = _split(raw)
-    layers = [(prefix, base)]
+    defaults = cfg.profiles[profile].defense_defaults if kind == "defense" else {}
+    layers = [(f"profiles.{profile}.defense_defaults", {k: v for k, v in defaults.items() if k in cls.Params.model_fields}),
+              (prefix, base)]
     ds_table = by_dataset.get(dataset, {})
     ds_params, _, ds_profiles = _split(ds_table)
     layers.append((f"{prefix}.dataset.{dataset}", ds_params))
@@ -249,6 +256,12 @@ def load_config(path: str | os.PathLike | None = None) -> Config:
 
     cfg.check_choice("settings.profile", settings.profile, profiles)
     cfg.check_choice("settings.dataset", settings.dataset, datasets)
+    declared = {k for cls in registry.plugins("defense").values() for k in cls.Params.model_fields}
+    for pname, prof in profiles.items():
+        for key in prof.defense_defaults:
+            if key not in declared:  # a typo here would otherwise be skipped by every defense in silence
+                raise ConfigError(f"Invalid config: unknown key 'profiles.{pname}.defense_defaults.{key}': no "
+                                  f"registered defense declares it. {did_you_mean(key, declared)}")
     for kind, table in entries.items():
         for name, entry in table.items():
             if not isinstance(entry, dict):

@@ -87,7 +87,21 @@ def test_a_registered_plugin_needs_no_bench_toml_entry():
         assert "entryless_demo" not in cfg.entries["defense"] and "entryless_demo" in cfg.names("defense")
         resolved = cfg.defense("entryless_demo", "cifar10", "smoke")
         assert resolved.cls is EntrylessDemo and resolved.params.strength == 0.5
+        # the profile's defense_defaults shrink its training: not the paper-sized 70 epochs on 50k images
+        smoke = cfg.profiles["smoke"].defense_defaults
+        assert resolved.params.epochs == smoke["epochs"] < 70 and resolved.params.n_train == smoke["n_train"] > 0
+        assert cfg.defense("entryless_demo", "cifar10", "paper").params.epochs == 70
         with pytest.raises(ConfigError, match="Did you mean 'entryless_demo'"):
             cfg.defense("entryless_dem", "cifar10", "smoke")
     finally:
         _REGISTRIES["defense"].pop("entryless_demo")
+
+
+def test_profile_defense_defaults_sit_beneath_entries_and_reject_unknown_keys(config_copy):
+    cfg = load_config()
+    assert cfg.profiles["smoke"].defense_defaults["epochs"] == 1
+    assert cfg.defense("natural", "cifar10", "smoke").params.epochs == 3  # the entry's smoke table wins
+    assert cfg.defense("natural", "cifar10", "paper").params.epochs == 70
+    _edit(config_copy, "[profiles.smoke.defense_defaults]\nepochs = 1", "[profiles.smoke.defense_defaults]\nepoch = 1")
+    with pytest.raises(ConfigError, match=r"profiles\.smoke\.defense_defaults\.epoch'.*Did you mean 'epochs'"):
+        load_config(config_copy)

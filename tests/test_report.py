@@ -227,6 +227,11 @@ def test_cli_table_plot_and_bad_names(tmp_path):
     assert res.exit_code == 0 and [p.name for p in (tmp_path / "fm" / "tables").glob("*.md")] == ["paper001_table4_1.md"]
     res = runner.invoke(app, ["table", "--results-dir", str(tmp_path), "--paper", "--dataset", "mnist"])
     assert res.exit_code != 0 and "No [tables.*] paper layout for dataset mnist" in str(res.exception)
+    text = Path(load_config().path).read_text()
+    (tmp_path / "no_tables.toml").write_text(text[:re.search(r"^\[\[?tables\.", text, re.M).start()])
+    res = runner.invoke(app, ["table", "--config", str(tmp_path / "no_tables.toml"), "--results-dir", str(tmp_path),
+                              "--paper"])
+    assert res.exit_code != 0 and "defines no [tables.*] paper layouts" in str(res.exception)
     res = runner.invoke(app, ["plot", "--results-dir", str(tmp_path), "--profile", "smoke"])
     assert res.exit_code == 0 and (tmp_path / "plots.md").exists()
     res = runner.invoke(app, ["table", "--results-dir", str(tmp_path), "--profile", "smoke"])

@@ -54,6 +54,8 @@ def table(
     names = list(spec or [])
     if paper:
         names = [n for n, t in cfg.tables.items() if given_dataset in (None, t.dataset)]
+        if not names and not cfg.tables:
+            raise BenchError(f"--paper: {cfg.path} defines no [tables.*] paper layouts (see bench.table_spec).")
         if not names:
             raise BenchError(f"No [tables.*] paper layout for dataset {given_dataset} in {cfg.path}; layouts exist "
                              f"for: {', '.join(sorted({t.dataset for t in cfg.tables.values()}))}.")
