@@ -11,13 +11,17 @@ import time
 from typing import Literal
 
 import torch
+from typing import TYPE_CHECKING
+
 from pydantic import model_validator
-from pyautoattack import AutoAttack
 
 from bench import Attack, AttackOutput, AttackParams, Field, Number, register_attack
 from bench.pgd import enforce_budget
 
 from ._whitebox import attacked_model, ensemble_judge, gradient_warnings
+
+if TYPE_CHECKING:
+    from pyautoattack import AutoAttack
 
 SubAttack = Literal["apgd-ce", "apgd-dlr", "apgd-t", "fab", "fab-t", "square"]
 _NORMS = {"linf": "Linf", "l2": "L2", "l1": "L1"}
@@ -123,6 +127,8 @@ class AutoAttackStandard(_AutoAttackBase):
         return 20 if self.params.version == "rand" else 1
 
     def build(self, model, device, seed):
+        from pyautoattack import AutoAttack  # imported when used: plug-in discovery must not load its 40 MB
+
         p = self.params
         return AutoAttack(model, norm=_NORMS[p.norm], eps=p.eps, version=p.version, device=device, seed=seed)
 
@@ -150,6 +156,8 @@ class APGDCustom(_AutoAttackBase):
         return self.params.eot_iter
 
     def build(self, model, device, seed):
+        from pyautoattack import AutoAttack
+
         p = self.params
         aa = AutoAttack(model, norm=_NORMS[p.norm], eps=p.eps, version="custom", attacks=list(p.attacks),
                         device=device, seed=seed)

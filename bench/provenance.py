@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import functools
 import importlib.metadata
+import os
 import platform
 import subprocess
 from pathlib import Path
@@ -14,22 +15,29 @@ LIBRARIES = ("torch", "torchvision", "numpy", "foolbox", "torchattacks", "pyauto
 
 @functools.lru_cache(maxsize=1)
 def git_sha() -> str:
-    root = Path(__file__).resolve().parent.parent
+    return _git_sha(Path(__file__).resolve().parent.parent)
+
+
+def _git_sha(root: Path) -> str:
+    # a copy of a commit without its history or without git (e.g. shipped to a GPU machine): the shipper names it
+    shipped = os.environ.get("BENCH_GIT_SHA", "unknown")
+    if not (root / ".git").exists():
+        return shipped
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
         if sha.returncode != 0:
-            return "unknown"
+            return shipped
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
                                capture_output=True, text=True, timeout=10).stdout.strip()
         return sha.stdout.strip()[:12] + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
-        return "unknown"
+        return shipped
 
 
 @functools.lru_cache(maxsize=1)
 def versions() -> dict[str, str]:
-    out = {"python": platform.python_version(), "bench": importlib.metadata.version("bench")}
-    for lib in LIBRARIES:
+    out = {"python": platform.python_version()}
+    for lib in ("bench", *LIBRARIES):
         try:
             out[lib] = importlib.metadata.version(lib)
         except importlib.metadata.PackageNotFoundError:

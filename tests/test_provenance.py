@@ -1,0 +1,27 @@
+import subprocess
+import sys
+from pathlib import Path
+
+from bench import provenance
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_a_copy_without_git_history_takes_the_shipped_sha(tmp_path, monkeypatch):
+    monkeypatch.setenv("BENCH_GIT_SHA", "0123456789ab")
+    assert provenance._git_sha(tmp_path) == "0123456789ab"
+    monkeypatch.delenv("BENCH_GIT_SHA")
+    assert provenance._git_sha(tmp_path) == "unknown"
+
+
+def test_the_checkout_reports_its_own_commit(monkeypatch):
+    monkeypatch.setenv("BENCH_GIT_SHA", "not-this")
+    sha = provenance._git_sha(ROOT)
+    assert sha != "not-this" and len(sha.split("-")[0]) == 12
+
+
+def test_plugin_discovery_does_not_import_heavy_attack_libraries():
+    # pyautoattack is only needed when an AutoAttack cell runs (it is 40 MB, and absent on some GPU images)
+    code = "import sys; from bench import registry; registry.discover(); print('pyautoattack' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
