@@ -69,7 +69,8 @@ class _FoolboxMinNorm(Attack):
             except AssertionError as e:  # foolbox re-asks the oracle and asserts the answer is unchanged
                 raise BenchError(f"{self.name}: foolbox found the oracle answering the same query differently "
                                  f"({e or 'assertion failed'}); decision-based attacks need a repeatable "
-                                 f"decision (a stochastic defense's ensemble is not).") from e
+                                 f"decision (a stochastic defense's ensemble is not; on a GPU, run inside "
+                                 f"bench.exact.exact_fp32 as the harness does).") from e
             adv, ok = _settle(counted, x[rows], adv.clamp(0, 1), y[rows])
             queries[rows.cpu()] += counted.forward_images / rows.numel()
             x_adv[rows] = torch.where(ok.view(-1, 1, 1, 1), adv, x[rows])

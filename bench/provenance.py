@@ -20,7 +20,11 @@ def git_sha() -> str:
 
 def _git_sha(root: Path) -> str:
     # a copy of a commit without its history or without git (e.g. shipped to a GPU machine): the shipper names it
-    shipped = os.environ.get("BENCH_GIT_SHA", "unknown")
+    # (which may carry a stale .git of its own: seen on the GPU machine, where it named the previous commit)
+    shipped = os.environ.get("BENCH_GIT_SHA", "")
+    if shipped:
+        return shipped
+    shipped = "unknown"
     if not (root / ".git").exists():
         return shipped
     try:

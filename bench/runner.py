@@ -16,6 +16,7 @@ from .attack import AttackContext, PassCounter, perturbation_norm
 from .config import Config, load_config
 from .data import dataset_info, load_split, load_subset, resolve_data_root, subset_indices
 from .errors import BenchError
+from .exact import exact_fp32
 from .stats import wilson_interval
 from .store import ArtifactCache, ResultsStore, content_hash
 from .training import fit
@@ -174,31 +175,33 @@ def attack_part(env: Env, defense: str, attack: str, dataset: str, profile: str,
     nominal = attack_batch_size(env, ares, profile)
     bs = min(batch_size or nominal, nominal)
     t0 = time.time()
-    torch.manual_seed(seed)
-    clean_pred = predict(eval_model, x, env.device, prof.eval_batch_size)
-    correct = clean_pred == y
-    clean_passes = counter.forward_images
-    ctx = AttackContext(defense=d, device=env.device, seed=seed, batch_size=bs, eval_model=eval_model,
-                        dataset=dataset, profile=profile, env=env)
-    attacked = correct.nonzero().squeeze(1)
-    lo, hi = shard_range(len(attacked), nominal, shard)
-    fooled, norms, queries, extra_out = [], [], [], {}
-    with progress.bar(f"{attack} on {defense}", hi - lo) as advance:
-        for start in range(lo, hi, bs):
-            idx = attacked[start:min(start + bs, hi)]
-            torch.manual_seed(_batch_seed(seed, start))
-            out = atk.run(counter, x[idx].to(env.device), y[idx].to(env.device), ctx)
-            x_adv = out.x_adv.detach().cpu().float()
-            if not ((x_adv >= 0) & (x_adv <= 1)).all():
-                raise BenchError(f"attack '{attack}' produced images outside [0, 1]: this is a bug in the attack.")
-            # the verdict is ours: an fp32 forward of the final adversarial examples in eval mode
-            fooled.append(predict(eval_model, x_adv, env.device, prof.eval_batch_size) != y[idx])
-            if atk.norm:
-                norms.append(perturbation_norm(x_adv - x[idx], atk.norm))
-            queries.append(out.queries.cpu().float() if out.queries is not None else torch.zeros(len(idx)))
-            for k, v in out.extra.items():
-                extra_out.setdefault(k, []).extend(v if isinstance(v, list) else [v])
-            advance(len(idx))
+    # attacks and their verdicts in exact fp32 (no TF32, no per-shape kernel choice): bench/exact.py says why
+    with exact_fp32():
+        torch.manual_seed(seed)
+        clean_pred = predict(eval_model, x, env.device, prof.eval_batch_size)
+        correct = clean_pred == y
+        clean_passes = counter.forward_images
+        ctx = AttackContext(defense=d, device=env.device, seed=seed, batch_size=bs, eval_model=eval_model,
+                            dataset=dataset, profile=profile, env=env)
+        attacked = correct.nonzero().squeeze(1)
+        lo, hi = shard_range(len(attacked), nominal, shard)
+        fooled, norms, queries, extra_out = [], [], [], {}
+        with progress.bar(f"{attack} on {defense}", hi - lo) as advance:
+            for start in range(lo, hi, bs):
+                idx = attacked[start:min(start + bs, hi)]
+                torch.manual_seed(_batch_seed(seed, start))
+                out = atk.run(counter, x[idx].to(env.device), y[idx].to(env.device), ctx)
+                x_adv = out.x_adv.detach().cpu().float()
+                if not ((x_adv >= 0) & (x_adv <= 1)).all():
+                    raise BenchError(f"attack '{attack}' produced images outside [0, 1]: this is a bug in the attack.")
+                # the verdict is ours: an fp32 forward of the final adversarial examples in eval mode
+                fooled.append(predict(eval_model, x_adv, env.device, prof.eval_batch_size) != y[idx])
+                if atk.norm:
+                    norms.append(perturbation_norm(x_adv - x[idx], atk.norm))
+                queries.append(out.queries.cpu().float() if out.queries is not None else torch.zeros(len(idx)))
+                for k, v in out.extra.items():
+                    extra_out.setdefault(k, []).extend(v if isinstance(v, list) else [v])
+                advance(len(idx))
     return {"cell": cell, "defense": defense, "attack": attack, "dataset": dataset, "profile": profile, "seed": seed,
             "n_test": n_test, "shard": list(shard), "batch_size": bs, "kind": atk.kind, "norm": atk.norm,
             "eps": atk.eps, "correct": correct.tolist(), "index": attacked[lo:hi].tolist(),

@@ -14,10 +14,12 @@ def test_a_copy_without_git_history_takes_the_shipped_sha(tmp_path, monkeypatch)
     assert provenance._git_sha(tmp_path) == "unknown"
 
 
-def test_the_checkout_reports_its_own_commit(monkeypatch):
-    monkeypatch.setenv("BENCH_GIT_SHA", "not-this")
+def test_the_checkout_reports_its_own_commit_unless_the_shipper_names_one(monkeypatch):
+    monkeypatch.delenv("BENCH_GIT_SHA", raising=False)
     sha = provenance._git_sha(ROOT)
-    assert sha != "not-this" and len(sha.split("-")[0]) == 12
+    assert sha != "unknown" and len(sha.split("-")[0]) == 12
+    monkeypatch.setenv("BENCH_GIT_SHA", "fedcba987654")
+    assert provenance._git_sha(ROOT) == "fedcba987654"
 
 
 def test_plugin_discovery_does_not_import_heavy_attack_libraries():
