@@ -206,7 +206,7 @@ def clean_cell(sl: Slice, defense: str, notes: Notes) -> Cell:
 def worst_cell(sl: Slice, defense: str, attacks: list[str], notes: Notes) -> Cell:
     """Per-sample worst case: a point is robust only if it is correct and no listed attack fooled it (minimum-norm
     attacks count at their eps; without one they measure norms, not accuracy, and are left out)."""
-    usable, missing = [], []
+    usable, missing, unaligned = [], [], []
     for attack in attacks:
         if attack.startswith(PENDING):
             missing.append(f"{attack[len(PENDING):]} (pending)")
@@ -220,11 +220,21 @@ def worst_cell(sl: Slice, defense: str, attacks: list[str], notes: Notes) -> Cel
         vec, why = sl.results.robust_vector(row)
         if vec is None:
             missing.append(f"{attack} ({why})")
+            if not is_min_norm(row):
+                unaligned.append(row)
         else:
             usable.append((attack, vec))
     if not usable:
         if all(m.endswith("(not run)") for m in missing):
             return Cell("not run")
+        if unaligned:  # rows without per-sample verdicts (e.g. a committed snapshot): the strongest one bounds it
+            n = max(int(to_float(r["n"])) for r in unaligned)
+            k = min(round(to_float(r["robust_acc"]) * n) for r in unaligned if int(to_float(r["n"])) == n)
+            cell = accuracy_cell(k, n)
+            cell.text = "≤ " + cell.text + " " + notes.mark(
+                f"{defense} worst case: the lowest single-attack accuracy; no per-sample verdicts to combine "
+                f"({'; '.join(missing)})")
+            return cell
         text = "not run" if all(m.endswith(("(not run)", "(pending)")) for m in missing) else "n/a"
         return Cell(f"{text} " + notes.mark(f"{defense} worst case: {'; '.join(missing)}"))
     n = max(len(v) for _, v in usable)  # samples align only between cells on the same test subset (same n)

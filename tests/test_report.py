@@ -54,6 +54,17 @@ def test_worst_case_counts_min_norm_attacks_at_their_eps_and_flags_cells_on_othe
     assert _row_of(table, "natural")["clean"] == "90.0 ± 6.0"  # from the cells on the full test subset
 
 
+def test_worst_case_without_manifests_is_bounded_by_the_strongest_single_attack(tmp_path):
+    # a committed snapshot of results.csv has rows but no per-sample manifests
+    store = write(tmp_path, [cell("natural", "pgd_linf", CORRECT, fooling(N, range(10, 30))),
+                             cell("natural", "cw_linf", CORRECT, fooling(N, range(30, 70)))])
+    for path in store.manifest_dir.glob("*.json"):
+        path.unlink()
+    table = leaderboard(Results.load(tmp_path), "cifar10", "quick")
+    worst = _row_of(table, "natural")["worst case"]
+    assert worst.startswith("≤ 50.0") and "no manifest of this run" in " ".join(table.notes)
+
+
 def test_leaderboard_shows_norms_reasons_costs_and_provenance(tmp_path):
     norms = [0.5 if i % 2 else 1.5 for i in range(N)]  # fooled points: mean L2 1.0
     write(tmp_path, [
