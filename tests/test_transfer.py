@@ -62,11 +62,23 @@ def _noise_fooled(env, x, y, eps, seed=0):
     return (predict(model, noisy, env.device, 200) != y).float().mean().item()
 
 
+# enough points that "more than chance" is a significance test, not a margin a re-trained smoke model may miss
+# (CPU kernels differ between machines, so the smoke models and their noise sensitivity do too)
+N_TEST = 600
+
+
+def _z_above_chance(fooled: float, chance: float, n: int) -> float:
+    """One-sided two-proportion z statistic of fooled > chance, both measured on the same n attacked points."""
+    pooled = (fooled + chance) / 2
+    return (fooled - chance) / max(1e-12, (pooled * (1 - pooled) * 2 / n) ** 0.5)
+
+
 @pytest.mark.slow
 @pytest.mark.ci
 def test_transfer_from_a_surrogate_fools_natural_beyond_chance(transfer_env, natural_smoke):
     env = transfer_env
-    (row,) = bench.run(defense="natural", attack="transfer_test", dataset="cifar10", profile="smoke", env=env)
+    (row,) = bench.run(defense="natural", attack="transfer_test", dataset="cifar10", profile="smoke", env=env,
+                       n_test=N_TEST)
     clean, robust = float(row["clean_acc"]), float(row["robust_acc"])
     assert row["norm"] == "linf" and abs(float(row["eps"]) - 8 / 255) < 1e-6  # the surrogate attack's budget
     manifest = json.loads((env.store.manifest_dir / f"{row['cell']}.json").read_text())
@@ -80,11 +92,12 @@ def test_transfer_from_a_surrogate_fools_natural_beyond_chance(transfer_env, nat
     correct = torch.tensor(manifest["per_sample"]["correct"])
     chance = _noise_fooled(env, x[correct], y[correct], 8 / 255)
     fooled = 1 - robust / clean
-    assert fooled > chance + 0.1, (fooled, chance)  # measured 19 % vs 3 % (a 1-epoch surrogate transfers weakly)
+    # a 1-epoch surrogate transfers weakly: measured 17.8 % vs 8.9 % (n = 200) on one machine, 19 % vs 3 % on another
+    assert _z_above_chance(fooled, chance, n_attacked) > 2.33, (fooled, chance, n_attacked)
 
     # a second run (forced) is served from the per-image cache: nothing is generated, the verdict is identical
     (again,) = bench.run(defense="natural", attack="transfer_test", dataset="cifar10", profile="smoke", env=env,
-                         force=True)
+                         n_test=N_TEST, force=True)
     info2 = json.loads((env.store.manifest_dir / f"{again['cell']}.json").read_text())["attack_info"]
     assert info2["generated"] == 0 and info2["reused"] == n_attacked
     assert again["robust_acc"] == row["robust_acc"]
@@ -94,14 +107,15 @@ def test_transfer_from_a_surrogate_fools_natural_beyond_chance(transfer_env, nat
 @pytest.mark.ci
 def test_pwt_plugin_runs_with_another_surrogate(transfer_env, natural_smoke):
     env = transfer_env
-    (row,) = bench.run(defense="natural", attack="pwt_test", dataset="cifar10", profile="smoke", env=env)
+    (row,) = bench.run(defense="natural", attack="pwt_test", dataset="cifar10", profile="smoke", env=env,
+                       n_test=N_TEST)
     info = json.loads((env.store.manifest_dir / f"{row['cell']}.json").read_text())["attack_info"]
     assert info["surrogate"] == "natural_surrogate" and info["surrogate_attack"]["plugin"] == "pgd_eot"
     x, y = load_subset("cifar10", "test", env.data_root, int(row["n"]), 0)
     correct = torch.tensor(json.loads((env.store.manifest_dir / f"{row['cell']}.json").read_text())["per_sample"]["correct"])
     chance = _noise_fooled(env, x[correct], y[correct], 8 / 255)
     fooled = 1 - float(row["robust_acc"]) / float(row["clean_acc"])
-    assert fooled > chance + 0.1, (fooled, chance)  # measured 19 % vs 3 %
+    assert _z_above_chance(fooled, chance, int(correct.sum())) > 2.33, (fooled, chance, int(correct.sum()))
 
 
 def test_surrogate_attack_must_run_on_the_pgd_engine(transfer_env):
