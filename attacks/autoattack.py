@@ -8,11 +8,9 @@ and (c) the defense's backward surrogate is used for the gradients."""
 from __future__ import annotations
 
 import time
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
-from typing import TYPE_CHECKING
-
 from pydantic import model_validator
 
 from bench import Attack, AttackOutput, AttackParams, Field, Number, register_attack

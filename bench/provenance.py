@@ -19,23 +19,21 @@ def git_sha() -> str:
 
 
 def _git_sha(root: Path) -> str:
-    # a copy of a commit without its history or without git (e.g. shipped to a GPU machine): the shipper names it
-    # (which may carry a stale .git of its own: seen on the GPU machine, where it named the previous commit)
-    shipped = os.environ.get("BENCH_GIT_SHA", "")
-    if shipped:
-        return shipped
-    shipped = "unknown"
+    # a copy shipped elsewhere (e.g. to a GPU machine) names its commit: its own .git, if any, may be stale
+    # (seen on the GPU machine, where it named the previous commit)
+    if os.environ.get("BENCH_GIT_SHA"):
+        return os.environ["BENCH_GIT_SHA"]
     if not (root / ".git").exists():
-        return shipped
+        return "unknown"
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
         if sha.returncode != 0:
-            return shipped
+            return "unknown"
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
                                capture_output=True, text=True, timeout=10).stdout.strip()
         return sha.stdout.strip()[:12] + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
-        return shipped
+        return "unknown"
 
 
 @functools.lru_cache(maxsize=1)

@@ -63,6 +63,16 @@ def fit(defense, model: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor,
         state_path: Path | None = None) -> list[dict]:
     """Train `model` in place. `x_train` is uint8 N×C×H×W. Returns the per-epoch history.
     With `state_path`, the state after each epoch is saved atomically and a restarted run resumes from it."""
+    # cuDNN autotuning is for this training only: a surrogate trained inside an attack (transfer) must hand the
+    # attack back its exact, non-autotuned arithmetic (bench/exact.py)
+    autotune = torch.backends.cudnn.benchmark
+    try:
+        return _fit(defense, model, x_train, y_train, monitor, device, seed, state_path)
+    finally:
+        torch.backends.cudnn.benchmark = autotune
+
+
+def _fit(defense, model, x_train, y_train, monitor, device, seed, state_path) -> list[dict]:
     p = defense.params
     model.to(device).train()
     on_cuda = torch.device(device).type == "cuda"

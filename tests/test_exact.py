@@ -21,19 +21,43 @@ class ArithmeticSpy(Attack):
         return AttackOutput(x_adv=x.clone(), fooled=torch.zeros(len(y), dtype=torch.bool))
 
 
-def test_exact_fp32_switches_off_tf32_and_autotuning_and_restores_them():
-    torch.backends.cudnn.allow_tf32 = torch.backends.cudnn.benchmark = True
+def _as_gpu_training_leaves_them(monkeypatch):
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", True)
+
+
+def test_exact_fp32_switches_off_tf32_and_autotuning_and_restores_them(monkeypatch):
+    _as_gpu_training_leaves_them(monkeypatch)
     before = _flags()
     with exact_fp32():
         assert _flags() == (False, False, False, True)
     assert _flags() == before
 
 
-def test_attacks_and_verdicts_run_in_exact_fp32(env, natural_smoke):
-    torch.backends.cudnn.allow_tf32 = torch.backends.cudnn.benchmark = True  # as training on a GPU leaves them
+def test_attacks_and_verdicts_run_in_exact_fp32(env, natural_smoke, monkeypatch):
+    _as_gpu_training_leaves_them(monkeypatch)
     before = _flags()
     SEEN.clear()
     row = run_cell(env, "natural", "arithmetic_spy", "cifar10", "smoke", 0, n_test=20, force=True)
     assert SEEN and all(flags == (False, False, False, True) for flags in SEEN)
     assert _flags() == before
     assert float(row["robust_acc"]) == float(row["clean_acc"])  # the spy fooled nothing
+
+
+def test_training_hands_back_the_callers_autotuning_flag(monkeypatch):
+    # fit switches cuDNN autotuning on for a GPU training; a surrogate trained inside an attack must not leave
+    # it on for the rest of the attack
+    from bench.training import fit
+
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+
+    def boom(*args):
+        torch.backends.cudnn.benchmark = True  # as _fit does on a GPU
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("bench.training._fit", boom)
+    try:
+        fit(None, None, None, None, None, "cpu", 0)
+    except KeyboardInterrupt:
+        pass
+    assert torch.backends.cudnn.benchmark is False
