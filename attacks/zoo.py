@@ -30,8 +30,8 @@ class ZOOParams(MinL2Params):
     confidence: Number = Field(0.0, ge=0, description="kappa: required margin of the wrong class")
     abort_early: bool = Field(True, description="stop an image's binary step when its loss stalls for a tenth of "
                                                 "the iterations")
-    query_batch: int = Field(0, ge=0, description="images per model forward (0 = auto: all of an iteration at "
-                                                  "once on a GPU, 256 at a time on a CPU, where that is faster)")
+    query_batch: int = Field(0, ge=0, description="images per model forward (0 = auto: 8192 on a GPU, 256 on a "
+                                                  "CPU, where larger batches run no faster)")
 
 
 @register_attack("zoo")
@@ -59,12 +59,13 @@ def _margin_loss(logits: torch.Tensor, y: torch.Tensor, kappa: float) -> tuple[t
 
 
 _CPU_CHUNK = 256  # measured: ResNet-32 on one CPU core runs ~30 % more images/s in chunks of 256 than of 800
+_GPU_CHUNK = 8192  # 100 images x 257 queries at once would hold ~2 GB of ResNet-32 activations per layer
 
 
 @torch.no_grad()
 def _forward(model, images: torch.Tensor, chunk: int) -> torch.Tensor:
     if chunk <= 0:
-        chunk = _CPU_CHUNK if images.device.type == "cpu" else len(images)
+        chunk = _CPU_CHUNK if images.device.type == "cpu" else _GPU_CHUNK
     if len(images) <= chunk:
         return model(images)
     return torch.cat([model(images[i:i + chunk]) for i in range(0, len(images), chunk)])

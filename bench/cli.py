@@ -9,6 +9,7 @@ import typer
 from rich.markup import escape
 
 from . import progress
+from .cpu_memory import keep_freed_memory
 from .cli_options import ConfigOpt, DataOpt, DatasetOpt, DeviceOpt, ProfileOpt, ResultsOpt, SeedOpt
 from .cli_options import make_env as _env
 from .errors import BenchError
@@ -152,6 +153,7 @@ def _bare_matrix(argv: list[str]) -> list[str]:
 
 
 def main():
+    keep_freed_memory()
     try:
         app(args=_bare_matrix(sys.argv[1:]), standalone_mode=False)
     except BenchError as e:

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from . import progress, provenance
+from .cpu_memory import keep_freed_memory
 from .attack import AttackContext, PassCounter, perturbation_norm
 from .config import Config, load_config
 from .data import dataset_info, load_split, load_subset, resolve_data_root, subset_indices
@@ -68,6 +69,7 @@ def checkpoint_key(resolved, dataset: str, seed: int) -> str:
 def train(defense: str, dataset: str | None = None, profile: str | None = None, seed: int | None = None,
           env: Env | None = None, **env_kwargs) -> TrainedDefense:
     """Train (or load from the content-addressed cache) one defense; returns the model in eval mode."""
+    keep_freed_memory()
     env = env or Env.create(**env_kwargs)
     s = env.cfg.settings
     dataset, profile = dataset or s.dataset, profile or s.profile

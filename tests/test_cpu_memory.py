@@ -1,0 +1,48 @@
+"""keep_freed_memory: a re-allocated 64 MiB tensor reuses the process's pages instead of faulting in fresh ones.
+Counted in minor page faults (deterministic), not time; each case runs in its own interpreter so the setting
+starts from glibc's defaults."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from bench.cpu_memory import keep_freed_memory
+
+_PROBE = """
+import resource, torch
+from bench.cpu_memory import keep_freed_memory
+applied = keep_freed_memory()
+torch.empty(16 << 20).fill_(1.0)  # 64 MiB, freed at once
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(5):
+    torch.empty(16 << 20).fill_(1.0)
+print(applied, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+_PAGES_PER_TENSOR = (64 << 20) // 4096
+
+
+def _probe(opt_out: bool) -> tuple[bool, int]:
+    env = dict(os.environ, BENCH_KEEP_FREED_MEMORY="0" if opt_out else "1", OMP_NUM_THREADS="1")
+    out = subprocess.run([sys.executable, "-c", _PROBE], env=env, capture_output=True, text=True, check=True)
+    applied, faults = out.stdout.split()
+    return applied == "True", int(faults)
+
+
+def test_freed_blocks_are_reused_instead_of_faulted_in_again():
+    if not keep_freed_memory():
+        pytest.skip("not glibc: mallopt is unavailable and nothing is tuned")
+    applied, faults = _probe(opt_out=False)
+    assert applied
+    # glibc's defaults fault all five in (the next test); kept memory faults at most one block's pages
+    assert faults < 2 * _PAGES_PER_TENSOR, f"{faults} page faults for 5 re-allocations of {_PAGES_PER_TENSOR} pages"
+
+
+def test_opting_out_keeps_glibc_defaults_that_fault_every_block_in():
+    if not keep_freed_memory():
+        pytest.skip("not glibc")
+    applied, faults = _probe(opt_out=True)
+    assert not applied
+    assert faults > 4 * _PAGES_PER_TENSOR, f"only {faults} page faults: glibc's defaults no longer mmap 64 MiB"
