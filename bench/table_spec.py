@@ -1,6 +1,7 @@
 """[tables.NAME] in bench.toml: a paper's table layout as data, with the published numbers beside each row.
 
 A cell reference is "clean", "worst" (per-sample worst case over `worst_of`), the name of an [attacks.*] entry,
+"success:NAME" (that attack's success rate on the points it attacked, as the papers' query-attack tables give it),
 or "pending:NAME" for an entry that bench.toml does not have yet (rendered as "pending", never as a number).
 A row names its [defenses.*] entry, or `pending` when that entry does not exist yet. Every name that is not
 marked pending must exist: a typo is an error at load, like everywhere else in bench.toml."""
@@ -14,12 +15,13 @@ from .errors import ConfigError, did_you_mean
 from .params import StrictModel
 
 PENDING = "pending:"
+SUCCESS = "success:"
 SPECIAL_CELLS = ("clean", "worst")
 
 
 class TableColumn(StrictModel):
     label: str
-    cell: str = Field(description="clean | worst | an [attacks.*] entry | pending:NAME")
+    cell: str = Field(description="clean | worst | an [attacks.*] entry | success:NAME | pending:NAME")
     dataset: str | None = Field(None, description="default: the table's dataset")
 
 
@@ -58,7 +60,8 @@ class TableSpec(StrictModel):
             return row.worst_of
         if self.worst_of is not None:
             return self.worst_of
-        return [c for c in self.row_cells(row) if c not in SPECIAL_CELLS and not c.startswith(PENDING)]
+        return [c for c in self.row_cells(row)
+                if c not in SPECIAL_CELLS and not c.startswith(PENDING) and not c.startswith(SUCCESS)]
 
     def column_dataset(self, i: int) -> str:
         return self.columns[i].dataset or self.dataset
@@ -85,7 +88,7 @@ def check_table(cfg, name: str, spec: TableSpec) -> None:
                 if not ref[len(PENDING):]:
                     raise ConfigError(f"Invalid config: {at}: 'pending:' must name the entry it waits for.")
             elif ref not in SPECIAL_CELLS:
-                _check_entry(cfg, "attack", ref, at)
+                _check_entry(cfg, "attack", ref.removeprefix(SUCCESS), at)
         if "worst" in cells and row.defense is not None and not spec.worst_attacks(row):
             raise ConfigError(f"Invalid config: {at} has a 'worst' cell but no attacks to take it over; "
                               f"set `worst_of` on the row or the table.")

@@ -17,7 +17,7 @@ from tabulate import tabulate
 
 from .stats import wilson_interval
 from .store import ResultsStore, atomic_write_bytes
-from .table_spec import PENDING, TableSpec
+from .table_spec import PENDING, SUCCESS, TableSpec
 
 KEY = ("dataset", "defense", "attack", "profile", "seed")
 
@@ -177,6 +177,21 @@ def attack_cell(sl: Slice, defense: str, attack: str, notes: Notes) -> Cell:
     return _annotate(cell, row, where, notes)
 
 
+def success_cell(sl: Slice, defense: str, attack: str, notes: Notes) -> Cell:
+    """The attack's success rate % over the points it attacked (those the defense classified correctly)."""
+    row = sl.cells.get((defense, attack))
+    if row is None or row["status"] != "ok":
+        return attack_cell(sl, defense, attack, notes)  # "not run", or the failure with its reason
+    if str(row.get("success_rate") or "") == "":
+        return Cell("no success rate recorded")
+    attacked = round(to_float(row["clean_acc"]) * int(to_float(row["n"])))
+    if not attacked:
+        return Cell("none attacked")
+    cell = accuracy_cell(round(to_float(row["success_rate"]) * attacked), attacked)
+    cell.text += f" (of {attacked})"
+    return _annotate(cell, row, f"{defense} × {attack}", notes)
+
+
 def _annotate(cell: Cell, row: dict, where: str, notes: Notes) -> Cell:
     flags = flags_of(row)
     if flags.get("collapsed"):
@@ -228,9 +243,7 @@ def worst_cell(sl: Slice, defense: str, attacks: list[str], notes: Notes) -> Cel
         if all(m.endswith("(not run)") for m in missing):
             return Cell("not run")
         if unaligned:  # rows without per-sample verdicts (e.g. a committed snapshot): the strongest one bounds it
-            n = max(int(to_float(r["n"])) for r in unaligned)
-            k = min(round(to_float(r["robust_acc"]) * n) for r in unaligned if int(to_float(r["n"])) == n)
-            cell = accuracy_cell(k, n)
+            cell = accuracy_cell(*_strongest(unaligned))
             cell.text = "≤ " + cell.text + " " + notes.mark(
                 f"{defense} worst case: the lowest single-attack accuracy; no per-sample verdicts to combine "
                 f"({'; '.join(missing)})")
@@ -241,10 +254,25 @@ def worst_cell(sl: Slice, defense: str, attacks: list[str], notes: Notes) -> Cel
     missing += [f"{a} (n = {len(v)}, not {n})" for a, v in usable if len(v) != n]
     vectors = [v for _, v in usable if len(v) == n]
     robust = [all(v[i] for v in vectors) for i in range(n)]
-    cell = accuracy_cell(sum(robust), n)
+    k, why = sum(robust), f"{defense} worst case without"
+    if unaligned and _fraction(_strongest(unaligned)) < k / n:  # a row without verdicts bounds it more tightly
+        (k, n), why = _strongest(unaligned), (f"{defense} worst case: the lowest single-attack accuracy of a row "
+                                              "without per-sample verdicts, below the per-sample worst case of the rest;"
+                                              " rows without verdicts:")
+    cell = accuracy_cell(k, n)
     if missing:  # over fewer attacks the worst case can only be higher: say it is an upper bound
-        cell.text = "≤ " + cell.text + " " + notes.mark(f"{defense} worst case without {'; '.join(missing)}")
+        cell.text = "≤ " + cell.text + " " + notes.mark(f"{why} {'; '.join(missing)}")
     return cell
+
+
+def _strongest(rows: list[dict]) -> tuple[int, int]:
+    """(robust points, n) of the lowest accuracy among rows on the largest test subset."""
+    n = max(int(to_float(r["n"])) for r in rows)
+    return min(round(to_float(r["robust_acc"]) * n) for r in rows if int(to_float(r["n"])) == n), n
+
+
+def _fraction(kn: tuple[int, int]) -> float:
+    return kn[0] / kn[1]
 
 
 def _count(v: float) -> str:
@@ -404,7 +432,9 @@ def spec_table(results: Results, cfg, name: str, profile: str, seed=None) -> Tab
                 cell.text += " †"
             out += [cell.text, "–" if paper == "-" else f"{paper:g}"]
         body.append(out)
-    what = (f"{spec.source}. Measured: accuracy % ± 95 % Wilson half-width (mean norm for minimum-norm attacks); "
+    success = any(c.cell.startswith(SUCCESS) for c in spec.columns)
+    what = (f"{spec.source}. Measured: accuracy % ± 95 % Wilson half-width (mean norm for minimum-norm attacks"
+            f"{'; success columns: success rate % over the points attacked' if success else ''}); "
             f"(paper) = published number; † = the published number lies outside our 95 % interval.")
     if spec.note:
         what += f" {spec.note}"
@@ -420,6 +450,8 @@ def _spec_cell(cfg, name: str, spec: TableSpec, row, ref: str, sl: Slice, notes:
         return clean_cell(sl, row.defense, notes)
     if ref == "worst":
         return worst_cell(sl, row.defense, spec.worst_attacks(row), notes)
+    if ref.startswith(SUCCESS):
+        return success_cell(sl, row.defense, ref[len(SUCCESS):], notes)
     return attack_cell(sl, row.defense, ref, notes)
 
 

@@ -65,6 +65,20 @@ def test_worst_case_without_manifests_is_bounded_by_the_strongest_single_attack(
     assert worst.startswith("≤ 50.0") and "no manifest of this run" in " ".join(table.notes)
 
 
+@pytest.mark.parametrize("without_manifest, expected", [("cw_linf", "≤ 50.0"), ("pgd_linf", "≤ 50.0")])
+def test_worst_case_with_some_manifests_is_the_tighter_of_both_bounds(tmp_path, without_manifest, expected):
+    # per-sample over the rows with verdicts, or the lowest accuracy of a row without: whichever is lower
+    store = write(tmp_path, [cell("natural", "pgd_linf", CORRECT, fooling(N, range(10, 30))),
+                             cell("natural", "cw_linf", CORRECT, fooling(N, range(30, 70)))])
+    for path in store.manifest_dir.glob("*.json"):
+        if f'"{without_manifest}"' in path.read_text():
+            path.unlink()
+    table = leaderboard(Results.load(tmp_path), "cifar10", "quick")
+    worst = _row_of(table, "natural")["worst case"]
+    assert worst.startswith(expected), worst
+    assert f"{without_manifest} (no manifest of this run)" in " ".join(table.notes)
+
+
 def test_leaderboard_shows_norms_reasons_costs_and_provenance(tmp_path):
     norms = [0.5 if i % 2 else 1.5 for i in range(N)]  # fooled points: mean L2 1.0
     write(tmp_path, [
@@ -109,7 +123,8 @@ def test_worst_case_never_trusts_a_manifest_that_disagrees_with_its_row(tmp_path
     write(tmp_path, [(row, manifest), (row2, manifest2)])
     table = leaderboard(Results.load(tmp_path), "cifar10", "quick")
     worst = _row_of(table, "natural")["worst case"]
-    assert worst.startswith("≤ 80.0") and "disagrees" in " ".join(table.notes)
+    # trusting the manifest would give 80.0 (no "≤"); the row's own 70 % bounds the worst case instead
+    assert worst.startswith("≤ 70.0") and "disagrees" in " ".join(table.notes)
 
 
 def test_render_writes_markdown_csv_latex(tmp_path):
@@ -163,6 +178,45 @@ def test_spec_table_puts_paper_numbers_beside_measured_ones(tmp_path):
     assert "no [attacks.boundary_not_there] entry" in " ".join(table.notes)
 
 
+SUCCESS_SPEC = """
+[tables.query]
+title = "query attacks"
+source = "test"
+dataset = "cifar10"
+columns = [{ label = "success %", cell = "success:zoo" }, { label = "mean L2", cell = "zoo" }]
+[[tables.query.rows]]
+label = "Natural"
+defense = "natural"
+paper = [100, 0.13]
+[[tables.query.rows]]
+label = "Failed"
+defense = "pgd_at"
+paper = [100, 0.89]
+[[tables.query.rows]]
+label = "Absent"
+defense = "trades"
+paper = [100, 0.93]
+"""
+
+
+def test_success_columns_count_fooled_points_among_those_attacked(tmp_path):
+    cfg = load_config(_config_with_table(tmp_path, SUCCESS_SPEC))
+    norms = [0.1 if i % 2 else 0.3 for i in range(N)]
+    write(tmp_path / "r", [  # 90 points attacked (CORRECT), 45 fooled: 50 %, whatever the 10 wrong ones do
+        cell("natural", "zoo", CORRECT, fooling(N, range(0, 55)), norm="l2", eps="0.6", min_norm=True, norms=norms),
+        cell("pgd_at", "zoo", CORRECT, [], norm="l2", eps="0.6", status="failed", warnings="out of memory")])
+    table = spec_table(Results.load(tmp_path / "r"), cfg, "query", "quick")
+    natural, failed, absent = (_row_of(table, name) for name in ("Natural", "Failed", "Absent"))
+    assert natural["success %"].startswith("50.0 ± ") and "(of 90)" in natural["success %"]
+    assert natural["success %"].endswith("†")  # the paper's 100 is far outside 45 / 90
+    assert natural["mean L2"].startswith("0.20") and natural["mean L2 (paper)"] == "0.13"
+    assert failed["success %"].startswith("failed [") and "out of memory" in " ".join(table.notes)
+    assert absent["success %"] == "not run" and absent["mean L2"] == "not run"
+    assert "success rate % over the points attacked" in table.caption
+    with pytest.raises(ConfigError, match="unknown attack 'zooo'"):
+        load_config(_config_with_table(tmp_path, SUCCESS_SPEC.replace("success:zoo", "success:zooo")))
+
+
 @pytest.mark.parametrize("edit, needle", [
     (('cell = "pgd_linf"', 'cell = "pgd_linff"'), "unknown attack 'pgd_linff'"),
     (('defense = "natural"', 'defense = "naturall"'), "unknown defense 'naturall'"),
@@ -179,7 +233,8 @@ def test_table_specs_are_validated_at_load(tmp_path, edit, needle):
 
 def test_repository_paper_tables_validate_and_render_without_results(tmp_path):
     cfg = load_config(REPO / "bench.toml")
-    for name in ("paper000_table1", "paper000_table2", "paper001_table4_3", "paper001_table4_1", "paper001_table5_1"):
+    for name in ("paper000_table1", "paper000_table2", "paper000_table3", "paper000_table4", "paper001_table4_3",
+                 "paper001_table4_1", "paper001_table5_1"):
         assert name in cfg.tables
     paths = render_specs(Results([], None), cfg, list(cfg.tables), "quick", tmp_path)
     text = (tmp_path / "tables" / "paper000_table1.md").read_text()
