@@ -255,10 +255,12 @@ def worst_cell(sl: Slice, defense: str, attacks: list[str], notes: Notes) -> Cel
     vectors = [v for _, v in usable if len(v) == n]
     robust = [all(v[i] for v in vectors) for i in range(n)]
     k, why = sum(robust), f"{defense} worst case without"
-    if unaligned and _fraction(_strongest(unaligned)) < k / n:  # a row without verdicts bounds it more tightly
-        (k, n), why = _strongest(unaligned), (f"{defense} worst case: the lowest single-attack accuracy of a row "
-                                              "without per-sample verdicts, below the per-sample worst case of the rest;"
-                                              " rows without verdicts:")
+    if unaligned:
+        k_row, n_row = _strongest(unaligned)
+        if k_row / n_row < k / n:  # a row without verdicts bounds it more tightly than the per-sample worst case
+            k, n = k_row, n_row
+            why = (f"{defense} worst case: the lowest single-attack accuracy of a row without per-sample verdicts, "
+                   f"below the per-sample worst case of the rest; left out of that:")
     cell = accuracy_cell(k, n)
     if missing:  # over fewer attacks the worst case can only be higher: say it is an upper bound
         cell.text = "≤ " + cell.text + " " + notes.mark(f"{why} {'; '.join(missing)}")
@@ -269,10 +271,6 @@ def _strongest(rows: list[dict]) -> tuple[int, int]:
     """(robust points, n) of the lowest accuracy among rows on the largest test subset."""
     n = max(int(to_float(r["n"])) for r in rows)
     return min(round(to_float(r["robust_acc"]) * n) for r in rows if int(to_float(r["n"])) == n), n
-
-
-def _fraction(kn: tuple[int, int]) -> float:
-    return kn[0] / kn[1]
 
 
 def _count(v: float) -> str:
