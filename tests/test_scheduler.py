@@ -165,7 +165,9 @@ def per_sample(results: Path, cell: str) -> dict:
 
 
 def checkpoints(results: Path) -> list[str]:
-    return sorted(p.name for p in (results / "cache" / "checkpoints").glob("*.pt"))
+    """Finished checkpoints: not the `<key>.partial.pt` resume state of a training still under way."""
+    found = (results / "cache" / "checkpoints").glob("*.pt")
+    return sorted(p.name for p in found if not p.name.endswith(".partial.pt"))
 
 
 def bench_cli(*args, **kwargs):
