@@ -35,6 +35,12 @@ class AutoAttackParams(AttackParams):
 
 class _AutoAttackBase(Attack):
     Params = AutoAttackParams
+    gradient_based = True  # Square, its one gradient-free part, runs last, on the points APGD and FAB left
+
+    def __init__(self, params):
+        super().__init__(params)
+        # a custom list of Square alone is a score-based attack: no gradient to check
+        self.gradient_based = list(getattr(params, "attacks", ["apgd-ce"])) != ["square"]
 
     def build(self, model, device, seed: int) -> AutoAttack:
         raise NotImplementedError

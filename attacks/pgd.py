@@ -33,7 +33,7 @@ class PGDParams(AttackParams):
     channels_last: bool = Field(False, description="channels-last (NHWC) memory format in the attack loop")
 
     def settings(self) -> PGDSettings:
-        step = step_value(self.step_size, self.eps)
+        step = step_value(self.step_size, self.eps, self.steps)
         return PGDSettings(norm=self.norm, eps=self.eps, steps=self.steps, step_size=step, restarts=self.restarts,
                            batch_restarts=min(self.batch_restarts, self.restarts), loss=self.loss, kappa=self.kappa,
                            random_start=self.random_start, eot_samples=self.eot_samples, eot_mode=self.eot_mode,
@@ -42,12 +42,14 @@ class PGDParams(AttackParams):
 
 class _PGDBase(Attack):
     Params = PGDParams
+    gradient_based = True
 
     def run(self, model, x, y, ctx):
         p = self.params
         gradient_warnings(ctx, p.backward, p.eot_samples)
         with attacked_model(ctx, model, p.backward) as m, _channels_last(m, x, p.channels_last) as xin:
-            x_adv, fooled = run_pgd(m, xin, y, p.settings(), ctx.generator(), judge=ensemble_judge(ctx))
+            x_adv, fooled = run_pgd(m, xin, y, p.settings(), ctx.generator(), judge=ensemble_judge(ctx),
+                                   trace=ctx.trace)
         return AttackOutput(x_adv=x_adv.contiguous(), fooled=fooled)
 
 

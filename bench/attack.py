@@ -50,6 +50,8 @@ class AttackContext:
     profile: str = ""
     env: Any = None  # bench.runner.Env: lets transfer attacks train or load their surrogate defenses
     info: dict = field(default_factory=dict)  # attack-specific provenance copied into the cell manifest
+    # filled per batch by attacks on the PGD engine (bench.pgd.run_pgd(trace=ctx.trace)) for bench.verdicts
+    trace: dict | None = None
 
     def trained_defense(self, name: str):
         """A surrogate defense from bench.toml, trained or loaded from the cache (bench.runner.TrainedDefense)."""
@@ -78,6 +80,13 @@ class Attack:
     name: ClassVar[str] = ""
     Params: ClassVar[type[AttackParams]] = AttackParams
     kind: ClassVar[Literal["bounded", "min_norm"]] = "bounded"
+    # True for white-box attacks that follow the target model's input gradients and whose AttackOutput.fooled is
+    # their own verdict on the target: bench.verdicts then checks those gradients and what the attack returned
+    gradient_based: ClassVar[bool] = False
+
+    def eot_passes(self) -> int:
+        """Stochastic forward passes averaged per gradient step (EOT); 1 = none."""
+        return int(getattr(self.params, "eot_samples", 1))
 
     def __init__(self, params: AttackParams):
         self.params = params

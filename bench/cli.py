@@ -10,7 +10,7 @@ from rich.markup import escape
 
 from . import progress
 from .cpu_memory import keep_freed_memory
-from .cli_options import ConfigOpt, DataOpt, DatasetOpt, DeviceOpt, ProfileOpt, ResultsOpt, SeedOpt
+from .cli_options import ConfigOpt, DataOpt, DatasetOpt, DeviceOpt, ProfileOpt, ResultsOpt, SeedOpt, check_n_test
 from .cli_options import make_env as _env
 from .errors import BenchError
 
@@ -25,7 +25,7 @@ def run(
     attack: List[str] = typer.Option(None, "--attack", "-a", help="Attack entry of bench.toml; repeat for several (default: the matrix's)."),
     profile: Optional[str] = ProfileOpt,
     dataset: Optional[str] = DatasetOpt,
-    n_test: Optional[int] = typer.Option(None, "--n-test", min=1, help="Test images to evaluate (default: the profile's n_test)."),
+    n_test: Optional[int] = typer.Option(None, "--n-test", callback=check_n_test, help="Test images to evaluate: 1 to the test set's size, 10000 (default: the profile's n_test)."),
     seed: Optional[int] = SeedOpt,
     device: Optional[str] = DeviceOpt,
     force: bool = typer.Option(False, "--force", help="Recompute cells that already have a finished row."),
@@ -152,29 +152,123 @@ def _bare_matrix(argv: list[str]) -> list[str]:
             for i, a in enumerate(argv)]
 
 
+INTERRUPTED = "interrupted — finished rows and checkpoints are saved; the same command resumes"
+
+
+def _print_error(message: str) -> None:
+    # messages name bench.toml tables like [tables.NAME]: print them literally, not as rich markup
+    progress.console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+
+
+def _interrupted() -> None:
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not turn this exit into a traceback
+    # plain stderr, not the rich console: a Ctrl-C inside one of its prints leaves that line in its buffer
+    sys.stderr.write(f"\n{INTERRUPTED}\n")
+    sys.stderr.flush()
+    sys.exit(130)
+
+
+def _click_exceptions():
+    """The exception classes of the click that typer uses (the pinned typer ships its own, typer._click) and of
+    a standalone click, if one is installed."""
+    found = []
+    for name in ("typer._click.exceptions", "click.exceptions"):
+        try:
+            found.append(__import__(name, fromlist=["ClickException"]))
+        except ImportError:
+            pass
+    return found
+
+
+def _given_value(argv: list[str], opts) -> str | None:
+    """What the user typed for an option (--opt VALUE or --opt=VALUE), for the error message."""
+    for i, arg in enumerate(argv):
+        for opt in opts:
+            if arg == opt and i + 1 < len(argv):
+                return argv[i + 1]
+            if arg.startswith(opt + "=") and opt.startswith("--"):
+                return arg[len(opt) + 1:]
+    return None
+
+
+def _usage_message(e, argv: list[str]) -> str | None:
+    """One paragraph for a click usage error: the command, the bad value and what is allowed; None when `e` is
+    not one."""
+    for mod in _click_exceptions():
+        if not isinstance(e, mod.ClickException):
+            continue
+        ctx = getattr(e, "ctx", None)
+        command = ctx.command_path if ctx is not None else "bench"
+        see = f"See `{command} --help`."
+        if isinstance(e, mod.NoSuchOption):
+            close = [p for p in (e.possibilities or []) if p.startswith("--")]
+            hint = f" Did you mean {' or '.join(sorted(close))}?" if close else ""
+            return f"{command} has no option {e.option_name}.{hint} {see}"
+        if isinstance(e, mod.MissingParameter) and getattr(e, "param", None) is not None:
+            param = e.param
+            opt = "/".join(param.opts) if getattr(param, "opts", None) else param.name
+            help_text = (getattr(param, "help", "") or "").strip()
+            return f"{command} needs {opt}{f' ({help_text})' if help_text else ''}. {see}"
+        if isinstance(e, mod.BadParameter) and getattr(e, "param", None) is not None:
+            param = e.param
+            opts = list(getattr(param, "opts", []) or [param.name])
+            value = _given_value(argv, opts)
+            shown = f" {value!r}" if value is not None and not e.message.startswith(value) else ""
+            help_text = (getattr(param, "help", "") or "").strip()
+            allowed = f" {opts[0]}: {help_text}" if help_text and "not allowed" not in e.message else ""
+            return f"{command} {opts[0]}{shown}: {e.message.rstrip('.')}.{allowed} {see}"
+        if isinstance(e, mod.UsageError):
+            message = e.format_message().strip()
+            if message.startswith("No such command") and ctx is not None and hasattr(ctx.command, "commands"):
+                import difflib
+
+                names = sorted(ctx.command.commands)
+                bad = message.split("'")[1] if "'" in message else ""
+                close = difflib.get_close_matches(bad, names, n=1)
+                hint = f" Did you mean '{close[0]}'?" if close and "Did you mean" not in message else ""
+                return f"{message} Allowed: {', '.join(names)}.{hint} See `{command} --help`."
+            return f"{message} {see}"
+        return e.format_message()
+    return None
+
+
 def main():
     keep_freed_memory()
+    argv = _bare_matrix(sys.argv[1:])
     try:
-        app(args=_bare_matrix(sys.argv[1:]), standalone_mode=False)
+        rv = app(args=argv, prog_name="bench", standalone_mode=False)
     except BenchError as e:
-        # messages name bench.toml tables like [tables.NAME]: print them literally, not as rich markup
-        progress.console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
+        _print_error(str(e))
         sys.exit(2)
     except KeyboardInterrupt:
-        progress.console.print("\ninterrupted: finished rows and checkpoints are saved; run the same command "
-                               "again to resume.", highlight=False)
-        sys.exit(130)
+        _interrupted()
     except SystemExit:
         raise
     except Exception as e:  # click usage errors arrive here in non-standalone mode
-        import click
+        from typer.exceptions import Abort
 
-        if isinstance(e, click.exceptions.ClickException):
-            e.show()
-            sys.exit(e.exit_code)
-        if isinstance(e, click.exceptions.Abort):
-            sys.exit(130)
+        for mod in _click_exceptions():
+            if isinstance(e, getattr(mod, "NoArgsIsHelpError", ())):  # bare `bench`: the help, as click does
+                typer.echo(e.format_message(), err=True)
+                sys.exit(2)
+        message = _usage_message(e, argv)
+        if message is not None:
+            _print_error(message)
+            sys.exit(getattr(e, "exit_code", 2) or 2)
+        if isinstance(e, Abort) or any(isinstance(e, getattr(m, "Abort", ())) for m in _click_exceptions()):
+            _interrupted()
+        if isinstance(e, OSError) and e.filename:  # a folder or file the environment denies: not a bug
+            _print_error(f"{e.strerror or e}: {e.filename}")
+            sys.exit(1)
         raise
+    # in non-standalone mode typer turns Ctrl-C into Exit(130) and returns the code instead of exiting
+    if isinstance(rv, int) and not isinstance(rv, bool):
+        if rv == 130:
+            _interrupted()
+        if rv:
+            sys.exit(rv)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ class Settings(StrictModel):
     data_root: str = "data"
     results_dir: str = "results"
     cache_dir: str = "results/cache"
-    seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, le=2**32 - 1)
     profile: str = "smoke"
     dataset: str = "cifar10"
     device: str = "auto"
@@ -86,6 +86,7 @@ class Config:
     entries: dict[str, dict[str, dict]]
     matrices: dict[str, Matrix]
     tables: dict[str, TableSpec] = field(default_factory=dict)  # [tables.*]: paper layouts (bench.table_spec)
+    verdicts: Any = None  # [verdicts]: thresholds of the attack-failure checks (bench.verdicts.VerdictSettings)
     _cache: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -155,7 +156,21 @@ def _format_validation(err: ValidationError, prefix: str, layers: list[tuple[str
     return " ".join(lines)
 
 
+class _Problems(list):
+    """Problems found before pydantic runs (bench.params.lax_values), in its error format."""
+
+    def errors(self):
+        return list(self)
+
+
 def _validate(model, data: dict, prefix: str, layers=None):
+    from .params import lax_values
+
+    # pydantic's lax mode would turn `steps = true` into 1 and accept inf: refused here, like pydantic's own errors
+    problems = _Problems({"loc": loc, "input": value, "msg": msg, "type": "value_error"}
+                         for loc, value, msg in lax_values(model, data))
+    if problems:
+        raise ConfigError(f"Invalid config: {_format_validation(problems, prefix, layers or [(prefix, data)], model)}")
     try:
         return model.model_validate(data)
     except ValidationError as err:
@@ -190,7 +205,23 @@ def _resolve_entry(cfg: Config, kind: str, name: str, dataset: str, profile: str
     for _, layer in layers:
         merged.update(layer)
     params = _validate(cls.Params, merged, prefix, layers)
+    _check_budget(params, dataset, prefix, layers, default_norm="linf" if kind == "defense" else None)
     return Resolved(kind=kind, name=name, plugin=plugin_name, params=params, source=prefix)
+
+
+def _check_budget(params, dataset: str, prefix: str, layers, default_norm=None) -> None:
+    """An eps beyond the largest distance two images in [0, 1] can have is a typo (every point would be fooled).
+    Defenses without a `norm` train against Linf budgets (adversarial training)."""
+    from .data import INFO
+    from .params import budget_problem
+
+    problem = budget_problem(params, INFO[dataset].shape, dataset, default_norm)
+    if problem:
+        origin = prefix
+        for path, layer in layers:
+            if "eps" in layer:
+                origin = path
+        raise ConfigError(f"Invalid config: '{origin}.eps' = {params.eps!r}: {problem}.")
 
 
 def _check_table_keys(raw: dict, allowed: set[str], where: str) -> None:
@@ -217,28 +248,45 @@ def _check_override_names(cfg: Config, kind: str, name: str, raw: dict) -> None:
 
 
 def find_config(path: str | os.PathLike | None = None) -> Path:
-    """Explicit path → BENCH_CONFIG env → ./bench.toml → the repository's bench.toml."""
-    candidates = [path, os.environ.get("BENCH_CONFIG"), Path.cwd() / "bench.toml",
-                  Path(__file__).resolve().parent.parent / "bench.toml"]
-    for c in candidates:
-        if c is None or c == "":
+    """Explicit path → BENCH_CONFIG env → ./bench.toml; never a bench.toml elsewhere (e.g. the installed checkout's,
+    which would also put the results next to it)."""
+    for value, source in ((path, "--config"), (os.environ.get("BENCH_CONFIG"), "BENCH_CONFIG")):
+        if value is None or str(value) == "":
             continue
-        p = Path(c).expanduser()
+        p = Path(value).expanduser()
         if p.is_file():
             return p.resolve()
-        if c in (path, os.environ.get("BENCH_CONFIG")):
-            raise ConfigError(f"Config file not found: {p}. Pass --config PATH or set BENCH_CONFIG.")
-    raise ConfigError("No bench.toml found (looked in the current folder and the repository root). "
-                      "Pass --config PATH or set BENCH_CONFIG.")
+        what = "is a folder, not a file" if p.is_dir() else "does not exist"
+        raise ConfigError(f"Config file {p} (from {source}) {what}. Pass --config PATH or set BENCH_CONFIG to a "
+                          f"bench.toml.")
+    here = Path.cwd() / "bench.toml"
+    if here.is_file():
+        return here.resolve()
+    repo = Path(__file__).resolve().parent.parent / "bench.toml"
+    hint = f" (this checkout's own is {repo})" if repo.is_file() and repo.parent != Path.cwd().resolve() else ""
+    raise ConfigError(f"No bench.toml in the current folder {Path.cwd()}. Pass --config PATH or set "
+                      f"BENCH_CONFIG=PATH{hint}; bench does not fall back to another folder's bench.toml, whose "
+                      f"results_dir would put the results there.")
 
 
 def load_config(path: str | os.PathLike | None = None) -> Config:
     p = find_config(path)
     try:
-        raw = tomllib.loads(p.read_text())
+        data = p.read_bytes()
+    except OSError as e:
+        raise ConfigError(f"Cannot read the config file {p}: {e.strerror or e}.") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        raise ConfigError(f"{p} is not UTF-8 text (byte {data[e.start]:#04x} on line {line}); TOML files must be "
+                          f"UTF-8: re-save it with that encoding.") from None
+    try:
+        raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{p} is not valid TOML: {e}.") from None
-    _check_table_keys(raw, {"settings", "profiles", "datasets", "defenses", "attacks", "matrices", "tables"}, "")
+    _check_table_keys(raw, {"settings", "profiles", "datasets", "defenses", "attacks", "matrices", "tables", "verdicts"},
+                      "")
     settings = _validate(Settings, raw.get("settings", {}), "settings")
     profiles = {k: _validate(Profile, v, f"profiles.{k}") for k, v in raw.get("profiles", {}).items()}
     datasets = {k: _validate(DatasetEntry, v, f"datasets.{k}") for k, v in raw.get("datasets", {}).items()}
@@ -251,8 +299,11 @@ def load_config(path: str | os.PathLike | None = None) -> Config:
     matrices = {k: _validate(Matrix, v, f"matrices.{k}") for k, v in raw.get("matrices", {}).items()}
     entries = {"defense": raw.get("defenses", {}), "attack": raw.get("attacks", {})}
     tables = {k: _validate(TableSpec, v, f"tables.{k}") for k, v in raw.get("tables", {}).items()}
+    from .verdicts import VerdictSettings
+
+    verdicts = _validate(VerdictSettings, raw.get("verdicts", {}), "verdicts")
     cfg = Config(path=p, settings=settings, profiles=profiles, datasets=datasets, entries=entries, matrices=matrices,
-                 tables=tables)
+                 tables=tables, verdicts=verdicts)
 
     cfg.check_choice("settings.profile", settings.profile, profiles)
     cfg.check_choice("settings.dataset", settings.dataset, datasets)

@@ -30,6 +30,8 @@ IDX_FILES = {
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
 IDX_FOLDERS = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST"}
+TEST_SET_SIZE = {"cifar10": 10000, "mnist": 10000, "fashion_mnist": 10000}  # --n-test may not exceed these
+CIFAR10_PY_FILES = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
 
 
 @dataclass(frozen=True)
@@ -69,8 +71,57 @@ def _md5(path: Path) -> str:
     return h.hexdigest()
 
 
+def _unreadable(paths: list[Path]) -> list[str]:
+    """What is wrong with each file that cannot be read ("missing", "not a file", "not readable")."""
+    problems = []
+    for path in paths:
+        if not path.exists():
+            problems.append(f"{path.name} (missing)")
+        elif not path.is_file():
+            problems.append(f"{path.name} (not a file)")
+        elif not os.access(path, os.R_OK):
+            problems.append(f"{path.name} (not readable)")
+    return problems
+
+
+def _local_files(root: Path, name: str) -> tuple[Path, list[Path]] | None:
+    """(folder, the files both splits need) of the local copy bench would read, or None without one."""
+    if name == "cifar10":
+        if (root / "cifar-10-batches-bin").is_dir():
+            folder = root / "cifar-10-batches-bin"
+            return folder, [folder / n for n in CIFAR10_BIN_MD5]
+        if (root / "cifar-10-batches-py").is_dir():
+            folder = root / "cifar-10-batches-py"
+            return folder, [folder / n for n in [*CIFAR10_PY_FILES["train"], *CIFAR10_PY_FILES["test"], "batches.meta"]]
+        return None
+    stems = [stem for pair in IDX_FILES.values() for stem in pair]
+    copies = [(folder, [_find_idx(folder, stem) or folder / stem for stem in stems])
+              for folder in _idx_folders(root, name) if folder.is_dir() and any(_find_idx(folder, s) for s in stems)]
+    # the first complete copy (raw/ before the folder itself, as load_split reads them), else the first partial one
+    return next((c for c in copies if not _unreadable(c[1])), copies[0] if copies else None)
+
+
+def check_files(name: str, root: str | os.PathLike) -> None:
+    """Before any work: a local copy of the dataset must have every file of both splits, readable. (A data root
+    without any copy is left to `load_split`, which downloads it or says where it looked.)"""
+    dataset_info(name)
+    found = _local_files(Path(root), name)
+    if found is None:
+        return
+    folder, files = found
+    problems = _unreadable(files)
+    if problems:
+        raise DataError(f"The {name} copy in {folder} is incomplete: {', '.join(problems)}. Restore those files "
+                        f"(or delete the folder so that bench downloads the dataset), or point the data root at a "
+                        f"complete copy with `--data-root PATH` or `export BENCH_DATA=PATH`.")
+
+
 def _read_cifar_bin(folder: Path, split: str):
     names = [f"data_batch_{i}.bin" for i in range(1, 6)] if split == "train" else ["test_batch.bin"]
+    problems = _unreadable([folder / n for n in names])
+    if problems:
+        raise DataError(f"The CIFAR-10 copy in {folder} is incomplete: {', '.join(problems)}. Restore those files "
+                        f"or point the data root at a complete copy (`--data-root PATH` or `export BENCH_DATA=PATH`).")
     xs, ys = [], []
     for n in names:
         path = folder / n
@@ -86,6 +137,11 @@ def _read_cifar_bin(folder: Path, split: str):
 def _read_cifar_py(root: Path, split: str, download: bool):
     from torchvision.datasets import CIFAR10
 
+    folder = root / "cifar-10-batches-py"
+    problems = _unreadable([folder / n for n in [*CIFAR10_PY_FILES[split], "batches.meta"]])
+    if problems:
+        raise DataError(f"The CIFAR-10 copy in {folder} is incomplete: {', '.join(problems)}. Restore those files "
+                        f"or point the data root at a complete copy (`--data-root PATH` or `export BENCH_DATA=PATH`).")
     ds = CIFAR10(str(root), train=(split == "train"), download=download)
     x = torch.from_numpy(np.ascontiguousarray(ds.data.transpose(0, 3, 1, 2)))
     return x, torch.tensor(ds.targets, dtype=torch.int64)
@@ -163,7 +219,17 @@ def load_split(name: str, split: str, root: str, download: bool = True) -> tuple
             return None
         return _read_idx_dataset(root_p, name, split)
 
-    found = try_local()
+    def read_local():
+        try:
+            return try_local()
+        except (DataError, MemoryError):
+            raise
+        except Exception as e:  # unreadable, truncated or not the official format: one error naming the root
+            raise DataError(f"Could not read dataset '{name}' ({split}) from the data root {root_p}: "
+                            f"{type(e).__name__}: {e}. Replace the damaged files, or point the data root at a good "
+                            f"copy with `--data-root PATH` or `export BENCH_DATA=PATH`.") from None
+
+    found = read_local()
     download = download and os.environ.get("BENCH_NO_DOWNLOAD", "") in ("", "0")
     if found is None and download:
         try:
@@ -175,7 +241,7 @@ def load_split(name: str, split: str, root: str, download: bool = True) -> tuple
                 f"`export BENCH_DATA=/path/to/data` or `--data-root /path/to/data` (this repository's CI uses "
                 f"../shared/data)."
             ) from None
-        found = try_local()
+        found = read_local()
     if found is None:
         raise DataError(
             f"Dataset '{name}' was not found in the data root {root_p} (searched {_searched(root_p, name)}). "

@@ -226,13 +226,49 @@ def _judge(judge, x_adv, y, rows=None):
         return out
 
 
+class _Trace:
+    """What bench.verdicts reads from a run, at no extra pass: which input gradients were dead at the attack's
+    start (first restart, step 0) and the running best loss of the first restart at step 0, at the start of the
+    last `window` fraction of the steps and at the end (NaN where a point left the batch early)."""
+
+    def __init__(self, out: dict, x: torch.Tensor, s: PGDSettings):
+        n = x.shape[0]
+        self.out, self.s = out, s
+        self.vanishing = out.get("vanishing", 1e-12)
+        self.cut = s.steps - max(1, round(out.get("window_fraction", 0.1) * s.steps))
+        nan = torch.full((n,), float("nan"), dtype=torch.float64, device=x.device)
+        out.update(steps=s.steps, start=nan.clone(), window=nan.clone(), final=nan.clone(),
+                   start_dead=torch.zeros(n, dtype=torch.bool, device=x.device),
+                   start_seen=torch.zeros(n, dtype=torch.bool, device=x.device))
+        self.best = nan.clone()
+
+    def record(self, t: int, owner, first, loss, g=None, hit=None) -> None:
+        rows, o = first.nonzero().squeeze(1), owner[first]
+        cur = loss[rows].detach().double()
+        self.best[o] = torch.where(torch.isnan(self.best[o]), cur, torch.maximum(self.best[o], cur))
+        if t == 0:
+            self.out["start"][o] = cur
+            if g is not None:
+                from .verdicts import dead_gradients
+
+                # a start that already fools the model needs no gradient (a clamped margin loss has none there)
+                seen = ~hit[rows] if hit is not None else torch.ones_like(rows, dtype=torch.bool)
+                self.out["start_dead"][o] = dead_gradients(g[rows], self.vanishing) & seen
+                self.out["start_seen"][o] = seen
+        if t == self.cut:
+            self.out["window"][o] = self.best[o]
+        if t == self.s.steps:
+            self.out["final"][o] = self.best[o]
+
+
 def run_pgd(model, x: torch.Tensor, y: torch.Tensor, s: PGDSettings, gen: torch.Generator,
-            judge=None) -> tuple[torch.Tensor, torch.Tensor]:
+            judge=None, trace: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Returns (x_adv, fooled). `judge(x_adv, y) -> fooled` replaces the step forward's verdict for
     stochastic models (e.g. an ensemble); it is then applied at the end of each restart to the highest-loss
-    iterate and to the final one."""
+    iterate and to the final one. A `trace` dict is filled for bench.verdicts (see _Trace)."""
     n = x.shape[0]
     tr = _Tracker(x)
+    tracer = _Trace(trace, x, s) if trace is not None else None
     rounds = (s.restarts + s.batch_restarts - 1) // s.batch_restarts
     for r in range(rounds):
         replicas = min(s.batch_restarts, s.restarts - r * s.batch_restarts)
@@ -247,6 +283,10 @@ def run_pgd(model, x: torch.Tensor, y: torch.Tensor, s: PGDSettings, gen: torch.
                 delta[: alive.numel()] = 0  # the first replica of the first round keeps the zero start
         else:
             delta = torch.zeros_like(xa)
+        # rows of the first restart's first replica: the ones the trace follows
+        first = torch.zeros(owner.numel(), dtype=torch.bool, device=x.device)
+        if r == 0:
+            first[: alive.numel()] = True
         for t in range(s.steps + 1):
             last = t == s.steps
             x_in = (xa + delta).detach().requires_grad_(not last)
@@ -263,11 +303,14 @@ def run_pgd(model, x: torch.Tensor, y: torch.Tensor, s: PGDSettings, gen: torch.
                 if s.amp and x.device.type == "cuda" and hit.any():  # low precision proposes, fp32 decides
                     with torch.no_grad():
                         hit[hit.clone()] = model(x_now[hit]).float().argmax(1) != ya[hit]
+            if tracer is not None and r == 0:
+                tracer.record(t, owner, first, loss, None if last else g, hit)
             tr.update(owner, x_now, loss, hit)
             if judge is None and s.early_stop:
                 keep = ~tr.fooled[owner]
                 if not keep.all():
                     owner, xa, ya, delta, x_now = owner[keep], xa[keep], ya[keep], delta[keep], x_now[keep]
+                    first = first[keep]
                     if not last:
                         g = g[keep]
                     if owner.numel() == 0:

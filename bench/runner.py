@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from . import progress, provenance
+from . import progress, provenance, verdicts
 from .cpu_memory import keep_freed_memory
 from .attack import AttackContext, PassCounter, perturbation_norm
 from .config import Config, load_config
@@ -39,6 +39,10 @@ class Env:
         s = cfg.settings
         results = Path(results_dir) if results_dir else cfg.resolve_path(s.results_dir)
         cache = results / "cache" if results_dir else cfg.resolve_path(s.cache_dir)
+        for path, what in ((results, "results folder"), (cache, "cache folder")):
+            if path.exists() and not path.is_dir():  # never usable; found now rather than after the work
+                raise BenchError(f"The {what} {path} is a file, not a folder. Point it at a folder (--results-dir, "
+                                 f"or results_dir / cache_dir in {cfg.path}).")
         root = resolve_data_root(data_root, cfg.resolve_path(s.data_root))
         return cls(cfg, root, ArtifactCache(cache), ResultsStore(results),
                    provenance.resolve_device(device or s.device))
@@ -69,6 +73,8 @@ def checkpoint_key(resolved, dataset: str, seed: int) -> str:
 def train(defense: str, dataset: str | None = None, profile: str | None = None, seed: int | None = None,
           env: Env | None = None, **env_kwargs) -> TrainedDefense:
     """Train (or load from the content-addressed cache) one defense; returns the model in eval mode."""
+    import contextlib
+
     keep_freed_memory()
     env = env or Env.create(**env_kwargs)
     s = env.cfg.settings
@@ -79,33 +85,44 @@ def train(defense: str, dataset: str | None = None, profile: str | None = None, 
     with torch.random.fork_rng(devices=[]):  # initial weights from the seed, not from what ran before in this process
         torch.manual_seed(seed)
         model = d.build_model()
-    if env.cache.has("checkpoints", key):
-        payload, meta = env.cache.load("checkpoints", key)
-        model.load_state_dict(payload["model"])
-        progress.log(f"[{defense}] using cached checkpoint {key} (trained {meta.get('train_seconds', 0):.0f}s)")
-        return TrainedDefense(d, model.to(env.device).eval(), meta, key)
+    with contextlib.ExitStack() as held:
+        if not env.cache.has("checkpoints", key):
+            from .data import check_files
+            from .store import ensure_writable_dir, file_lock
 
-    p = d.params
-    x_all, y_all = load_split(dataset, "train", str(env.data_root))
-    idx = subset_indices(len(x_all), p.n_train, seed, f"{dataset}/train")
-    x_train, y_train = x_all[idx], y_all[idx]
-    monitor = load_subset(dataset, "test", env.data_root, p.monitor_n, seed + 7919)
-    progress.log(f"[{defense}] training on {len(x_train)} {dataset} images for {p.epochs} epochs "
-                 f"(profile {profile}, seed {seed}, device {env.device})")
-    t0 = time.time()
-    history = fit(d, model, x_train, y_train, monitor, env.device, seed,
-                  state_path=env.cache.path("checkpoints", key, ".partial.pt"))
-    meta = {"defense": defense, "plugin": resolved.plugin, "params": resolved.params.model_dump(mode="json"),
-            "dataset": dataset, "seed": seed, "profile": profile, "n_train": len(x_train),
-            "history": history, "flags": d.training_flags(history),
-            # every epoch's time, also those of an interrupted earlier process this run resumed from
-            "train_seconds": sum(row.get("seconds", 0.0) for row in history),
-            "wall_seconds_this_process": time.time() - t0,
-            "git_sha": provenance.git_sha(), "versions": provenance.versions(),
-            "device": provenance.device_name(env.device), "created": _now()}
-    env.cache.save("checkpoints", key, {"model": model.state_dict()}, meta)
-    env.cache.path("checkpoints", key, ".partial.pt").unlink(missing_ok=True)
-    return TrainedDefense(d, model.to(env.device).eval(), meta, key)
+            check_files(dataset, env.data_root)
+            ensure_writable_dir(env.cache.root, "cache folder")
+            # one trainer per checkpoint, whichever path asks (the scheduler's training jobs take the same lock): a
+            # concurrent run waits here, then loads what the first one trained
+            held.enter_context(file_lock(env.cache.root / "locks" / f"checkpoints-{key}",
+                                         f"[{defense}] another run is training checkpoint {key}; waiting for it"))
+        if env.cache.has("checkpoints", key):
+            payload, meta = env.cache.load("checkpoints", key)
+            model.load_state_dict(payload["model"])
+            progress.log(f"[{defense}] using cached checkpoint {key} (trained {meta.get('train_seconds', 0):.0f}s)")
+            return TrainedDefense(d, model.to(env.device).eval(), meta, key)
+
+        p = d.params
+        x_all, y_all = load_split(dataset, "train", str(env.data_root))
+        idx = subset_indices(len(x_all), p.n_train, seed, f"{dataset}/train")
+        x_train, y_train = x_all[idx], y_all[idx]
+        monitor = load_subset(dataset, "test", env.data_root, p.monitor_n, seed + 7919)
+        progress.log(f"[{defense}] training on {len(x_train)} {dataset} images for {p.epochs} epochs "
+                     f"(profile {profile}, seed {seed}, device {env.device})")
+        t0 = time.time()
+        history = fit(d, model, x_train, y_train, monitor, env.device, seed,
+                      state_path=env.cache.path("checkpoints", key, ".partial.pt"))
+        meta = {"defense": defense, "plugin": resolved.plugin, "params": resolved.params.model_dump(mode="json"),
+                "dataset": dataset, "seed": seed, "profile": profile, "n_train": len(x_train),
+                "history": history, "flags": d.training_flags(history),
+                # every epoch's time, also those of an interrupted earlier process this run resumed from
+                "train_seconds": sum(row.get("seconds", 0.0) for row in history),
+                "wall_seconds_this_process": time.time() - t0,
+                "git_sha": provenance.git_sha(), "versions": provenance.versions(),
+                "device": provenance.device_name(env.device), "created": _now()}
+        env.cache.save("checkpoints", key, {"model": model.state_dict()}, meta)
+        env.cache.path("checkpoints", key, ".partial.pt").unlink(missing_ok=True)
+        return TrainedDefense(d, model.to(env.device).eval(), meta, key)
 
 
 def _now() -> str:
@@ -187,23 +204,9 @@ def attack_part(env: Env, defense: str, attack: str, dataset: str, profile: str,
                             dataset=dataset, profile=profile, env=env)
         attacked = correct.nonzero().squeeze(1)
         lo, hi = shard_range(len(attacked), nominal, shard)
-        fooled, norms, queries, extra_out = [], [], [], {}
-        with progress.bar(f"{attack} on {defense}", hi - lo) as advance:
-            for start in range(lo, hi, bs):
-                idx = attacked[start:min(start + bs, hi)]
-                torch.manual_seed(_batch_seed(seed, start))
-                out = atk.run(counter, x[idx].to(env.device), y[idx].to(env.device), ctx)
-                x_adv = out.x_adv.detach().cpu().float()
-                if not ((x_adv >= 0) & (x_adv <= 1)).all():
-                    raise BenchError(f"attack '{attack}' produced images outside [0, 1]: this is a bug in the attack.")
-                # the verdict is ours: an fp32 forward of the final adversarial examples in eval mode
-                fooled.append(predict(eval_model, x_adv, env.device, prof.eval_batch_size) != y[idx])
-                if atk.norm:
-                    norms.append(perturbation_norm(x_adv - x[idx], atk.norm))
-                queries.append(out.queries.cpu().float() if out.queries is not None else torch.zeros(len(idx)))
-                for k, v in out.extra.items():
-                    extra_out.setdefault(k, []).extend(v if isinstance(v, list) else [v])
-                advance(len(idx))
+        res = attack_points(env, trained, atk, counter, eval_model, x, y, attacked[lo:hi], bs, ctx,
+                            label=f"{attack} on {defense}", first_position=lo)
+    fooled, norms, queries, extra_out = res.fooled, res.norms, res.queries, res.extra
     return {"cell": cell, "defense": defense, "attack": attack, "dataset": dataset, "profile": profile, "seed": seed,
             "n_test": n_test, "shard": list(shard), "batch_size": bs, "kind": atk.kind, "norm": atk.norm,
             "eps": atk.eps, "correct": correct.tolist(), "index": attacked[lo:hi].tolist(),
@@ -213,7 +216,83 @@ def attack_part(env: Env, defense: str, attack: str, dataset: str, profile: str,
             "clean_passes": clean_passes, "forward_passes": counter.forward_images - clean_passes,
             "backward_passes": counter.backward_images, "wall_s": time.time() - t0,
             "device": provenance.device_name(env.device), "warnings": sorted(set(ctx.warnings)), "info": ctx.info,
-            "checkpoint": trained.key, "training": trained.meta}
+            "checkpoint": trained.key, "training": trained.meta,
+            "probe": res.probe, "checks_s": res.check_s}
+
+
+@dataclass
+class PointsResult:
+    fooled: list  # per batch: our verdict on the returned points (bool tensors)
+    norms: list
+    queries: list
+    extra: dict
+    probe: dict | None  # the verdict probes' counts (bench.verdicts.Probe.state); None when the checks are off
+    check_s: float
+
+
+def attack_points(env: Env, trained: TrainedDefense, atk, counter, eval_model, x, y, positions, bs: int, ctx,
+                  label: str, first_position: int = 0) -> PointsResult:
+    """Attack x[positions] in batches of bs (each seeded from its position, see _batch_seed), judge what the
+    attack returns with our own fp32 forward of the evaluation model, and run the per-cell verdict probes.
+    Call inside exact_fp32()."""
+    eval_bs = env.cfg.profiles[ctx.profile].eval_batch_size if ctx.profile in env.cfg.profiles else bs
+    d, model = trained.defense, trained.model
+    fooled, norms, queries, extra_out = [], [], [], {}
+    vs = verdict_settings(env.cfg)
+    probe, check_s = verdicts.Probe(), 0.0
+    with progress.bar(label, len(positions)) as advance:
+        for off in range(0, len(positions), bs):
+            idx = positions[off:off + bs]
+            xb, yb = x[idx].to(env.device), y[idx].to(env.device)
+            if vs.enabled and off == 0:  # the model probes, on the first points (not counted as attack passes)
+                t1 = time.time()
+                k = min(vs.probe_points, len(idx))
+                probe.model_probe(model, xb[:k], vs)
+                if atk.gradient_based:
+                    probe.gradient_probe(model, xb[:k], yb[:k], atk, d, vs)
+                check_s += time.time() - t1
+            ctx.trace = {"vanishing": vs.grad_vanishing, "window_fraction": vs.incomplete_window} if vs.enabled else None
+            torch.manual_seed(_batch_seed(ctx.seed, first_position + off))
+            out = atk.run(counter, xb, yb, ctx)
+            x_adv = out.x_adv.detach().cpu().float()
+            if not ((x_adv >= 0) & (x_adv <= 1)).all():
+                raise BenchError(f"attack '{atk.name}' produced images outside [0, 1]: this is a bug in the attack.")
+            # the verdict is ours: an fp32 forward of the final adversarial examples in eval mode
+            hit = predict(eval_model, x_adv, env.device, eval_bs) != y[idx]
+            fooled.append(hit)
+            if vs.enabled:
+                t1 = time.time()
+                probe.trace(ctx.trace, ~hit, vs)
+                if atk.gradient_based:  # the attack said fooled, our verdict on what it returned says not
+                    probe.add("silent", int((out.fooled.detach().cpu().bool() & ~hit).sum()), len(idx))
+                check_s += time.time() - t1
+            if atk.norm:
+                norms.append(perturbation_norm(x_adv - x[idx], atk.norm))
+            queries.append(out.queries.cpu().float() if out.queries is not None else torch.zeros(len(idx)))
+            for k, v in out.extra.items():
+                extra_out.setdefault(k, []).extend(v if isinstance(v, list) else [v])
+            advance(len(idx))
+    return PointsResult(fooled, norms, queries, extra_out, probe.state if vs.enabled else None, check_s)
+
+
+def verdict_settings(cfg: Config) -> verdicts.VerdictSettings:
+    return cfg.verdicts if cfg.verdicts is not None else verdicts.VerdictSettings()
+
+
+def attack_traits(atk) -> dict:
+    """What the verdicts need to know of how an attack works."""
+    p = atk.params
+    return {"gradient_based": atk.gradient_based, "eot": atk.eot_passes(), "loss": verdicts.attack_loss_kind(atk),
+            "backward": str(getattr(p, "backward", "autograd") or "autograd")}
+
+
+def cell_checks(env: Env, ares, parts: list[dict]) -> dict:
+    """The verdicts of one cell from the probe counts of all its parts ({} when the checks were off)."""
+    vs = verdict_settings(env.cfg)
+    if not vs.enabled or any(p.get("probe") is None for p in parts):
+        return {}
+    state = verdicts.merge_probes([p["probe"] for p in parts])
+    return verdicts.finalize(state, vs, attack_traits(ares.cls(ares.params)))
 
 
 def merge_parts(env: Env, parts: list[dict]) -> tuple[dict, dict]:
@@ -263,6 +342,8 @@ def merge_parts(env: Env, parts: list[dict]) -> tuple[dict, dict]:
            "config_hash": content_hash(cfg.path.read_text()), "defense_ckpt": first["checkpoint"],
            "flags": json.dumps(trained_meta.get("flags", {}), sort_keys=True),
            "warnings": " | ".join(warnings), "timestamp": _now()}
+    checks = cell_checks(env, ares, parts)
+    row["checks"] = verdicts.to_column(checks)
     if first["kind"] == "bounded":
         if norms is not None and eps is not None and (norms > eps * (1 + 1e-5) + 1e-6).any():
             raise BenchError(f"attack '{attack}' exceeded its {norm} budget {eps:.6g} "
@@ -288,6 +369,7 @@ def merge_parts(env: Env, parts: list[dict]) -> tuple[dict, dict]:
                 # attack-specific counters cannot be summed blindly, so a sharded cell keeps each shard's
                 "attack_info": first["info"] if k == 1 else {"shards": [p["info"] for p in parts]},
                 "attack_batch_size": sorted({p["batch_size"] for p in parts}),
+                "checks": checks, "checks_seconds": sum(p.get("checks_s", 0.0) for p in parts),
                 "per_sample": {"correct": correct.tolist(), "fooled": fooled.tolist(),
                                "norm": norms.tolist() if norms is not None else None, **extra_out}}
     if k > 1:
@@ -299,13 +381,30 @@ def run_cell(env: Env, defense: str, attack: str, dataset: str, profile: str, se
              n_test: int | None = None, force: bool = False, *, batch_size: int | None = None) -> dict:
     """Train (or reuse) the defense, attack it on the seeded test subset and append one row (skipped when a
     finished row exists, unless `force`). `batch_size` caps the attack's batch (see `attack_part`)."""
+    from .data import TEST_SET_SIZE, check_files
+    from .store import ensure_writable_dir
+
     _, _, n_test, cell = resolve_cell(env, defense, attack, dataset, profile, seed, n_test)
-    if not force and env.store.has(cell):
+    size = TEST_SET_SIZE.get(dataset)
+    if size and n_test > size:  # subset_indices would quietly take the whole test set instead
+        raise BenchError(f"n_test = {n_test} for {defense} × {attack} is more than the {size} test images of "
+                         f"{dataset}. Allowed: 1 to {size} (--n-test, or n_test in bench.toml).")
+    seen = env.store.ok_rows(cell)
+    if not force and seen:
         progress.log(f"[{defense} × {attack}] finished earlier (cell {cell}); skipping (use --force to redo)")
-        return next(r for r in env.store.rows() if r["cell"] == cell and r["status"] == "ok")
-    part = attack_part(env, defense, attack, dataset, profile, seed, n_test, batch_size=batch_size)
-    row, manifest = merge_parts(env, [part])
-    env.store.append(row, manifest)
+        return seen[0]
+    ensure_writable_dir(env.store.root, "results folder")  # before the work, not after the attack ran
+    check_files(dataset, env.data_root)
+    # one computation per cell across processes: a concurrent run of the same cell waits, then finds its row
+    with env.store.cell_lock(cell, f"[{defense} × {attack}] another run is computing cell {cell}; waiting for it"):
+        done = env.store.ok_rows(cell)
+        if len(done) > len(seen):
+            progress.log(f"[{defense} × {attack}] finished by another run meanwhile (cell {cell}); skipping")
+            return done[-1]
+        part = attack_part(env, defense, attack, dataset, profile, seed, n_test, batch_size=batch_size)
+        row, manifest = merge_parts(env, [part])
+        if not env.store.append(row, manifest):
+            return env.store.ok_rows(cell)[-1]
     log_row(row)
     return row
 
@@ -317,6 +416,8 @@ def log_row(row: dict) -> None:
                  f"in {float(row['wall_s']):.1f}s")
     for w in filter(None, row["warnings"].split(" | ")):
         progress.log(f"warning: {w}")
+    for w in verdicts.warnings_of(verdicts.from_column(row.get("checks", ""))):
+        progress.log(f"check {w}")
 
 
 def _f(v: float) -> str:

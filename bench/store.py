@@ -10,11 +10,38 @@ import fcntl
 import hashlib
 import io
 import json
+import math
 import os
+import pickle
 import tempfile
+import threading
+import time
+from collections import Counter
 from pathlib import Path
 
 import torch
+
+from .errors import BenchError
+
+
+class StoreError(BenchError):
+    """A results table, artifact or folder bench cannot use as it is (the message says what to do)."""
+
+
+def _umask() -> int:
+    try:  # Linux >= 4.7 reports it without changing it
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+FILE_MODE = 0o666 & ~_umask()  # what open() would give: results are read by CI uploads and other users (0644)
 
 
 def content_hash(obj) -> str:
@@ -27,6 +54,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, FILE_MODE)  # mkstemp makes 0600 files
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -48,21 +76,90 @@ def atomic_torch_save(obj, path: Path) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
+def _remedy(path: Path, also: Path | None = None) -> str:
+    extra = f" and {also}" if also is not None and also.exists() else ""
+    return f"Delete {path}{extra} and run the same command again: bench recreates it (a checkpoint is retrained)."
+
+
+def _torch_load_bytes(data: bytes, path: Path, map_location="cpu", also: Path | None = None):
+    try:
+        return torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:  # weights_only refuses anything but tensors and plain containers
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise StoreError(f"Refused to load {path}: it holds Python objects other than tensors, which bench never "
+                         f"writes, so it may be malicious or made by another tool ({first[:200]}). "
+                         f"{_remedy(path, also)}") from None
+    except Exception as e:  # a truncated or damaged file: zip / pickle / EOF errors
+        raise StoreError(f"{path} is damaged and cannot be loaded ({type(e).__name__}: {str(e)[:200]}); it is "
+                         f"probably truncated (a full disk, an interrupted copy). {_remedy(path, also)}") from None
+
+
 def safe_torch_load(path: Path, map_location="cpu"):
-    return torch.load(path, map_location=map_location, weights_only=True)
+    """torch.load(weights_only=True) whose failures are one clear error naming the file and the remedy."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise StoreError(f"Cannot read {path}: {e.strerror or e}.") from None
+    return _torch_load_bytes(data, path, map_location)
+
+
+_held = threading.local()  # the locks this thread holds: file_lock is re-entrant within a thread
 
 
 @contextlib.contextmanager
-def file_lock(path: Path):
-    """An advisory lock next to `path`, so concurrent writers (workers, processes) take turns."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(path.name + ".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+def file_lock(path: Path, wait_message: str | None = None):
+    """An advisory lock next to `path` (`<path>.lock`), so concurrent writers (threads, workers, processes) take
+    turns. Re-entrant within a thread; `wait_message` is logged when another holder makes this one wait."""
+    lock_path = Path(path).with_name(Path(path).name + ".lock")
+    held = _held.__dict__.setdefault("paths", {})
+    key = (os.getpid(), os.path.abspath(lock_path))
+    if key in held:
+        yield
+        return
+    try:
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        lock = open(lock_path, "a")
+    except OSError as e:
+        raise StoreError(f"Cannot create the lock file {lock_path}: {e.strerror or e}. Its folder must be a "
+                         f"writable folder.") from None
+    with lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if wait_message:
+                from . import progress
+
+                progress.log(wait_message)
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        held[key] = True
         try:
             yield
         finally:
+            held.pop(key, None)
             fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def ensure_writable_dir(path: Path, what: str) -> Path:
+    """Create `path` if needed and check that files can be written in it, before any work starts."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise StoreError(f"The {what} {path} is a file, not a folder. Point it at a folder (--results-dir, or "
+                         f"results_dir / cache_dir in bench.toml).")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise StoreError(f"Cannot create the {what} {path}: {e.strerror or e}. Choose a writable folder "
+                         f"(--results-dir, or results_dir / cache_dir in bench.toml).") from None
+    try:
+        fd, probe = tempfile.mkstemp(dir=path, prefix=".bench-write-check.")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise StoreError(f"The {what} {path} is not writable ({e.strerror or e}): no result could be saved there. "
+                         f"Make it writable or choose another folder (--results-dir, or results_dir / cache_dir in "
+                         f"bench.toml).") from None
+    return path
 
 
 class ArtifactCache:
@@ -78,14 +175,35 @@ class ArtifactCache:
         return self.path(kind, key).exists()
 
     def save(self, kind: str, key: str, payload: dict, meta: dict) -> Path:
-        atomic_write_json(self.path(kind, key, ".json"), meta)
         target = self.path(kind, key)
-        atomic_torch_save({**payload, "meta_json": json.dumps(meta, default=str)}, target)
+        buf = io.BytesIO()
+        torch.save({**payload, "meta_json": json.dumps(meta, default=str)}, buf)
+        data = buf.getvalue()
+        # the readable metadata records the artifact's sha256, so `load` detects a truncated or altered file
+        atomic_write_json(self.path(kind, key, ".json"),
+                          {**meta, "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)})
+        atomic_write_bytes(target, data)
         return target
 
     def load(self, kind: str, key: str) -> tuple[dict, dict]:
-        payload = safe_torch_load(self.path(kind, key))
-        return payload, json.loads(payload.pop("meta_json"))
+        path, side = self.path(kind, key), self.path(kind, key, ".json")
+        try:
+            data = path.read_bytes()
+        except OSError as e:
+            raise StoreError(f"Cannot read the cached artifact {path}: {e.strerror or e}.") from None
+        try:
+            recorded = json.loads(side.read_text()).get("sha256")
+        except (OSError, ValueError, AttributeError):
+            recorded = None  # entries cached before sha256 was recorded are loaded unverified
+        if recorded and hashlib.sha256(data).hexdigest() != recorded:
+            raise StoreError(f"{path} is damaged: its sha256 differs from the one recorded in {side} when it was "
+                             f"saved ({len(data)} bytes now), e.g. a truncated copy. {_remedy(path, side)}")
+        payload = _torch_load_bytes(data, path, also=side)
+        try:
+            return payload, json.loads(payload.pop("meta_json"))
+        except (KeyError, TypeError, ValueError, AttributeError):
+            raise StoreError(f"{path} is not an artifact bench wrote (no metadata inside). "
+                             f"{_remedy(path, side)}") from None
 
 
 RESULT_COLUMNS = [
@@ -93,39 +211,189 @@ RESULT_COLUMNS = [
     "clean_acc", "robust_acc", "ci_low", "ci_high", "n", "n_fooled",
     "success_rate", "mean_norm", "median_norm", "queries",
     "forward_passes", "backward_passes", "wall_s", "device", "git_sha", "versions", "config_hash",
-    "defense_ckpt", "flags", "warnings", "timestamp",
+    "defense_ckpt", "flags", "warnings", "checks", "timestamp",
 ]
 
 
+REQUIRED_COLUMNS = ("cell", "dataset", "defense", "attack", "profile", "seed", "status")
+_MOVE_AWAY = ("Restore it from a backup, or move it away (bench then starts a new results.csv); bench never "
+              "rewrites a table it cannot read.")
+
+
+class _Parsed:
+    def __init__(self, header=(), rows=(), header_raw="", good_raw=(), bad=()):
+        self.header, self.rows, self.header_raw = list(header), list(rows), header_raw
+        self.good_raw, self.bad = list(good_raw), list(bad)  # bad: (line number, raw text, reason)
+
+
+def _finite_or_empty(value) -> bool:
+    if value is None or str(value) == "":
+        return True
+    try:
+        return math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return False
+
+
+def _row_problem(r: dict) -> str:
+    """Why a row (read or about to be written) is not one bench may take as a cell's state ("" when it is)."""
+    if not str(r.get("cell") or "").strip():
+        return "no cell key"
+    if not str(r.get("status") or "").strip():
+        return "no status"
+    if not _finite_or_empty(r.get("eps", "")):
+        return f"eps {r['eps']!r} is not a finite number"
+    return ""
+
+
 class ResultsStore:
-    """One CSV row per finished cell (append-only, rewritten atomically) + one JSON manifest per cell."""
+    """One CSV row per finished cell (append-only, rewritten atomically) + one JSON manifest per cell.
+
+    The table is checked on every read: an unreadable file or one without the key columns is refused with a
+    message; a malformed row (torn, wrong number of fields, no cell key, a non-finite eps) is never taken as
+    finished: it is moved to results.csv.corrupt-<time>, with a warning. Columns bench does not know are kept."""
 
     def __init__(self, root: Path):
         self.root = Path(root)
         self.csv_path = self.root / "results.csv"
         self.manifest_dir = self.root / "runs"
+        # finished rows per cell when this object last read the table (None: never read). A row that another
+        # process wrote for a cell since then means that process computed the cell concurrently: `append` then
+        # keeps its row instead of writing the cell twice.
+        self._known: Counter | None = None
 
     def rows(self) -> list[dict]:
-        if not self.csv_path.exists():
-            return []
-        with open(self.csv_path, newline="") as f:
-            return list(csv.DictReader(f))
+        rows = self._read().rows
+        self._known = Counter(r["cell"] for r in rows if r["status"] == "ok")
+        return rows
+
+    def ok_rows(self, cell: str) -> list[dict]:
+        return [r for r in self.rows() if r["cell"] == cell and r["status"] == "ok"]
 
     def has(self, cell: str) -> bool:
-        return any(r["cell"] == cell and r["status"] == "ok" for r in self.rows())
+        return bool(self.ok_rows(cell))
 
-    def append(self, row: dict, manifest: dict) -> None:
+    def cell_lock(self, cell: str, wait_message: str | None = None):
+        """Held while one process computes a cell, so a concurrent run of the same cell waits, then skips it."""
+        return file_lock(self.root / "locks" / f"cell-{cell}", wait_message)
+
+    def append(self, row: dict, manifest: dict) -> bool:
+        """Write one row (and its manifest); False when another process finished this cell since this object
+        last read the table: its row is kept and this one is not written."""
         unknown = set(row) - set(RESULT_COLUMNS)
         if unknown:
             raise ValueError(f"unknown result columns {sorted(unknown)}")
+        cell = row.get("cell")
+        problem = _row_problem(row)
+        if problem:
+            raise StoreError(f"Refusing to write a malformed row to {self.csv_path} ({problem}): {row}")
         with file_lock(self.csv_path):
-            atomic_write_json(self.manifest_dir / f"{row['cell']}.json", {"row": row, **manifest})
+            parsed = self._read()
+            done = sum(r["cell"] == cell and r["status"] == "ok" for r in parsed.rows)
+            if self._known is not None and done > self._known.get(cell, 0):
+                from . import progress
+
+                progress.log(f"[{row.get('defense', '')} × {row.get('attack', '')}] cell {cell} was finished by "
+                             f"another run meanwhile: its row in {self.csv_path} is kept, this one is not written.")
+                self._known[cell] = done
+                return False
+            atomic_write_json(self.manifest_dir / f"{cell}.json", {"row": row, **manifest})
+            columns = RESULT_COLUMNS + [c for c in parsed.header if c not in RESULT_COLUMNS]
             out = io.StringIO()
-            writer = csv.DictWriter(out, fieldnames=RESULT_COLUMNS, lineterminator="\n")
+            writer = csv.DictWriter(out, fieldnames=columns, lineterminator="\n")
             writer.writeheader()
-            for r in self.rows():
-                if r["cell"] == row["cell"] and r.get("status") != "ok":
+            for r in parsed.rows:
+                if r["cell"] == cell and r.get("status") != "ok":
                     continue  # a failed or blocked attempt of this cell is superseded by the new row
-                writer.writerow({k: r.get(k, "") for k in RESULT_COLUMNS})
-            writer.writerow({k: row.get(k, "") for k in RESULT_COLUMNS})
+                writer.writerow({k: r.get(k, "") for k in columns})
+            writer.writerow({k: row.get(k, "") for k in columns})
             atomic_write_bytes(self.csv_path, out.getvalue().encode())
+            if self._known is not None:
+                self._known[cell] = done + (row.get("status") == "ok")
+        return True
+
+    # ------------------------------------------------------------------ reading and checking the table
+    def _read(self) -> _Parsed:
+        parsed = self._parse()
+        if parsed.bad:
+            with file_lock(self.csv_path):  # re-read under the lock: another writer may have changed it
+                parsed = self._parse()
+                if parsed.bad:
+                    self._quarantine(parsed)
+        return parsed
+
+    def _parse(self) -> _Parsed:
+        path = self.csv_path
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return _Parsed()
+        except OSError as e:
+            raise StoreError(f"Cannot read {path}: {e.strerror or e}.") from None
+        try:
+            text = data.decode("utf-8-sig")
+        except UnicodeDecodeError as e:
+            line = data[:e.start].count(b"\n") + 1
+            raise StoreError(f"{path} is not a results table bench wrote: it is not UTF-8 text (byte "
+                             f"{data[e.start]:#04x} on line {line}). {_MOVE_AWAY}") from None
+        if not text.strip():
+            return _Parsed()
+        lines = io.StringIO(text, newline="").readlines()
+        records: list[tuple[int, int, list[str]]] = []  # (first line index, end line index, fields)
+        reader = csv.reader(iter(lines))
+        start = 0
+        try:
+            for fields in reader:
+                records.append((start, reader.line_num, fields))
+                start = reader.line_num
+        except csv.Error as e:
+            if not records or reader.line_num < len(lines):
+                raise StoreError(f"{path} line {reader.line_num} cannot be read as CSV ({e}). {_MOVE_AWAY}") from None
+            records.append((start, len(lines), None))  # the last record is broken: treated as torn below
+        header = records[0][2] or []
+        missing = [c for c in REQUIRED_COLUMNS if c not in header]
+        if missing or len(set(header)) != len(header):
+            what = (f"has no {', '.join(repr(c) for c in missing)} column" if missing
+                    else "has a column name twice")
+            raise StoreError(f"{path} {what} (its header line: {','.join(header)[:300]}), so bench cannot tell "
+                             f"which cell each row is or whether it finished. {_MOVE_AWAY}")
+        parsed = _Parsed(header=header, header_raw="".join(lines[:records[0][1]]))
+        torn_end = not text.endswith(("\n", "\r"))
+        for i, (lo, hi, fields) in enumerate(records[1:], start=1):
+            raw = "".join(lines[lo:hi])
+            if fields == []:
+                continue  # a blank line
+            reason = ""
+            if fields is None or (torn_end and i == len(records) - 1):
+                reason = "torn: the file ends inside it"
+            elif len(fields) != len(header):
+                reason = f"{len(fields)} fields where the header has {len(header)}"
+            else:
+                r = dict(zip(header, fields))
+                reason = _row_problem(r)
+            if reason:
+                parsed.bad.append((lo + 1, raw, reason))
+            else:
+                parsed.rows.append(r)
+                parsed.good_raw.append(raw)
+        return parsed
+
+    def _quarantine(self, parsed: _Parsed) -> None:
+        from . import progress
+
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        corrupt = self.csv_path.with_name(f"{self.csv_path.name}.corrupt-{stamp}")
+        n = 1
+        while corrupt.exists():
+            n += 1
+            corrupt = self.csv_path.with_name(f"{self.csv_path.name}.corrupt-{stamp}-{n}")
+        where = "; ".join(f"line {line}: {why}" for line, _, why in parsed.bad)
+        bad_text = "".join(raw if raw.endswith(("\n", "\r")) else raw + "\n" for _, raw, _ in parsed.bad)
+        try:
+            atomic_write_bytes(corrupt, (parsed.header_raw + bad_text).encode())
+            atomic_write_bytes(self.csv_path, (parsed.header_raw + "".join(parsed.good_raw)).encode())
+        except OSError as e:
+            raise StoreError(f"{self.csv_path} has malformed rows ({where}) and bench could not move them to "
+                             f"{corrupt} ({e.strerror or e}). Delete or repair those lines.") from None
+        progress.log(f"warning: {self.csv_path}: moved {len(parsed.bad)} malformed row(s) to {corrupt} ({where}). "
+                     f"A torn or hand-edited row is never taken as a finished cell: the next run recomputes it.")

@@ -3,7 +3,11 @@
 A cell shows the latest row of its (dataset, defense, attack, profile, seed). The worst-case cell combines the
 per-sample verdicts stored in the cells' manifests: a point counts as robust only if no attack fooled it, so it
 can be lower than the minimum of the column means. Cells that have no number say why (not run, failed, blocked,
-pending) and every caveat (collapsed training, warnings, incomplete worst case) becomes a numbered footnote."""
+pending) and every caveat (collapsed training, warnings, incomplete worst case) becomes a numbered footnote.
+
+The per-cell checks of bench.verdicts (the row's `checks` column) mark a cell whose attack warned or failed a check
+with ⚠ and a footnote per distinct reason; a worst case that combines a row with a failed check reads
+"(unreliable)" (RobustBench's word), in every table and in the CSV export. Rows without checks show no marks."""
 from __future__ import annotations
 
 import csv
@@ -39,6 +43,35 @@ def flags_of(row: dict) -> dict:
         return json.loads(row.get("flags") or "{}")
     except json.JSONDecodeError:
         return {}
+
+
+VERDICT_WORDS = {"fail": "attack failed", "warn": "attack may be weak"}
+
+
+def checks_of(row: dict) -> dict[str, dict]:
+    """The row's per-cell checks ({name: {"verdict", "short", "reason", ...}}); {} for rows written before the
+    checks existed (an empty `checks`) or an unreadable column. Parsed here, not via bench.verdicts (torch)."""
+    try:
+        checks = json.loads(row.get("checks") or "{}")
+    except (TypeError, json.JSONDecodeError):
+        return {}
+    if not isinstance(checks, dict):
+        return {}
+    return {name: c for name, c in checks.items() if isinstance(c, dict)}
+
+
+def flagged_checks(row: dict, verdicts=("fail", "warn")) -> list[tuple[str, dict]]:
+    """(name, check) of the row's checks with one of `verdicts`, failures first, then in the column's order."""
+    found = [(name, c) for name, c in checks_of(row).items() if c.get("verdict") in verdicts]
+    return sorted(found, key=lambda nc: verdicts.index(nc[1]["verdict"]))
+
+
+def check_note(name: str, check: dict) -> str:
+    """A footnote for one warn/fail check: 'attack failed: zero gradients (gradient_health): <reason>'. It names
+    no cell, so cells that fail for the same reason share one footnote."""
+    short = str(check.get("short") or name)
+    reason = str(check.get("reason") or "no reason recorded")
+    return f"{VERDICT_WORDS[check['verdict']]}: {short} ({name}): {reason}"
 
 
 class Results:
@@ -147,6 +180,7 @@ class Cell:
     value: float | None = None  # percent for accuracies, the norm for minimum-norm attacks
     low: float | None = None
     high: float | None = None
+    unreliable: bool = False  # a worst case over a row whose attack failed a check
 
 
 def accuracy_cell(k: int, n: int) -> Cell:
@@ -199,8 +233,10 @@ def _annotate(cell: Cell, row: dict, where: str, notes: Notes) -> Cell:
     other = {k: v for k, v in flags.items() if v and k != "collapsed"}
     if other:
         cell.text += " " + notes.mark(f"{where}: training flags {json.dumps(other, sort_keys=True)}")
-    if row.get("warnings"):
-        cell.text += " ⚠" + notes.mark(f"{where}: {row['warnings']}")
+    marks = [notes.mark(f"{where}: {row['warnings']}")] if row.get("warnings") else []
+    marks += [notes.mark(check_note(name, c)) for name, c in flagged_checks(row)]
+    if marks:  # one ⚠, then a footnote per warning and per warn/fail check
+        cell.text += " ⚠" + "".join(marks)
     return cell
 
 
@@ -238,7 +274,7 @@ def worst_cell(sl: Slice, defense: str, attacks: list[str], notes: Notes) -> Cel
             if not is_min_norm(row):
                 unaligned.append(row)
         else:
-            usable.append((attack, vec))
+            usable.append((attack, vec, row))
     if not usable:
         if all(m.endswith("(not run)") for m in missing):
             return Cell("not run")
@@ -247,12 +283,13 @@ def worst_cell(sl: Slice, defense: str, attacks: list[str], notes: Notes) -> Cel
             cell.text = "≤ " + cell.text + " " + notes.mark(
                 f"{defense} worst case: the lowest single-attack accuracy; no per-sample verdicts to combine "
                 f"({'; '.join(missing)})")
-            return cell
+            return _mark_unreliable(cell, defense, _on_largest(unaligned), notes)
         text = "not run" if all(m.endswith(("(not run)", "(pending)")) for m in missing) else "n/a"
         return Cell(f"{text} " + notes.mark(f"{defense} worst case: {'; '.join(missing)}"))
-    n = max(len(v) for _, v in usable)  # samples align only between cells on the same test subset (same n)
-    missing += [f"{a} (n = {len(v)}, not {n})" for a, v in usable if len(v) != n]
-    vectors = [v for _, v in usable if len(v) == n]
+    n = max(len(v) for _, v, _ in usable)  # samples align only between cells on the same test subset (same n)
+    missing += [f"{a} (n = {len(v)}, not {n})" for a, v, _ in usable if len(v) != n]
+    vectors = [v for _, v, _ in usable if len(v) == n]
+    combined = [r for _, v, r in usable if len(v) == n] + _on_largest(unaligned)  # the rows that went into it
     robust = [all(v[i] for v in vectors) for i in range(n)]
     k, why = sum(robust), f"{defense} worst case without"
     if unaligned:
@@ -264,7 +301,31 @@ def worst_cell(sl: Slice, defense: str, attacks: list[str], notes: Notes) -> Cel
     cell = accuracy_cell(k, n)
     if missing:  # over fewer attacks the worst case can only be higher: say it is an upper bound
         cell.text = "≤ " + cell.text + " " + notes.mark(f"{why} {'; '.join(missing)}")
+    return _mark_unreliable(cell, defense, combined, notes)
+
+
+def _mark_unreliable(cell: Cell, defense: str, rows: list[dict], notes: Notes) -> Cell:
+    """'(unreliable)' and a footnote naming the failed checks when a row that went into the worst case has a check
+    with verdict fail (zero gradients, a random model attacked without EOT, probabilities for logits): that points
+    at an evaluation the other attacks may be fooled by too, so the minimum is no robustness number to trust.
+    The word is part of the text, so the CSV export carries it too."""
+    failed = []
+    for r in rows:
+        checks = flagged_checks(r, ("fail",))
+        if checks:
+            labels = ", ".join(f"{name}: {c.get('short') or name}" for name, c in checks)
+            failed.append(f"{r['attack']} ({labels})")
+    if failed:
+        cell.unreliable = True
+        cell.text += " (unreliable) " + notes.mark(
+            f"{defense} worst case unreliable: attack failed a check on {'; '.join(sorted(failed))}")
     return cell
+
+
+def _on_largest(rows: list[dict]) -> list[dict]:
+    """The rows on the largest test subset (those `_strongest` bounds the worst case with)."""
+    n = max((int(to_float(r["n"])) for r in rows), default=0)
+    return [r for r in rows if int(to_float(r["n"])) == n]
 
 
 def _strongest(rows: list[dict]) -> tuple[int, int]:

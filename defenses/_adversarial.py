@@ -44,7 +44,8 @@ class AdversarialParams(DefenseParams):
         eps = self.eps
         if progress is not None and self.eps_warmup_epochs > 0:
             eps = self.eps * min(1.0, progress / self.eps_warmup_epochs)
-        return PGDSettings(norm="linf", eps=eps, steps=self.steps, step_size=step_value(self.step_size, eps))
+        return PGDSettings(norm="linf", eps=eps, steps=self.steps,
+                           step_size=step_value(self.step_size, eps, self.steps))
 
 
 def maximize(model: nn.Module, x: torch.Tensor, delta: torch.Tensor, loss_sum: Callable[[torch.Tensor], torch.Tensor],

@@ -12,8 +12,9 @@ EPS8 = "0.0313725"
 def cell(defense: str, attack: str, correct: list[bool], fooled: list[bool], *, dataset="cifar10", profile="quick",
          seed=0, norm="linf", eps=EPS8, status="ok", min_norm=False, norms=None, flags=None, warnings="",
          timestamp="2026-01-01T00:00:00+00:00", plugin=None, params=None, git_sha="abc123def456",
-         wall_s=10.0, passes=(1000, 500)) -> tuple[dict, dict]:
-    """One (row, manifest) pair. Bounded: robust = correct and not fooled; min-norm: not fooled within eps (if any)."""
+         wall_s=10.0, passes=(1000, 500), checks=None) -> tuple[dict, dict]:
+    """One (row, manifest) pair. Bounded: robust = correct and not fooled; min-norm: not fooled within eps (if any).
+    `checks`: the per-cell verdicts ({name: check(...)}) for the row's `checks` column; None leaves it empty."""
     n = len(correct)
     fooled = [bool(c) and bool(f) for c, f in zip(correct, fooled)]
     within = [f and (not min_norm or (eps != "" and v <= float(eps))) for f, v in zip(fooled, norms or [0.0] * n)]
@@ -29,7 +30,7 @@ def cell(defense: str, attack: str, correct: list[bool], fooled: list[bool], *, 
                robust_acc=f"{k / n:.6g}", ci_low=f"{lo:.6g}", ci_high=f"{hi:.6g}", forward_passes=passes[0],
                backward_passes=passes[1], wall_s=f"{wall_s:.2f}", device="cpu:test", git_sha=git_sha, versions="{}",
                config_hash="cfg", defense_ckpt="ckpt", flags=json.dumps(flags or {}), warnings=warnings,
-               timestamp=timestamp)
+               checks=json.dumps(checks, sort_keys=True) if checks else "", timestamp=timestamp)
     if min_norm:
         fooled_norms = [v for v, f in zip(norms, fooled) if f]
         row.update(success_rate=f"{sum(fooled) / max(1, sum(map(bool, correct))):.6g}",
@@ -38,8 +39,19 @@ def cell(defense: str, attack: str, correct: list[bool], fooled: list[bool], *, 
     if status != "ok":
         row.update(clean_acc="", robust_acc="", ci_low="", ci_high="")
     manifest = {"attack_entry": entry, "training": {"train_seconds": 12.0}, "training_history": [],
+                "checks": checks or {},
                 "per_sample": {"correct": [bool(c) for c in correct], "fooled": fooled, "norm": norms}}
     return row, manifest
+
+
+def check(verdict: str, short: str, reason: str, fraction=None, threshold=None) -> dict:
+    """One entry of a row's `checks` column, as bench.verdicts writes it."""
+    out = {"verdict": verdict, "short": short, "reason": reason}
+    if fraction is not None:
+        out["fraction"] = fraction
+    if threshold is not None:
+        out["threshold"] = threshold
+    return out
 
 
 def fooling(n: int, indices) -> list[bool]:

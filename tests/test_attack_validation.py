@@ -79,6 +79,36 @@ def test_linf_at_least_as_strong_as_torchattacks_and_foolbox(batch):
     assert ours <= ta + POINT and ours <= fbx + POINT, f"ours {ours:.2%}, torchattacks {ta:.2%}, foolbox {fbx:.2%}"
 
 
+@pytest.mark.parametrize("profile", ["smoke", "quick"])
+def test_pgd_linf_profile_defaults_as_strong_as_torchattacks_and_foolbox(batch, profile):
+    """Issue 19: the step size bench.toml gives pgd_linf in the smoke and quick profiles (resolved from the real
+    entry, one restart) leaves at most 1 point more than torchattacks PGD and foolbox LinfPGD with the same steps
+    and Madry's step 2.5 eps / steps, random start, at 1, 2 and 8/255. (The old smoke default, 10 steps of eps/8,
+    failed this at 2/255.)"""
+    import foolbox as fb
+    import torchattacks
+
+    from bench.config import load_config
+
+    _, model, x, y = batch
+    entry = load_config().attack("pgd_linf", "cifar10", profile)
+    steps = entry.params.steps
+    for k in (1, 2, 8):
+        eps = k / 255
+        ours, _ = _ours(batch, entry.cls, **{**entry.params.model_dump(), "eps": eps, "restarts": 1})
+        torch.manual_seed(0)
+        ta = _accuracy(model, torchattacks.PGD(model, eps=eps, alpha=2.5 * eps / steps, steps=steps,
+                                               random_start=True)(x, y), y)
+        torch.manual_seed(0)
+        fbx = _foolbox(batch, fb.attacks.LinfPGD(rel_stepsize=2.5 / steps, steps=steps, random_start=True), eps)
+        step = entry.cls.Params(**{**entry.params.model_dump(), "eps": eps}).settings().step_size
+        assert steps * step >= 2.5 * eps * (1 - 1e-9), f"{profile}: {steps} steps of {step:.4g} travel < 2.5 eps"
+        print(f"pgd_linf {profile} ({steps} steps of {step * 255:.3g}/255) at {k}/255: ours {ours:.2%}, "
+              f"torchattacks PGD {ta:.2%}, foolbox LinfPGD {fbx:.2%}")
+        assert ours <= ta + POINT and ours <= fbx + POINT, \
+            f"{profile} at {k}/255: ours {ours:.2%}, torchattacks {ta:.2%}, foolbox {fbx:.2%}"
+
+
 def test_l2_at_least_as_strong_as_foolbox(batch):
     import foolbox as fb
 

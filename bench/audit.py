@@ -1,0 +1,308 @@
+"""`bench audit`: the expensive attack-failure checks and the attacks an expert would add, on one defense and
+one threat model, every variant on the same test points so that per-point outcomes pair up.
+
+Checks (thresholds in [verdicts.audit] of bench.toml): 6 unbounded sanity (eps = the whole image box must fool
+~every point), 7 budget and effort monotonicity (accuracy falls with eps; 5x steps or restarts must not fool
+significantly more), 8 loss disagreement (CE vs margin), 9 black-box beats white-box, 10 single-step beats
+iterative. Paired outcomes are compared with an exact one-sided McNemar test, so "beyond the noise" means the
+same thing on every n. Adaptation: when the per-cell checks fire (zero gradients, randomness) or a paired check
+fails, the adapted attacks (EOT, the defense's BPDA surrogates, the other loss, the black-box attacks) are part
+of the run, and the defense's number for the threat model is the per-point worst case over all of them."""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import torch
+
+from . import progress, provenance, verdicts
+from .attack import AttackContext, PassCounter
+from .data import load_subset
+from .errors import BenchError
+from .exact import exact_fp32
+from .runner import Env, attack_points, attack_traits, predict, train, verdict_settings
+from .stats import wilson_interval
+from .store import atomic_write_json, content_hash
+
+DEFAULT_ATTACK = {"linf": "pgd_linf", "l2": "pgd_l2", "l1": "pgd_l1"}
+
+
+def parse_threat_model(text: str) -> tuple[str, float]:
+    """'linf:8/255' -> ('linf', 0.0313...)."""
+    from .params import parse_number
+
+    norm, _, eps = (text or "").partition(":")
+    if norm not in DEFAULT_ATTACK or not eps:
+        raise BenchError(f"--threat-model {text!r}: expected NORM:EPS with NORM one of {', '.join(DEFAULT_ATTACK)}, "
+                         f"e.g. linf:8/255 or l2:0.5.")
+    try:
+        value = parse_number(eps)
+    except ValueError as e:
+        raise BenchError(f"--threat-model {text!r}: {e}.") from None
+    if not (math.isfinite(value) and value > 0):
+        raise BenchError(f"--threat-model {text!r}: eps must be a finite number > 0.")
+    return norm, value
+
+
+def box_radius(norm: str, d: int) -> float:
+    """The radius of the norm ball that holds the whole image box [0, 1]^d around any point."""
+    return {"linf": 1.0, "l2": math.sqrt(d), "l1": float(d)}[norm]
+
+
+@dataclass
+class Variant:
+    label: str  # what it is, e.g. "eps x0.5"
+    role: str  # base | budget | effort | loss | single_step | black_box | adapted | unbounded
+    atk: object
+    eps_factor: float = 1.0
+
+
+def _with(atk, **update):
+    fields = type(atk.params).model_fields
+    kept = {k: v for k, v in update.items() if k in fields}
+    params = type(atk.params).model_validate({**atk.params.model_dump(), **kept})
+    return type(atk)(params)
+
+
+def _scaled(atk, factor: float, steps: int | None = None):
+    """The attack at factor * eps, its step scaled alike (an absolute step would otherwise not reach the new
+    budget); steps optionally changed."""
+    p = atk.params
+    n_steps = steps or getattr(p, "steps", 1)
+    update = {"eps": p.eps * factor}
+    if hasattr(p, "settings"):  # PGD-engine params know their absolute step
+        update["step_size"] = p.settings().step_size * factor
+    if steps:
+        update["steps"] = n_steps
+    return _with(atk, **update)
+
+
+def variants(env: Env, base, defense, dataset: str, profile: str, norm: str, eps: float, dim: int) -> list[Variant]:
+    cfg, a = env.cfg, verdict_settings(env.cfg).audit
+    p = base.params
+    out = [Variant("base", "base", base)]
+    out.append(Variant("unbounded", "unbounded", _scaled(base, box_radius(norm, dim) / eps), box_radius(norm, dim) / eps))
+    for f in a.budget_factors:
+        out.append(Variant(f"eps x{f:g}", "budget", _scaled(base, f), f))
+    if "steps" in type(p).model_fields:
+        out.append(Variant(f"steps x{a.effort_factor}", "effort", _with(base, steps=p.steps * a.effort_factor)))
+    elif "n_iter" in type(p).model_fields:
+        out.append(Variant(f"iterations x{a.effort_factor}", "effort", _with(base, n_iter=p.n_iter * a.effort_factor)))
+    for key in ("restarts", "n_restarts"):
+        if key in type(p).model_fields:
+            out.append(Variant(f"restarts x{a.effort_factor}", "effort", _with(base, **{key: getattr(p, key) * a.effort_factor})))
+    if "loss" in type(p).model_fields:
+        other = "cw" if p.loss == "ce" else "ce"
+        out.append(Variant(f"loss {other.upper()}", "loss", _with(base, loss=other)))
+    for name, role in [(a.single_step_attack, "single_step"), *[(n, "black_box") for n in a.black_box]]:
+        res = cfg.attack(name, dataset, profile)
+        atk = res.cls(res.params)
+        if getattr(atk.params, "norm", norm) != norm:
+            continue
+        if "eps" in type(atk.params).model_fields:
+            atk = _with(atk, eps=eps)
+        out.append(Variant(name, role, atk))
+    if "eot_samples" in type(p).model_fields:
+        out.append(Variant(f"EOT x{a.eot_samples}", "adapted:randomness",
+                           _with(base, eot_samples=a.eot_samples, eot_mode="normalized")))
+    if "backward" in type(p).model_fields:
+        for spec in getattr(defense, "surrogates", ()) or ():
+            if spec in ("", "autograd", p.backward):
+                continue
+            out.append(Variant(f"BPDA {spec}", "adapted:bpda", _with(base, backward=spec)))
+    return out
+
+
+def _needed(role: str, checks: dict) -> bool:
+    """Adaptations run only when the base attack's checks say so: EOT for a stochastic model, the defense's
+    BPDA surrogates for unhealthy gradients."""
+    if role == "adapted:randomness":
+        return checks.get("randomness", {}).get("short", "").startswith("random")
+    if role == "adapted:bpda":
+        return checks.get("gradient_health", {}).get("verdict") in ("warn", "fail")
+    return True
+
+
+def _paired(a: torch.Tensor, b: torch.Tensor, n: int, s) -> tuple[bool, int, int]:
+    a_only, b_only = int((a & ~b).sum()), int((b & ~a).sum())
+    return verdicts.paired_excess(a_only, b_only, n, s.alpha, s.min_points), a_only, b_only
+
+
+def audit(env: Env, defense: str, dataset: str, profile: str, seed: int, attack: str | None = None,
+          threat_model: str | None = None, n_test: int | None = None) -> dict:
+    cfg = env.cfg
+    s = verdict_settings(cfg).audit
+    prof = cfg.profiles[profile]
+    if threat_model:
+        norm, eps = parse_threat_model(threat_model)
+    else:
+        norm, eps = None, None
+    attack = attack or DEFAULT_ATTACK[norm or "linf"]
+    ares = cfg.attack(attack, dataset, profile)
+    base = ares.cls(ares.params)
+    if not base.gradient_based or base.kind != "bounded":
+        raise BenchError(f"bench audit needs a white-box bounded attack as its base, not '{attack}'; give "
+                         f"--attack one of {', '.join(DEFAULT_ATTACK.values())} (or another gradient attack).")
+    if norm and base.norm != norm:
+        raise BenchError(f"--threat-model {threat_model!r} is {norm}, but attack '{attack}' works in {base.norm}; "
+                         f"give an attack of that norm, e.g. --attack {DEFAULT_ATTACK[norm]}.")
+    norm = base.norm
+    if eps is None:
+        eps = float(base.eps)
+    base = _with(base, eps=eps)
+    n_test = n_test or prof.n_test
+    trained = train(defense, dataset, profile, seed, env=env)
+    d, model = trained.defense, trained.model
+    x, y = load_subset(dataset, "test", env.data_root, n_test, seed)
+    counter = PassCounter(model).eval()
+    eval_model = d.evaluation_model(counter)
+    plan = variants(env, base, d, dataset, profile, norm, eps, x[0].numel())
+    results: dict[str, dict] = {}
+    t_all = time.time()
+    with exact_fp32():
+        torch.manual_seed(seed)
+        correct = predict(eval_model, x, env.device, prof.eval_batch_size) == y
+        positions = correct.nonzero().squeeze(1)
+        n = len(y)
+        for v in plan:
+            if v.role.startswith("adapted:") and not _needed(v.role, results.get("base", {}).get("checks", {})):
+                results[v.label] = {"role": v.role, "skipped": "not needed: the per-cell checks did not fire"}
+                continue
+            ctx = AttackContext(defense=d, device=env.device, seed=seed, batch_size=prof.eval_batch_size,
+                                eval_model=eval_model, dataset=dataset, profile=profile, env=env)
+            f0, b0, t0 = counter.forward_images, counter.backward_images, time.time()
+            try:
+                res = attack_points(env, trained, v.atk, counter, eval_model, x, y, positions,
+                                    prof.eval_batch_size, ctx, label=f"audit {v.label} on {defense}")
+            except BenchError as e:
+                results[v.label] = {"role": v.role, "skipped": str(e)}
+                continue
+            fooled = torch.zeros(n, dtype=torch.bool)
+            if res.fooled:
+                fooled[positions] = torch.cat(res.fooled)
+            ran_eps = v.atk.eps
+            if v.role in ("single_step", "black_box") and ran_eps is not None and abs(ran_eps - eps) > 1e-9 * max(1, eps):
+                results[v.label] = {"role": v.role, "skipped": f"its {v.atk.norm} eps is {ran_eps:.6g}, not {eps:.6g}"}
+                continue
+            checks = verdicts.finalize(res.probe, verdict_settings(cfg), attack_traits(v.atk)) if res.probe else {}
+            k = int((correct & ~fooled).sum())
+            lo, hi = wilson_interval(k, n)
+            results[v.label] = {"role": v.role, "attack": v.atk.name, "eps": ran_eps, "robust": k, "n": n,
+                                "robust_acc": k / n, "ci": [lo, hi], "checks": checks,
+                                "forward_passes": counter.forward_images - f0,
+                                "backward_passes": counter.backward_images - b0,
+                                "seconds": round(time.time() - t0, 2), "warnings": sorted(set(ctx.warnings)),
+                                "_fooled": fooled}
+    report = _verdicts(results, correct, s)
+    report.update(defense=defense, dataset=dataset, profile=profile, seed=seed, attack=attack, norm=norm, eps=eps,
+                  n=len(y), clean_acc=float(correct.float().mean()), seconds=round(time.time() - t_all, 1),
+                  checkpoint=trained.key, git_sha=provenance.git_sha(), versions=provenance.versions(),
+                  device=provenance.device_name(env.device), config_hash=content_hash(cfg.path.read_text()))
+    for r in results.values():
+        r.pop("_fooled", None)
+    report["variants"] = results
+    return report
+
+
+def _verdicts(results: dict, correct: torch.Tensor, s) -> dict:
+    """The expensive checks from the paired per-point outcomes, and the adapted (worst-case) number."""
+    n = len(correct)
+    ran = {k: v for k, v in results.items() if "_fooled" in v}
+    base = ran["base"]["_fooled"]
+    by_role = lambda role: [(k, v) for k, v in ran.items() if v["role"] == role]  # noqa: E731
+    checks: dict = {}
+    unb = [v for _, v in by_role("unbounded")]
+    if unb:
+        acc = unb[0]["robust_acc"]
+        checks["unbounded"] = verdicts._check(
+            "fail" if acc > s.unbounded_max else "pass", "cannot succeed unbounded" if acc > s.unbounded_max else "ok",
+            f"with eps = the whole image box the attack leaves {acc:.1%}" +
+            (": masking or a broken attack" if acc > s.unbounded_max else ""), acc, s.unbounded_max, n)
+    # budget: a point fooled at a smaller eps but not at a larger one, beyond the noise
+    budgets = sorted([(v, ran[k]["_fooled"]) for k, v in
+                      [(k, {"f": float(k.split("x")[1]), **vv}) for k, vv in by_role("budget")]], key=lambda t: t[0]["f"])
+    ladder = [(b[0]["f"], b[1]) for b in budgets if b[0]["f"] < 1] + [(1.0, base)] + \
+             [(b[0]["f"], b[1]) for b in budgets if b[0]["f"] > 1]
+    bad = []
+    for (f_small, small), (f_big, big) in zip(ladder, ladder[1:]):
+        hit, a_only, b_only = _paired(small, big, n, s)
+        if hit:
+            bad.append(f"eps x{f_small:g} fools {a_only} points eps x{f_big:g} leaves (reverse {b_only})")
+    checks["budget_monotonicity"] = verdicts._check("fail" if bad else "pass", "accuracy rises with eps" if bad else "ok",
+                                                    "; ".join(bad) or "accuracy does not rise with eps beyond the noise")
+    bad = []
+    for k, v in by_role("effort"):
+        hit, a_only, b_only = _paired(v["_fooled"], base, n, s)
+        if hit:
+            bad.append(f"{k} fools {a_only} more points (reverse {b_only})")
+    checks["effort"] = verdicts._check("warn" if bad else "pass", "not converged" if bad else "ok",
+                                       ("; ".join(bad) + ": more effort lowers the accuracy, use it") if bad
+                                       else "more steps and restarts fool no more points beyond the noise")
+    for k, v in by_role("loss"):
+        hit, a_only, b_only = _paired(v["_fooled"], base, n, s)
+        other_weak, _, _ = _paired(base, v["_fooled"], n, s)
+        why = (f"{k} fools {a_only} points the base loss leaves robust (reverse {b_only}): "
+               + ("CE saturated?" if "CW" in k else "margin loss weak?") if hit else
+               f"the two losses agree within the noise ({a_only} vs {b_only})" +
+               ("; the base loss is the stronger one" if other_weak else ""))
+        checks["loss_disagreement"] = verdicts._check("fail" if hit else "pass", "loss disagreement" if hit else "ok", why)
+    white = base.clone()
+    for role in ("effort", "loss", "budget"):
+        for k, v in by_role(role):
+            if role != "budget" or ran[k].get("eps", 0) <= ran["base"]["eps"] * (1 + 1e-9):
+                white |= v["_fooled"]
+    for role, name, label in (("black_box", "black_box", "black-box stronger than white-box: gradient masking"),
+                              ("single_step", "single_step", "single-step stronger than iterative: gradient masking")):
+        bad = []
+        for k, v in by_role(role):
+            hit, a_only, b_only = _paired(v["_fooled"], white if role == "black_box" else base, n, s)
+            if hit:
+                bad.append(f"{k} fools {a_only} points the white-box attacks leave robust (reverse {b_only})")
+        if by_role(role):
+            checks[name] = verdicts._check("fail" if bad else "pass", label.split(":")[0] if bad else "ok",
+                                           ("; ".join(bad) + f": {label.split(': ')[1]}") if bad else
+                                           "fools no point beyond the noise that the white-box attacks leave")
+    # the adapted number: per point, the worst case over every attack at (or inside) the audited budget
+    worst = torch.zeros(n, dtype=torch.bool)
+    used = []
+    for k, v in ran.items():
+        if v["role"] in ("unbounded",) or (v["role"] == "budget" and v["eps"] > ran["base"]["eps"] * (1 + 1e-9)):
+            continue
+        worst |= v["_fooled"]
+        used.append(k)
+    k_w = int((correct & ~worst).sum())
+    lo, hi = wilson_interval(k_w, n)
+    base_k = ran["base"]["robust"]
+    return {"checks": checks, "original": {"robust": base_k, "robust_acc": base_k / n, "ci": ran["base"]["ci"]},
+            "adapted": {"robust": k_w, "robust_acc": k_w / n, "ci": [lo, hi], "attacks": used},
+            "verdict": verdicts.worst({**checks, **ran["base"]["checks"]}),
+            "per_sample_adapted_robust": (correct & ~worst).tolist()}
+
+
+def write(report: dict, root) -> "Path":
+    from pathlib import Path
+
+    name = f"{report['defense']}-{report['dataset']}-{report['profile']}-{report['norm']}-{report['eps']:.6g}"
+    path = Path(root) / "audit" / f"{name.replace('/', '_')}.json"
+    atomic_write_json(path, report)
+    return path
+
+
+def summary(report: dict) -> str:
+    lines = [f"audit of {report['defense']} ({report['dataset']}, {report['profile']}, {report['norm']} eps "
+             f"{report['eps']:.6g}, n = {report['n']}, clean {report['clean_acc']:.1%}):"]
+    for k, v in report["variants"].items():
+        if "skipped" in v:
+            lines.append(f"  {k:22s} skipped: {v['skipped']}")
+            continue
+        marks = [f"{c}: {x['short']}" for c, x in v["checks"].items() if x["verdict"] in ("warn", "fail")]
+        lines.append(f"  {k:22s} robust {v['robust_acc']:6.1%}  {v['seconds']:7.1f}s" +
+                     (f"  ⚠ {'; '.join(marks)}" if marks else ""))
+    for name, c in report["checks"].items():
+        lines.append(f"  check {name}: {c['verdict']}: {c['reason']}")
+    o, a = report["original"], report["adapted"]
+    lines.append(f"  original {o['robust_acc']:.1%} -> adapted {a['robust_acc']:.1%} [{a['ci'][0]:.1%}, {a['ci'][1]:.1%}] "
+                 f"(per-point worst case over {len(a['attacks'])} attacks); verdict {report['verdict']}")
+    progress.log("\n".join(lines))
+    return "\n".join(lines)

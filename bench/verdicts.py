@@ -1,0 +1,292 @@
+"""Attack-failure and gradient-masking verdicts, measured by bench on every cell, never declared by a defense.
+
+A robustness number is only as good as the attack behind it: an attack that gets zero gradients, attacks a
+random model without EOT, optimises probabilities instead of logits or stops before it converged reports
+robustness that is not there. The cheap checks below run inside every cell, on the points the attack sees and
+at almost no extra cost (most numbers come from passes the attack makes anyway); `bench audit`
+(bench/audit.py) adds the expensive ones and re-runs what an expert would.
+
+Every check reports what it measured (the fraction of points affected), the threshold it compares with (from
+[verdicts] in bench.toml) and a verdict: pass, warn (the attack may be weak), fail (the number is not a
+robustness number) or skip (does not apply to this attack). The row stores them as JSON in its `checks` column;
+tables mark warn/fail cells with ⚠ and the defense's worst case as unreliable on a fail.
+
+Counts are kept as sums over batches and shards (`Probe`), and turned into verdicts once per cell (`finalize`),
+so a sharded cell gets exactly the verdicts of the unsharded one."""
+from __future__ import annotations
+
+import json
+import math
+
+import torch
+from pydantic import Field
+
+from .params import Number, StrictModel
+from .pgd import PGDSettings, _grad
+
+CHECKS = ("gradient_health", "randomness", "output_form", "incomplete_optimization", "silent_success")
+
+
+class AuditSettings(StrictModel):
+    """[verdicts.audit]: the expensive checks and adaptations of `bench audit` (entries of bench.toml)."""
+
+    budget_factors: list[Number] = Field([0.5, 2.0], description="eps multipliers of the budget-monotonicity check")
+    effort_factor: int = Field(5, ge=2, description="x steps and x restarts of the effort check")
+    eot_samples: int = Field(20, ge=2, description="EOT passes of the adapted attack on a stochastic model")
+    single_step_attack: str = Field("fgsm", description="attack entry of the single-step check")
+    black_box: list[str] = Field(default_factory=list, description="black-box attack entries (their eps is set to the audited one)")
+    alpha: Number = Field(0.05, gt=0, lt=1, description="significance of the paired comparisons (one-sided)")
+    min_points: Number = Field(0.02, ge=0, description="a paired difference must also exceed this fraction of the points")
+    unbounded_max: Number = Field(0.05, ge=0, le=1, description="accuracy an unbounded attack may leave")
+
+
+class VerdictSettings(StrictModel):
+    """[verdicts] of bench.toml: thresholds of the per-cell checks (each commented there with its reason)."""
+
+    enabled: bool = True
+    probe_points: int = Field(128, ge=1, description="points per cell the model probes run on")
+    grad_vanishing: Number = Field(1e-12, ge=0, description="a gradient with L1 norm below this times d is vanishing")
+    grad_warn: Number = Field(0.02, ge=0, le=1)
+    grad_fail: Number = Field(0.2, ge=0, le=1)
+    random_passes: int = Field(4, ge=2, description="forward passes of the same batch in eval mode")
+    random_tol: Number = Field(1e-4, ge=0, description="relative logit spread above which a point is stochastic")
+    random_warn: Number = Field(0.01, ge=0, le=1)
+    prob_tol: Number = Field(1e-4, ge=0, description="|row sum - 1| under which an output row looks like probabilities")
+    prob_fail: Number = Field(0.9, ge=0, le=1)
+    incomplete_window: Number = Field(0.1, gt=0, lt=1, description="the last fraction of steps watched")
+    incomplete_min_steps: int = Field(5, ge=2, description="attacks with fewer steps are single-shot: skipped")
+    incomplete_gain: Number = Field(0.05, ge=0, description="late gain of the running-best loss, relative to the total gain")
+    incomplete_warn: Number = Field(0.2, ge=0, le=1)
+    incomplete_min_points: int = Field(10, ge=1, description="fewer surviving points than this: no verdict")
+    silent_warn: Number = Field(0.01, ge=0, le=1)
+    audit: AuditSettings = Field(default_factory=AuditSettings)
+
+
+# ---------------------------------------------------------------- measurements (summed over batches)
+
+def dead_gradients(g: torch.Tensor, vanishing: float) -> torch.Tensor:
+    """Per sample: an input gradient that is NaN/Inf somewhere, exactly zero or vanishing (L1 < vanishing * d)."""
+    flat = g.detach().flatten(1).double()
+    finite = torch.isfinite(flat).all(1)
+    l1 = flat.abs().nan_to_num(0.0, posinf=0.0).sum(1)
+    return ~finite | (l1 <= vanishing * flat.shape[1])
+
+
+def attack_loss_kind(atk) -> str:
+    loss = str(getattr(atk.params, "loss", "ce"))
+    return loss if loss in ("ce", "cw") else "cw"  # APGD's DLR and other margin losses: the margin
+
+
+class Probe:
+    """Counts behind the per-cell checks of one attack run (one part of a cell); JSON-able via `state`."""
+
+    def __init__(self, state: dict | None = None):
+        self.state = state or {}
+
+    def add(self, key: str, k: float, n: float) -> None:
+        a = self.state.setdefault(key, [0, 0])
+        a[0] += k
+        a[1] += n
+
+    def peak(self, key: str, value: float) -> None:
+        self.state[key] = max(self.state.get(key, 0.0), float(value))
+
+    @torch.no_grad()
+    def model_probe(self, model, x: torch.Tensor, s: VerdictSettings) -> None:
+        """Randomness and output form from `random_passes` forward passes of the same batch in eval mode."""
+        outs = [model(x).detach().double() for _ in range(s.random_passes)]
+        z0 = outs[0]
+        scale = z0.abs().amax(1).clamp_min(1e-12)
+        spread = torch.stack([(o - z0).abs().amax(1) / scale for o in outs[1:]]).amax(0)
+        flips = torch.stack([o.argmax(1) != z0.argmax(1) for o in outs[1:]]).any(0)
+        self.add("random_points", int((spread > s.random_tol).sum()), len(x))
+        self.add("random_flips", int(flips.sum()), len(x))
+        self.peak("random_spread", spread.max().item() if len(x) else 0.0)
+        probs = (z0 >= 0).all(1) & ((z0.sum(1) - 1).abs() < s.prob_tol)
+        self.add("output_probabilities", int(probs.sum()), len(x))
+
+    def gradient_probe(self, model, x: torch.Tensor, y: torch.Tensor, atk, defense, s: VerdictSettings) -> None:
+        """The input gradient of the attack's loss at the clean points, through the backward surrogate in use,
+        computed exactly as the PGD engine computes its steps (float64 loss, per-sample logit rescale)."""
+        backward = str(getattr(atk.params, "backward", "autograd") or "autograd")
+        settings = PGDSettings(loss=attack_loss_kind(atk), kappa=float(getattr(atk.params, "kappa", 50.0)))
+        surrogate = defense.surrogate(model, backward) if defense is not None else _null(model)
+        weights = [q for q in model.parameters() if q.requires_grad]
+        try:
+            for q in weights:  # input gradients only: spare the backward pass the weight-gradient work
+                q.requires_grad_(False)
+            with torch.enable_grad(), surrogate as m:
+                x_in = x.detach().clone().requires_grad_(True)
+                _, _, g = _grad(m, x_in, y, settings)
+        finally:
+            for q in weights:
+                q.requires_grad_(True)
+        self.add("grad_clean", int(dead_gradients(g, s.grad_vanishing).sum()), len(x))
+
+    def trace(self, trace: dict | None, robust: torch.Tensor, s: VerdictSettings) -> None:
+        """The PGD engine's own record (bench.pgd.run_pgd(trace=...)): dead gradients at the attack's start and
+        the running best loss of the first restart, judged on the points that survived the attack."""
+        if not trace or "start_dead" not in trace:  # the attack does not run on the PGD engine
+            return
+        self.add("grad_start", int(trace["start_dead"].sum()), int(trace["start_seen"].sum()))
+        steps = int(trace["steps"])
+        self.state["steps"] = steps
+        if steps < s.incomplete_min_steps:
+            return
+        keep = robust.to(trace["final"].device) & torch.isfinite(trace["final"]) & torch.isfinite(trace["window"])
+        start, window, final = trace["start"][keep], trace["window"][keep], trace["final"][keep]
+        late = final - window
+        total = (final - start).clamp_min(0)
+        improving = (late > s.incomplete_gain * total) & (late > 1e-9)
+        self.add("incomplete", int(improving.sum()), int(keep.sum()))
+
+
+class _null:
+    def __init__(self, model):
+        self.model = model
+
+    def __enter__(self):
+        return self.model
+
+    def __exit__(self, *exc):
+        return False
+
+
+def merge_probes(states: list[dict]) -> dict:
+    out = Probe()
+    for st in states:
+        for key, v in st.items():
+            if isinstance(v, list):
+                out.add(key, v[0], v[1])
+            elif key == "random_spread":
+                out.peak(key, v)
+            else:
+                out.state[key] = v
+    return out.state
+
+
+# ---------------------------------------------------------------- verdicts
+
+def _check(verdict: str, short: str, reason: str, fraction=None, threshold=None, n=None) -> dict:
+    out = {"verdict": verdict, "short": short, "reason": reason}
+    if fraction is not None:
+        out["fraction"] = round(float(fraction), 6)
+    if threshold is not None:
+        out["threshold"] = threshold
+    if n is not None:
+        out["n"] = int(n)
+    return out
+
+
+def _frac(pair) -> tuple[float, int]:
+    k, n = pair if pair else (0, 0)
+    return (k / n if n else 0.0), n
+
+
+def finalize(state: dict, s: VerdictSettings, attack: dict) -> dict:
+    """The verdict of every per-cell check from the summed probe counts. `attack` describes the attack run:
+    gradient_based, eot (passes per step), loss, backward."""
+    checks: dict = {}
+    loss, backward = attack.get("loss", "ce"), attack.get("backward", "autograd") or "autograd"
+    if not attack.get("gradient_based"):
+        checks["gradient_health"] = _check("skip", "no gradients", "the attack does not use the model's gradients")
+    else:
+        f_clean, n_clean = _frac(state.get("grad_clean"))
+        f_start, n_start = _frac(state.get("grad_start"))
+        f, where = (f_clean, "the clean point") if f_clean >= f_start or not n_start else (f_start, "the attack's start")
+        verdict = "fail" if f > s.grad_fail else "warn" if f > s.grad_warn else "pass"
+        checks["gradient_health"] = _check(
+            verdict, "zero gradients" if verdict != "pass" else "gradients ok",
+            f"input gradient of the {loss.upper()} loss (backward {backward}) exactly zero, NaN/Inf or vanishing on "
+            f"{f:.1%} of points at {where} (clean {f_clean:.1%} of {n_clean}, start {f_start:.1%} of {n_start}): "
+            + ("gradient masking or a broken backward; try a BPDA surrogate, the margin loss or a black-box attack"
+               if verdict != "pass" else "healthy"),
+            f, s.grad_warn if verdict != "fail" else s.grad_fail, n_clean)
+    f_rand, n_rand = _frac(state.get("random_points"))
+    f_flip, _ = _frac(state.get("random_flips"))
+    stochastic = f_rand > s.random_warn
+    eot = int(attack.get("eot", 1))
+    if not stochastic:
+        checks["randomness"] = _check("pass", "deterministic",
+                                      f"{s.random_passes} passes of the same batch agree (max relative logit spread "
+                                      f"{state.get('random_spread', 0.0):.2g})", f_rand, s.random_warn, n_rand)
+    else:
+        what = (f"the model is stochastic: {f_rand:.1%} of points change logits across {s.random_passes} passes in "
+                f"eval mode (max relative spread {state.get('random_spread', 0.0):.2g}), {f_flip:.1%} change prediction")
+        if attack.get("gradient_based") and eot <= 1:
+            checks["randomness"] = _check("fail", "random, no EOT", what + "; attacked without EOT (1 pass per step): "
+                                          "use an EOT attack", f_rand, s.random_warn, n_rand)
+        else:
+            how = f"attacked with EOT ({eot} passes)" if attack.get("gradient_based") else "a gradient-free attack"
+            checks["randomness"] = _check("pass", "random, EOT", f"{what}; {how}", f_rand, s.random_warn, n_rand)
+    f_prob, n_prob = _frac(state.get("output_probabilities"))
+    if f_prob > s.prob_fail:
+        checks["output_form"] = _check("fail", "returns probabilities",
+                                       f"{f_prob:.1%} of output rows are non-negative and sum to 1: the model returns "
+                                       f"probabilities; attacks need logits", f_prob, s.prob_fail, n_prob)
+    else:
+        checks["output_form"] = _check("pass", "logits", "outputs do not look like probabilities", f_prob,
+                                       s.prob_fail, n_prob)
+    if "incomplete" in state and stochastic:
+        checks["incomplete_optimization"] = _check("skip", "random model", "the loss of a stochastic model is noisy: "
+                                                   "its running best rises by chance; the randomness check covers it")
+    elif "incomplete" in state:
+        f_inc, n_inc = _frac(state["incomplete"])
+        verdict = "warn" if f_inc > s.incomplete_warn and n_inc >= s.incomplete_min_points else "pass"
+        checks["incomplete_optimization"] = _check(
+            verdict, "not converged" if verdict == "warn" else "converged",
+            f"the running best loss of {f_inc:.1%} of the {n_inc} surviving points still rose by more than "
+            f"{s.incomplete_gain:g} of its total gain over the last {s.incomplete_window:.0%} of the "
+            f"{state.get('steps', 0)} steps" + (": not converged, use more steps or a larger step"
+                                                if verdict == "warn" else ""), f_inc, s.incomplete_warn, n_inc)
+    else:
+        why = ("single-step attack" if state.get("steps", 99) < s.incomplete_min_steps
+               else "the attack records no per-step loss")
+        checks["incomplete_optimization"] = _check("skip", "no trace", why)
+    if "silent" in state and stochastic:
+        checks["silent_success"] = _check("skip", "random model", "a stochastic model may answer a point differently "
+                                          "each time; the randomness check covers it")
+    elif "silent" in state:
+        f_sil, n_sil = _frac(state["silent"])
+        verdict = "warn" if f_sil > s.silent_warn else "pass"
+        checks["silent_success"] = _check(
+            verdict, "lost successes" if verdict == "warn" else "returned what it found",
+            f"on {f_sil:.1%} of the {n_sil} attacked points an iterate fooled the model but the returned point does not"
+            + (": the attack returns the wrong iterate (or the model is random)" if verdict == "warn" else ""),
+            f_sil, s.silent_warn, n_sil)
+    else:
+        checks["silent_success"] = _check("skip", "no verdict", "the attack's own verdict is not about this model")
+    return checks
+
+
+def worst(checks: dict) -> str:
+    order = {"fail": 3, "warn": 2, "pass": 1, "skip": 0}
+    return max((c["verdict"] for c in checks.values()), key=order.get, default="skip")
+
+
+def warnings_of(checks: dict) -> list[str]:
+    """One log line per warn/fail check."""
+    return [f"{c['verdict']}: {name}: {c['reason']}" for name, c in checks.items() if c["verdict"] in ("warn", "fail")]
+
+
+def to_column(checks: dict) -> str:
+    return json.dumps(checks, sort_keys=True) if checks else ""
+
+
+def from_column(text: str) -> dict:
+    try:
+        out = json.loads(text or "{}")
+    except json.JSONDecodeError:
+        return {}
+    return out if isinstance(out, dict) else {}
+
+
+def paired_excess(a_only: int, b_only: int, n: int, alpha: float, min_points: float) -> bool:
+    """McNemar's one-sided exact test on paired outcomes: does 'a fooled, b not' happen significantly more often
+    than the reverse, and on more than min_points of the n points?"""
+    if a_only - b_only <= min_points * n or a_only == 0:
+        return False
+    m = a_only + b_only
+    # P(X >= a_only) for X ~ Binomial(m, 1/2)
+    tail = sum(math.comb(m, k) for k in range(a_only, m + 1)) / 2 ** m
+    return tail < alpha

@@ -1,0 +1,86 @@
+"""Defenses that hide their weakness and declare nothing: bench must find it by measuring (bench/verdicts.py).
+
+Each wraps the dataset's standard classifier, trained as usual; the trick acts only at evaluation time where
+training through it would not work (saturated logits, probabilities), so the network under it is an ordinary
+natural model whose true robustness at Linf 8/255 is ~0 %."""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from bench import Defense, DefenseParams, Field, Number, register_defense
+
+
+class _Wrapped(nn.Module):
+    def __init__(self, net: nn.Module, fn, eval_only: bool):
+        super().__init__()
+        self.net, self.fn, self.eval_only = net, fn, eval_only
+
+    def forward(self, x):
+        if self.eval_only and self.training:
+            return self.net(x)
+        return self.fn(self.net, x)
+
+
+class PlantedParams(DefenseParams):
+    weights: str = Field("", description="state_dict of the wrapped network (a natural model), loaded before training")
+
+
+class _Planted(Defense):
+    eval_only = False
+    Params = PlantedParams
+
+    def transform(self, net, x):
+        raise NotImplementedError
+
+    def build_model(self) -> nn.Module:
+        net = super().build_model()
+        if self.params.weights:
+            net.load_state_dict(torch.load(self.params.weights, map_location="cpu", weights_only=True))
+        return _Wrapped(net, self.transform, self.eval_only)
+
+
+@register_defense("planted_round")
+class PlantedRound(_Planted):
+    """Input rounded to 16 levels before the network: the input gradient is exactly zero (torch.round)."""
+
+    class Params(PlantedParams):
+        levels: int = Field(16, ge=2)
+
+    def transform(self, net, x):
+        q = self.params.levels - 1
+        return net(torch.round(x * q) / q)
+
+
+@register_defense("planted_saturated")
+class PlantedSaturated(_Planted):
+    """Logits multiplied by 1e4 at test time: the softmax saturates and the CE gradient is exactly zero."""
+
+    eval_only = True
+
+    class Params(PlantedParams):
+        scale: Number = Field(1e4, gt=0)
+
+    def transform(self, net, x):
+        return net(x) * self.params.scale
+
+
+@register_defense("planted_noise")
+class PlantedNoise(_Planted):
+    """Gaussian noise on the input at test time, declared nowhere (no EOT, no ensemble)."""
+
+    class Params(PlantedParams):
+        sigma: Number = Field(0.05, ge=0)
+
+    def transform(self, net, x):
+        return net((x + self.params.sigma * torch.randn_like(x)).clamp(0, 1))
+
+
+@register_defense("planted_probs")
+class PlantedProbs(_Planted):
+    """Returns softmax probabilities instead of logits at test time."""
+
+    eval_only = True
+
+    def transform(self, net, x):
+        return net(x).softmax(1)

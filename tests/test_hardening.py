@@ -1,0 +1,409 @@
+"""Hardened CLI and results store (issue 24), each case through the real `bench` entry point in a subprocess:
+the exit code (2 = usage / input error, 130 = interrupted), no traceback, a message that names the bad value or
+the remedy, and results.csv byte-identical wherever the command must not touch it.
+
+Trainings use a config copy whose natural defense trains 96 images for a few epochs (seconds on 2 cores)."""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+FAST_NATURAL = "epochs = {epochs}\nn_train = 96\nbatch_size = 32\nmonitor_n = 16\n"
+N = "8"  # test images per cell
+CELL = ["run", "-d", "natural", "-a", "fgsm", "--n-test", N]
+
+
+def _env(extra=None) -> dict:
+    data = os.environ.get("BENCH_DATA") or str(REPO.parent / "shared" / "data")
+    env = {**os.environ, "BENCH_PROGRESS": "0", "BENCH_DATA": data, "BENCH_NO_DOWNLOAD": "1",
+           "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    env.pop("BENCH_CONFIG", None)
+    env.update(extra or {})
+    return env
+
+
+def bench(*args, cwd=None, env_extra=None, timeout=300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "bench.cli", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd or REPO, env=_env(env_extra), timeout=timeout)
+
+
+def spawn(*args, cwd=None) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "bench.cli", *map(str, args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, cwd=cwd or REPO, env=_env())
+
+
+def output(p) -> str:
+    return (p.stdout or "") + (p.stderr or "")
+
+
+def assert_refused(p, code, *needles):
+    out = output(p)
+    assert p.returncode == code, out
+    assert "Traceback" not in out, out
+    for n in needles:
+        assert n in out, f"{n!r} not in:\n{out}"
+
+
+def make_config(folder: Path, epochs: int = 3, edit=None) -> Path:
+    """A copy of bench.toml whose natural defense trains 96 images at the smoke profile."""
+    text = (REPO / "bench.toml").read_text()
+    head = "[defenses.natural.profile.smoke]\n"
+    start = text.index(head) + len(head)
+    end = text.index("\n[", start) + 1
+    text = text[:start] + FAST_NATURAL.format(epochs=epochs) + text[end:]
+    if edit:
+        text = edit(text)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "bench.toml"
+    path.write_text(text)
+    return path
+
+
+def in_attack(name: str, old: str, new: str):
+    """An edit of the first `old` inside [attacks.NAME]."""
+    def edit(text: str) -> str:
+        i = text.index(f"[attacks.{name}]\n")
+        j = text.index(old, i)
+        return text[:j] + new + text[j + len(old):]
+    return edit
+
+
+def csv_rows(results: Path) -> list[dict]:
+    import csv
+
+    with open(results / "results.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """One finished cell (natural × fgsm, n = 8) with its checkpoint: (config, results folder, output)."""
+    root = tmp_path_factory.mktemp("finished")
+    cfg = make_config(root)
+    p = bench(*CELL, "--config", cfg, "--results-dir", root / "results")
+    assert p.returncode == 0, output(p)
+    return cfg, root / "results", p.stderr
+
+
+@pytest.fixture
+def results_copy(finished, tmp_path):
+    cfg, results, _ = finished
+    dst = tmp_path / "results"
+    shutil.copytree(results, dst)
+    return cfg, dst
+
+
+# ------------------------------------------------------------------ usage errors: exit 2, one paragraph
+
+@pytest.mark.parametrize("args, needles", [
+    (["--n-test", "0"], ["--n-test", "0", "1 to 10000"]),
+    (["--n-test", "-5"], ["--n-test", "-5", "1 to 10000"]),
+    (["--n-test", "20000"], ["--n-test", "20000", "1 to 10000"]),
+    (["--seed", "abc"], ["--seed", "'abc'", "integer"]),
+    (["--seed", "-1"], ["--seed", "-1", "0 to"]),
+    (["--defence", "natural"], ["--defence", "Did you mean --defense"]),
+], ids=["n-test-0", "n-test-negative", "n-test-too-large", "seed-not-a-number", "seed-negative", "unknown-option"])
+def test_bad_run_options_are_usage_errors(args, needles, results_copy):
+    cfg, results = results_copy
+    before = (results / "results.csv").read_bytes()
+    p = bench(*CELL, *args, "--config", cfg, "--results-dir", results)
+    assert_refused(p, 2, *needles)
+    assert (results / "results.csv").read_bytes() == before
+
+
+def test_unknown_command_and_missing_required_option():
+    p = bench("rn")
+    assert_refused(p, 2, "'rn'", "Did you mean 'run'", "Allowed:")
+    p = bench("train")
+    assert_refused(p, 2, "bench train needs --defense")
+
+
+def test_n_test_beyond_the_test_set_from_bench_toml(tmp_path):
+    cfg = make_config(tmp_path, edit=lambda t: t.replace("n_test = 200\n", "n_test = 20000\n", 1))
+    p = bench(*CELL[:-2], "--config", cfg, "--results-dir", tmp_path / "r")
+    assert_refused(p, 2, "n_test = 20000", "Allowed: 1 to 10000")
+    assert not (tmp_path / "r" / "cache" / "checkpoints").exists()  # refused before training
+
+
+# ------------------------------------------------------------------ bench.toml: strict and finite values
+
+@pytest.mark.parametrize("edit, needles", [
+    (in_attack("pgd_linf", "steps = 40", "steps = true"), ["attacks.pgd_linf.steps", "boolean"]),
+    (in_attack("pgd_linf", 'eps = "8/255"', "eps = inf"), ["attacks.pgd_linf.eps", "inf", "finite"]),
+    (in_attack("pgd_linf", 'eps = "8/255"', "eps = 1e9"), ["attacks.pgd_linf.eps", "Allowed: 0 to 1"]),
+    (lambda t: t.replace("seed = 0", "seed = -1", 1), ["settings.seed", "-1"]),
+], ids=["bool-for-int", "inf", "eps-beyond-the-image-space", "negative-seed"])
+def test_bad_config_values_are_refused_before_any_work(edit, needles, tmp_path):
+    cfg = make_config(tmp_path, edit=edit)
+    p = bench(*CELL, "--config", cfg, "--results-dir", tmp_path / "r")
+    assert_refused(p, 2, *needles)
+    assert not (tmp_path / "r" / "results.csv").exists()
+
+
+def test_non_utf8_config(tmp_path):
+    cfg = tmp_path / "bench.toml"
+    cfg.write_bytes((REPO / "bench.toml").read_bytes().replace(b"[settings]", b"[settings]\n# caf\xe9", 1))
+    p = bench("list", "--config", cfg)
+    assert_refused(p, 2, str(cfg), "UTF-8", "0xe9")
+
+
+def test_no_silent_fallback_to_the_repository_config(tmp_path):
+    p = bench(*CELL, cwd=tmp_path)
+    assert_refused(p, 2, str(tmp_path), "--config", "BENCH_CONFIG")
+    assert not (tmp_path / "results").exists()
+
+
+def test_first_log_line_names_the_config_in_use(finished):
+    cfg, results, out = finished
+    first = out.strip().splitlines()[0]
+    assert first.startswith("config ") and str(cfg) in first and str(results) in first, out
+
+
+def test_poisoned_row_is_moved_out_and_tables_still_render(results_copy):
+    """A row with eps = inf (written before validation refused it) made every table exit 1."""
+    cfg, results = results_copy
+    lines = (results / "results.csv").read_text().splitlines(keepends=True)
+    header = lines[0].rstrip("\n").split(",")
+    poisoned = lines[1].split(",")
+    poisoned[header.index("eps")] = "inf"
+    poisoned[0] = "0000poisoned0000"
+    (results / "results.csv").write_text("".join(lines) + ",".join(poisoned))
+    p = bench("table", "--config", cfg, "--results-dir", results)
+    out = output(p)
+    assert p.returncode == 0 and "Traceback" not in out, out
+    corrupt = list(results.glob("results.csv.corrupt-*"))
+    assert len(corrupt) == 1 and "0000poisoned0000" in corrupt[0].read_text() and str(corrupt[0]) in out
+    assert "0000poisoned0000" not in (results / "results.csv").read_text()
+    assert (results / "results.csv").read_text() == "".join(lines)
+
+
+# ------------------------------------------------------------------ results.csv: never a torn or malformed row
+
+def test_torn_last_row_is_moved_out_and_the_cell_recomputed(results_copy):
+    cfg, results = results_copy
+    full = (results / "results.csv").read_text()
+    torn = full[:full.rindex("\n", 0, len(full) - 1) + 1] + full.splitlines()[-1][:60]  # the row cut mid-way
+    (results / "results.csv").write_text(torn)
+    p = bench(*CELL, "--config", cfg, "--results-dir", results)
+    out = output(p)
+    assert p.returncode == 0 and "Traceback" not in out, out
+    assert "malformed" in out and "finished earlier" not in out, out
+    (corrupt,) = results.glob("results.csv.corrupt-*")
+    assert full.splitlines()[-1][:60] in corrupt.read_text()
+    rows = csv_rows(results)
+    assert len(rows) == 1 and rows[0]["status"] == "ok" and rows[0]["git_sha"] and rows[0]["config_hash"]
+
+
+@pytest.mark.parametrize("damage, needles", [
+    (lambda b: b.replace(b",status,", b",state,", 1), ["'status' column", "move it away"]),
+    (lambda b: b.replace(b"cell,", b"key,", 1), ["'cell' column", "move it away"]),
+    (lambda b: b"\xff\xfe" + os.urandom(64), ["not UTF-8", "move it away"]),
+], ids=["no-status-column", "no-cell-column", "random-bytes"])
+def test_unreadable_results_table_is_refused_untouched(damage, needles, results_copy):
+    cfg, results = results_copy
+    path = results / "results.csv"
+    path.write_bytes(damage(path.read_bytes()))
+    before = path.read_bytes()
+    p = bench(*CELL, "--config", cfg, "--results-dir", results)
+    assert_refused(p, 2, str(path), *needles)
+    assert path.read_bytes() == before
+
+
+def test_unknown_columns_are_kept(results_copy):
+    cfg, results = results_copy
+    path = results / "results.csv"
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join([lines[0] + ",reviewer"] + [line + ",keep-me" for line in lines[1:]]) + "\n")
+    p = bench(*CELL[:-1], "6", "--config", cfg, "--results-dir", results)  # another cell: a second row
+    assert p.returncode == 0, output(p)
+    rows = csv_rows(results)
+    assert len(rows) == 2 and rows[0]["reviewer"] == "keep-me" and rows[1]["reviewer"] == ""
+
+
+def test_result_files_are_readable_by_others(finished):
+    cfg, results, _ = finished
+    files = [results / "results.csv", results / "leaderboard.md", *results.glob("runs/*.json"),
+             *results.glob("cache/checkpoints/*.pt")]
+    umask = os.umask(0)
+    os.umask(umask)
+    for f in files:
+        assert stat.S_IMODE(f.stat().st_mode) == 0o666 & ~umask, f
+
+
+# ------------------------------------------------------------------ caught before the work, with a remedy
+
+def test_results_dir_that_is_a_file(finished, tmp_path):
+    cfg, _, _ = finished
+    (tmp_path / "results").write_text("not a folder")
+    p = bench(*CELL, "--config", cfg, "--results-dir", tmp_path / "results")
+    assert_refused(p, 2, str(tmp_path / "results"), "is a file, not a folder")
+    p = bench(*CELL, "--config", cfg, "--results-dir", tmp_path / "results" / "sub")
+    assert_refused(p, 2, str(tmp_path / "results" / "sub"), "Cannot create")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_read_only_results_folder(results_copy):
+    cfg, results = results_copy
+    before = (results / "results.csv").read_bytes()
+    results.chmod(0o555)
+    try:
+        p = bench(*CELL[:-1], "6", "--config", cfg, "--results-dir", results)
+    finally:
+        results.chmod(0o755)
+    assert_refused(p, 2, str(results), "not writable")
+    assert "fgsm on natural" not in output(p) and (results / "results.csv").read_bytes() == before
+
+
+def test_incomplete_cifar_folder(tmp_path, finished):
+    cfg, _, _ = finished
+    data = tmp_path / "data" / "cifar-10-batches-bin"
+    data.mkdir(parents=True)
+    shutil.copy(Path(_env()["BENCH_DATA"]) / "cifar-10-batches-bin" / "test_batch.bin", data)
+    p = bench(*CELL, "--config", cfg, "--results-dir", tmp_path / "r", "--data-root", tmp_path / "data")
+    assert_refused(p, 2, str(data), "data_batch_1.bin (missing)", "--data-root")
+
+
+def test_truncated_checkpoint_names_the_file_and_the_remedy(results_copy):
+    cfg, results = results_copy
+    (ckpt,) = results.glob("cache/checkpoints/*.pt")
+    ckpt.write_bytes(ckpt.read_bytes()[:5000])
+    before = (results / "results.csv").read_bytes()
+    p = bench(*CELL[:-1], "6", "--config", cfg, "--results-dir", results)
+    assert_refused(p, 2, str(ckpt), "damaged", f"Delete {ckpt}")
+    assert (results / "results.csv").read_bytes() == before
+
+
+def test_malicious_checkpoint_is_refused_without_a_traceback(results_copy, tmp_path):
+    import torch
+
+    cfg, results = results_copy
+    (ckpt,) = results.glob("cache/checkpoints/*.pt")
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return os.system, (f"touch {marker}",)
+
+    torch.save({"model": Evil(), "meta_json": "{}"}, ckpt)
+    ckpt.with_suffix(".json").unlink()  # no recorded sha256: only weights_only stands in the way
+    p = bench(*CELL[:-1], "6", "--config", cfg, "--results-dir", results)
+    assert_refused(p, 2, "Refused to load", str(ckpt), "Delete")
+    assert not marker.exists()
+
+
+# ------------------------------------------------------------------ Ctrl-C and concurrent processes
+
+def _interrupt_when(p: subprocess.Popen, pattern: str) -> str:
+    lines, sent = [], False
+    for line in p.stdout:
+        lines.append(line)
+        if not sent and re.search(pattern, line):
+            p.send_signal(signal.SIGINT)
+            sent = True
+    p.wait(timeout=120)
+    assert sent, "".join(lines)
+    return "".join(lines)
+
+
+@pytest.mark.slow
+@pytest.mark.ci
+def test_ctrl_c_exits_130_and_the_same_command_resumes(tmp_path):
+    cfg = make_config(tmp_path, epochs=6)
+    cmd = [*CELL, "--config", cfg, "--results-dir", tmp_path / "r"]
+    p = spawn(*cmd)
+    out = _interrupt_when(p, r"^epoch=2 ")  # epoch 1's resume state is saved by then
+    assert p.returncode == 130, out
+    assert "interrupted — finished rows and checkpoints are saved; the same command resumes" in out, out
+    assert "Traceback" not in out and not (tmp_path / "r" / "results.csv").exists()
+    again = bench(*cmd)
+    out = output(again)
+    assert again.returncode == 0 and "resuming training of natural at epoch" in out, out
+    assert len(csv_rows(tmp_path / "r")) == 1
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_a_matrix_exits_130(tmp_path):
+    cfg = make_config(tmp_path, epochs=6)
+    p = spawn(*CELL, "-a", "pgd_linf", "--config", cfg, "--results-dir", tmp_path / "r")
+    out = _interrupt_when(p, r"^epoch=1 ")
+    assert p.returncode == 130 and "the same command resumes" in out and "Traceback" not in out, out
+
+
+@pytest.mark.slow
+@pytest.mark.ci
+def test_four_concurrent_runs_of_three_cells_write_three_rows_and_train_once(tmp_path):
+    cfg = make_config(tmp_path)
+    cmd = [*CELL, "-a", "pgd_linf", "-a", "pgd_l2", "--config", cfg, "--results-dir", tmp_path / "r"]
+    procs = [spawn(*cmd) for _ in range(4)]
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    for p, out in zip(procs, outs):
+        assert p.returncode == 0 and "Traceback" not in out, out
+    rows = csv_rows(tmp_path / "r")
+    assert len(rows) == 3 and {r["attack"] for r in rows} == {"fgsm", "pgd_linf", "pgd_l2"}, rows
+    assert all(r["status"] == "ok" for r in rows)
+    trainings = sum(out.count("[natural] training on") for out in outs)
+    assert trainings == 1, "\n=====\n".join(outs)
+
+
+def _collect(p: subprocess.Popen, lines: list) -> threading.Thread:
+    t = threading.Thread(target=lambda: lines.extend(p.stdout), daemon=True)
+    t.start()
+    return t
+
+
+@pytest.mark.slow
+@pytest.mark.ci
+def test_concurrent_single_cell_runs_compute_the_cell_once(tmp_path):
+    import fcntl
+
+    cfg = make_config(tmp_path)
+    results = tmp_path / "r"
+    cmd = [*CELL, "--config", cfg, "--results-dir", results]
+    procs = [spawn(*cmd) for _ in range(2)]
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    (row,) = csv_rows(results)
+    assert sum(out.count("[natural] training on") for out in outs) == 1, outs
+    # two forced re-runs that overlap (this test holds the cell's lock until both wait for it): one new row
+    with open(results / "locks" / f"cell-{row['cell']}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        procs = [spawn(*cmd, "--force") for _ in range(2)]
+        lines = [[], []]
+        readers = [_collect(p, out) for p, out in zip(procs, lines)]
+        deadline = time.time() + 120
+        while not all(any("waiting for it" in line for line in out) for out in lines):
+            assert time.time() < deadline and all(p.poll() is None for p in procs), lines
+            time.sleep(0.2)
+        fcntl.flock(lock, fcntl.LOCK_UN)
+    for p, t in zip(procs, readers):
+        p.wait(timeout=300)
+        t.join(timeout=10)
+    outs = ["".join(out) for out in lines]
+    assert all(p.returncode == 0 for p in procs), outs
+    rows = csv_rows(results)
+    assert len(rows) == 2 and all(r["status"] == "ok" for r in rows), rows
+    assert sum("finished by another run meanwhile" in out for out in outs) == 1, outs
+
+
+def test_unwritable_folder_is_one_clear_error(tmp_path, monkeypatch):
+    """The check behind `bench run` on a read-only results folder (root writes anywhere, so it is simulated)."""
+    from bench import store
+
+    def denied(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(store.tempfile, "mkstemp", denied)
+    with pytest.raises(store.StoreError, match="is not writable") as e:
+        store.ensure_writable_dir(tmp_path, "results folder")
+    assert str(tmp_path) in str(e.value)

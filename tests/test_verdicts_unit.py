@@ -1,0 +1,139 @@
+"""The verdict checks (bench/verdicts.py) on tiny models built here: each check fires on its planted case and
+stays quiet on an honest model. Seconds, no data set."""
+import torch
+import torch.nn as nn
+
+from bench.pgd import PGDSettings, run_pgd
+from bench.verdicts import (Probe, VerdictSettings, dead_gradients, finalize, merge_probes, paired_excess,
+                            to_column, from_column, worst)
+
+S = VerdictSettings()
+PGD = {"gradient_based": True, "eot": 1, "loss": "ce", "backward": "autograd"}
+
+
+class _Attack:  # the two things the probes read of an attack
+    def __init__(self, loss="ce"):
+        self.params = type("P", (), {"loss": loss, "kappa": 50.0, "backward": "autograd"})()
+
+
+def _net(seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Flatten(), nn.Linear(12, 16), nn.ReLU(), nn.Linear(16, 3)).eval()
+
+
+class _Fn(nn.Module):
+    def __init__(self, net, fn):
+        super().__init__()
+        self.net, self.fn = net, fn
+
+    def forward(self, x):
+        return self.fn(self.net, x)
+
+
+def _data(n=64):
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(n, 3, 2, 2, generator=g)
+    return x, torch.randint(0, 3, (n,), generator=g)
+
+
+def _checks(model, atk=None, traits=PGD):
+    x, _ = _data()
+    with torch.no_grad():  # the harness probes correctly classified points only
+        y = _net()(x).argmax(1)
+    p = Probe()
+    p.model_probe(model, x, S)
+    p.gradient_probe(model, x, y, atk or _Attack(), None, S)
+    return finalize(p.state, S, traits)
+
+
+def test_dead_gradients_counts_zero_nan_inf_and_vanishing():
+    g = torch.ones(5, 10)
+    g[1] = 0
+    g[2, 3] = float("nan")
+    g[3, 0] = float("inf")
+    g[4] = 1e-14
+    assert dead_gradients(g, 1e-12).tolist() == [False, True, True, True, True]
+
+
+def test_honest_model_gets_no_flag():
+    checks = _checks(_net())
+    assert {k: c["verdict"] for k, c in checks.items()}["gradient_health"] == "pass"
+    assert checks["randomness"]["verdict"] == "pass" and checks["output_form"]["verdict"] == "pass"
+    assert worst(checks) in ("pass", "skip")
+
+
+def test_rounded_input_fails_gradient_health():
+    checks = _checks(_Fn(_net(), lambda n, x: n(torch.round(x * 15) / 15)))
+    assert checks["gradient_health"]["verdict"] == "fail" and checks["gradient_health"]["fraction"] == 1.0
+
+
+def test_saturated_logits_fail_ce_but_not_the_margin_loss():
+    model = _Fn(_net(), lambda n, x: n(x) * 1e6)
+    assert _checks(model)["gradient_health"]["verdict"] == "fail"
+    margin = _checks(model, _Attack("cw"), {**PGD, "loss": "cw"})
+    assert margin["gradient_health"]["verdict"] == "pass"
+
+
+def test_undeclared_noise_fails_randomness_without_eot_and_passes_with_it():
+    model = _Fn(_net(), lambda n, x: n(x + 0.05 * torch.randn_like(x)))
+    assert _checks(model)["randomness"]["verdict"] == "fail"
+    assert _checks(model, traits={**PGD, "eot": 20})["randomness"]["verdict"] == "pass"
+    assert _checks(model, traits={**PGD, "gradient_based": False})["gradient_health"]["verdict"] == "skip"
+
+
+def test_probabilities_fail_output_form():
+    assert _checks(_Fn(_net(), lambda n, x: n(x).softmax(1)))["output_form"]["verdict"] == "fail"
+    assert _checks(_Fn(_net(), lambda n, x: n(x).log_softmax(1)))["output_form"]["verdict"] == "pass"
+
+
+def _trace_checks(step_size, steps=20):
+    """PGD on a robust-ish linear model where eps is too small to fool most points."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 3)).eval()
+    x, y = _data(200)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    s = PGDSettings(eps=0.05, steps=steps, step_size=step_size, restarts=1)
+    trace = {"vanishing": S.grad_vanishing, "window_fraction": S.incomplete_window}
+    for q in model.parameters():
+        q.requires_grad_(False)
+    _, fooled = run_pgd(model, x, y, s, torch.Generator().manual_seed(0), trace=trace)
+    p = Probe()
+    p.trace(trace, ~fooled, S)
+    return finalize(p.state, S, PGD)["incomplete_optimization"]
+
+
+def test_incomplete_optimization_flags_a_too_small_step_and_passes_a_converged_one():
+    weak = _trace_checks(step_size=0.05 / 40)  # 20 steps of eps/40: half the way to the boundary of the ball
+    assert weak["verdict"] == "warn", weak
+    good = _trace_checks(step_size=2.5 * 0.05 / 20)
+    assert good["verdict"] == "pass", good
+
+
+def test_single_step_attacks_skip_incomplete_optimization():
+    assert _trace_checks(step_size=0.05, steps=1)["verdict"] == "skip"
+
+
+def test_silent_success_is_a_warning():
+    assert finalize({"silent": [5, 100]}, S, PGD)["silent_success"]["verdict"] == "warn"
+    assert finalize({"silent": [0, 100]}, S, PGD)["silent_success"]["verdict"] == "pass"
+
+
+def test_shard_probes_sum_to_the_unsharded_verdicts():
+    a = {"grad_clean": [3, 64], "random_points": [0, 64], "random_spread": 1e-7, "steps": 10}
+    b = {"grad_clean": [1, 64], "random_points": [0, 64], "random_spread": 2e-7, "steps": 10}
+    merged = merge_probes([a, b])
+    assert merged["grad_clean"] == [4, 128] and merged["random_spread"] == 2e-7
+    assert finalize(merged, S, PGD)["gradient_health"]["fraction"] == 4 / 128
+
+
+def test_checks_column_round_trips_and_tolerates_garbage():
+    checks = finalize({"grad_clean": [0, 10]}, S, PGD)
+    assert from_column(to_column(checks)) == checks
+    assert from_column("") == {} and from_column("not json") == {}
+
+
+def test_paired_excess_needs_significance_and_size():
+    assert paired_excess(30, 2, 200, 0.05, 0.02)
+    assert not paired_excess(3, 1, 200, 0.05, 0.02)  # too few to tell
+    assert not paired_excess(2, 30, 200, 0.05, 0.02)  # the other way round
