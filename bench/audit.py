@@ -21,7 +21,7 @@ from .attack import AttackContext, PassCounter
 from .data import load_subset
 from .errors import BenchError
 from .exact import exact_fp32
-from .runner import Env, attack_points, attack_traits, predict, train, verdict_settings
+from .runner import Env, attack_batch_size, attack_points, attack_traits, predict, train, verdict_settings
 from .stats import wilson_interval
 from .store import atomic_write_json, content_hash
 
@@ -86,7 +86,9 @@ def variants(env: Env, base, defense, dataset: str, profile: str, norm: str, eps
     for f in a.budget_factors:
         out.append(Variant(f"eps x{f:g}", "budget", _scaled(base, f), f))
     if "steps" in type(p).model_fields:
-        out.append(Variant(f"steps x{a.effort_factor}", "effort", _with(base, steps=p.steps * a.effort_factor)))
+        # the same absolute step, so 5x the steps is 5x the path (a step of eps*F/steps would shrink with them)
+        step = {"step_size": p.settings().step_size} if hasattr(p, "settings") else {}
+        out.append(Variant(f"steps x{a.effort_factor}", "effort", _with(base, steps=p.steps * a.effort_factor, **step)))
     elif "n_iter" in type(p).model_fields:
         out.append(Variant(f"iterations x{a.effort_factor}", "effort", _with(base, n_iter=p.n_iter * a.effort_factor)))
     for key in ("restarts", "n_restarts"):
@@ -98,8 +100,6 @@ def variants(env: Env, base, defense, dataset: str, profile: str, norm: str, eps
     for name, role in [(a.single_step_attack, "single_step"), *[(n, "black_box") for n in a.black_box]]:
         res = cfg.attack(name, dataset, profile)
         atk = res.cls(res.params)
-        if getattr(atk.params, "norm", norm) != norm:
-            continue
         if "eps" in type(atk.params).model_fields:
             atk = _with(atk, eps=eps)
         out.append(Variant(name, role, atk))
@@ -158,6 +158,7 @@ def audit(env: Env, defense: str, dataset: str, profile: str, seed: int, attack:
     counter = PassCounter(model).eval()
     eval_model = d.evaluation_model(counter)
     plan = variants(env, base, d, dataset, profile, norm, eps, x[0].numel())
+    batch = attack_batch_size(env, ares, profile)  # the cell's batches, so the base run is the cell's run
     results: dict[str, dict] = {}
     t_all = time.time()
     with exact_fp32():
@@ -172,19 +173,29 @@ def audit(env: Env, defense: str, dataset: str, profile: str, seed: int, attack:
             ctx = AttackContext(defense=d, device=env.device, seed=seed, batch_size=prof.eval_batch_size,
                                 eval_model=eval_model, dataset=dataset, profile=profile, env=env)
             f0, b0, t0 = counter.forward_images, counter.backward_images, time.time()
+            if v.atk.kind != "bounded" or (getattr(v.atk.params, "norm", norm) != norm):
+                results[v.label] = {"role": v.role, "skipped": f"not a {norm} bounded attack"}
+                continue
             try:
-                res = attack_points(env, trained, v.atk, counter, eval_model, x, y, positions,
-                                    prof.eval_batch_size, ctx, label=f"audit {v.label} on {defense}")
+                res = attack_points(env, trained, v.atk, counter, eval_model, x, y, positions, batch, ctx,
+                                    label=f"audit {v.label} on {defense}")
             except BenchError as e:
+                if v.role == "base":
+                    raise
                 results[v.label] = {"role": v.role, "skipped": str(e)}
                 continue
             fooled = torch.zeros(n, dtype=torch.bool)
             if res.fooled:
                 fooled[positions] = torch.cat(res.fooled)
             ran_eps = v.atk.eps
-            if v.role in ("single_step", "black_box") and ran_eps is not None and abs(ran_eps - eps) > 1e-9 * max(1, eps):
-                results[v.label] = {"role": v.role, "skipped": f"its {v.atk.norm} eps is {ran_eps:.6g}, not {eps:.6g}"}
+            if ran_eps is None or (v.role in ("single_step", "black_box") and abs(ran_eps - eps) > 1e-9 * max(1, eps)):
+                results[v.label] = {"role": v.role, "skipped": f"its {v.atk.norm} eps is {ran_eps}, not {eps:.6g}"}
                 continue
+            if res.norms:  # the same budget check as a cell's (merge_parts)
+                worst_norm = float(torch.cat(res.norms).max())
+                if worst_norm > ran_eps * (1 + 1e-5) + 1e-6:
+                    raise BenchError(f"attack '{v.atk.name}' ({v.label}) exceeded its {norm} budget {ran_eps:.6g} "
+                                     f"(max {worst_norm:.6g}): this is a bug in the attack.")
             checks = verdicts.finalize(res.probe, verdict_settings(cfg), attack_traits(v.atk)) if res.probe else {}
             k = int((correct & ~fooled).sum())
             lo, hi = wilson_interval(k, n)

@@ -244,12 +244,15 @@ def attack_points(env: Env, trained: TrainedDefense, atk, counter, eval_model, x
         for off in range(0, len(positions), bs):
             idx = positions[off:off + bs]
             xb, yb = x[idx].to(env.device), y[idx].to(env.device)
-            if vs.enabled and off == 0:  # the model probes, on the first points (not counted as attack passes)
+            if vs.enabled and first_position + off == 0:
+                # the model probes, once per cell (in the shard that holds its first points, whatever the batch
+                # size), so a sharded cell gets the unsharded verdicts; not counted as attack passes
                 t1 = time.time()
-                k = min(vs.probe_points, len(idx))
-                probe.model_probe(model, xb[:k], vs)
+                head = positions[:vs.probe_points]
+                xp, yp = x[head].to(env.device), y[head].to(env.device)
+                probe.model_probe(model, xp, vs)
                 if atk.gradient_based:
-                    probe.gradient_probe(model, xb[:k], yb[:k], atk, d, vs)
+                    probe.gradient_probe(model, xp, yp, atk, d, vs)
                 check_s += time.time() - t1
             ctx.trace = {"vanishing": vs.grad_vanishing, "window_fraction": vs.incomplete_window} if vs.enabled else None
             torch.manual_seed(_batch_seed(ctx.seed, first_position + off))

@@ -44,11 +44,11 @@ class VerdictSettings(StrictModel):
     """[verdicts] of bench.toml: thresholds of the per-cell checks (each commented there with its reason)."""
 
     enabled: bool = True
-    probe_points: int = Field(128, ge=1, description="points per cell the model probes run on")
+    probe_points: int = Field(64, ge=1, description="points per cell the model probes run on")
     grad_vanishing: Number = Field(1e-12, ge=0, description="a gradient with L1 norm below this times d is vanishing")
     grad_warn: Number = Field(0.02, ge=0, le=1)
     grad_fail: Number = Field(0.2, ge=0, le=1)
-    random_passes: int = Field(4, ge=2, description="forward passes of the same batch in eval mode")
+    random_passes: int = Field(3, ge=2, description="forward passes of the same batch in eval mode")
     random_tol: Number = Field(1e-4, ge=0, description="relative logit spread above which a point is stochastic")
     random_warn: Number = Field(0.01, ge=0, le=1)
     prob_tol: Number = Field(1e-4, ge=0, description="|row sum - 1| under which an output row looks like probabilities")

@@ -11,7 +11,7 @@ import shutil
 import pytest
 import torch
 
-import planted.defenses  # noqa: F401  (registers the planted defenses)
+import planted.masking  # noqa: F401  (registers the planted defenses)
 from bench.attack import AttackContext
 from bench.data import load_subset
 from bench.runner import Env, predict, run_cell

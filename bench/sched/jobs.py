@@ -46,7 +46,9 @@ def extra_plugin_modules() -> list[list[str]]:
             mod = sys.modules.get(cls.__module__)
             if cls.__module__.split(".")[0] in ("defenses", "attacks", "__main__", "__mp_main__") or mod is None:
                 continue
-            found[cls.__module__] = str(Path(mod.__file__).parent) if getattr(mod, "__file__", None) else ""
+            # the folder to import it from: above its package for a dotted name (tests/ for planted.masking)
+            depth = cls.__module__.count(".")
+            found[cls.__module__] = str(Path(mod.__file__).parents[depth]) if getattr(mod, "__file__", None) else ""
     return [[name, folder] for name, folder in sorted(found.items())]
 
 
