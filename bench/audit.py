@@ -199,7 +199,8 @@ def audit(env: Env, defense: str, dataset: str, profile: str, seed: int, attack:
             checks = verdicts.finalize(res.probe, verdict_settings(cfg), attack_traits(v.atk)) if res.probe else {}
             k = int((correct & ~fooled).sum())
             lo, hi = wilson_interval(k, n)
-            results[v.label] = {"role": v.role, "attack": v.atk.name, "eps": ran_eps, "robust": k, "n": n,
+            results[v.label] = {"role": v.role, "attack": v.atk.name, "eps": ran_eps, "eps_factor": v.eps_factor,
+                                "robust": k, "n": n,
                                 "robust_acc": k / n, "ci": [lo, hi], "checks": checks,
                                 "forward_passes": counter.forward_images - f0,
                                 "backward_passes": counter.backward_images - b0,
@@ -231,10 +232,8 @@ def _verdicts(results: dict, correct: torch.Tensor, s) -> dict:
             f"with eps = the whole image box the attack leaves {acc:.1%}" +
             (": masking or a broken attack" if acc > s.unbounded_max else ""), acc, s.unbounded_max, n)
     # budget: a point fooled at a smaller eps but not at a larger one, beyond the noise
-    budgets = sorted([(v, ran[k]["_fooled"]) for k, v in
-                      [(k, {"f": float(k.split("x")[1]), **vv}) for k, vv in by_role("budget")]], key=lambda t: t[0]["f"])
-    ladder = [(b[0]["f"], b[1]) for b in budgets if b[0]["f"] < 1] + [(1.0, base)] + \
-             [(b[0]["f"], b[1]) for b in budgets if b[0]["f"] > 1]
+    ladder = sorted([(v["eps_factor"], v["_fooled"]) for _, v in by_role("budget")] + [(1.0, base)],
+                    key=lambda t: t[0])
     bad = []
     for (f_small, small), (f_big, big) in zip(ladder, ladder[1:]):
         hit, a_only, b_only = _paired(small, big, n, s)

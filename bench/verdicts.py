@@ -15,6 +15,7 @@ Counts are kept as sums over batches and shards (`Probe`), and turned into verdi
 so a sharded cell gets exactly the verdicts of the unsharded one."""
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 
@@ -23,9 +24,6 @@ from pydantic import Field
 
 from .params import Number, StrictModel
 from .pgd import PGDSettings, _grad
-
-CHECKS = ("gradient_health", "randomness", "output_form", "incomplete_optimization", "silent_success")
-
 
 class AuditSettings(StrictModel):
     """[verdicts.audit]: the expensive checks and adaptations of `bench audit` (entries of bench.toml)."""
@@ -110,7 +108,7 @@ class Probe:
         computed exactly as the PGD engine computes its steps (float64 loss, per-sample logit rescale)."""
         backward = str(getattr(atk.params, "backward", "autograd") or "autograd")
         settings = PGDSettings(loss=attack_loss_kind(atk), kappa=float(getattr(atk.params, "kappa", 50.0)))
-        surrogate = defense.surrogate(model, backward) if defense is not None else _null(model)
+        surrogate = defense.surrogate(model, backward) if defense is not None else contextlib.nullcontext(model)
         weights = [q for q in model.parameters() if q.requires_grad]
         try:
             for q in weights:  # input gradients only: spare the backward pass the weight-gradient work
@@ -139,17 +137,6 @@ class Probe:
         total = (final - start).clamp_min(0)
         improving = (late > s.incomplete_gain * total) & (late > 1e-9)
         self.add("incomplete", int(improving.sum()), int(keep.sum()))
-
-
-class _null:
-    def __init__(self, model):
-        self.model = model
-
-    def __enter__(self):
-        return self.model
-
-    def __exit__(self, *exc):
-        return False
 
 
 def merge_probes(states: list[dict]) -> dict:
