@@ -10,9 +10,11 @@ fails, the adapted attacks (EOT, the defense's BPDA surrogates, the other loss, 
 of the run, and the defense's number for the threat model is the per-point worst case over all of them."""
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -207,7 +209,8 @@ def audit(env: Env, defense: str, dataset: str, profile: str, seed: int, attack:
                                 "seconds": round(time.time() - t0, 2), "warnings": sorted(set(ctx.warnings)),
                                 "_fooled": fooled}
     report = _verdicts(results, correct, s)
-    report.update(defense=defense, dataset=dataset, profile=profile, seed=seed, attack=attack, norm=norm, eps=eps,
+    report.update(audit_key=audit_key(env, defense, dataset, profile, seed, attack, norm, eps, n_test),
+                  defense=defense, dataset=dataset, profile=profile, seed=seed, attack=attack, norm=norm, eps=eps,
                   n=len(y), clean_acc=float(correct.float().mean()), seconds=round(time.time() - t_all, 1),
                   checkpoint=trained.key, git_sha=provenance.git_sha(), versions=provenance.versions(),
                   device=provenance.device_name(env.device), config_hash=content_hash(cfg.path.read_text()))
@@ -290,13 +293,88 @@ def _verdicts(results: dict, correct: torch.Tensor, s) -> dict:
             "per_sample_adapted_robust": (correct & ~worst).tolist()}
 
 
-def write(report: dict, root) -> "Path":
-    from pathlib import Path
+def report_path(root, defense: str, dataset: str, profile: str, norm: str, eps: float) -> Path:
+    name = f"{defense}-{dataset}-{profile}-{norm}-{eps:.6g}"
+    return Path(root) / "audit" / f"{name.replace('/', '_')}.json"
 
-    name = f"{report['defense']}-{report['dataset']}-{report['profile']}-{report['norm']}-{report['eps']:.6g}"
-    path = Path(root) / "audit" / f"{name.replace('/', '_')}.json"
+
+def write(report: dict, root) -> Path:
+    path = report_path(root, report["defense"], report["dataset"], report["profile"], report["norm"], report["eps"])
     atomic_write_json(path, report)
     return path
+
+
+def load_reports(root) -> list[dict]:
+    """Every readable audit report under root/audit (a torn or foreign file is skipped, never fatal)."""
+    out = []
+    for path in sorted((Path(root) / "audit").glob("*.json")):
+        try:
+            r = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(r, dict) and {"defense", "dataset", "profile", "norm", "eps", "adapted"} <= r.keys():
+            out.append(r)
+    return out
+
+
+def threat_models(env: Env, attacks: list[str], dataset: str, profile: str) -> list[tuple[str, str]]:
+    """(base attack, 'norm:eps') per threat model of a matrix's attacks: the first white-box bounded attack of
+    each (norm, eps) in matrix order, preferring an iterative PGD-engine one (the effort and budget variants
+    need its step; a single step is the audit's own FGSM check, not a base)."""
+    found: dict[tuple, list] = {}
+    for order, name in enumerate(attacks):
+        res = env.cfg.attack(name, dataset, profile)
+        atk = res.cls(res.params)
+        if atk.gradient_based and atk.kind == "bounded" and atk.eps:
+            preference = (not hasattr(atk.params, "settings"), getattr(atk.params, "steps", 2) < 2, order)
+            found.setdefault((atk.norm, round(float(atk.eps), 9)), []).append((preference, name, float(atk.eps)))
+    return [(min(names)[1], f"{norm}:{min(names)[2]!r}") for (norm, _), names in found.items()]
+
+
+def audit_matrix(env: Env, defenses: list[str], attacks: list[str], datasets: list[str], profile: str, seed: int,
+                 n_test: int | None, force: bool, skip: set[tuple[str, str]] = frozenset()) -> list[dict]:
+    """The [profiles.P] audit switch: audit each defense of a matrix once per threat model of its attacks, after
+    its cells. A report that is up to date (same checkpoint, bench.toml, attack, threat model, n and seed) is
+    kept unless force; (dataset, defense) pairs in skip (their cells failed) are left out."""
+    reports = []
+    for dataset in datasets:
+        for base, tm in threat_models(env, attacks, dataset, profile):
+            for defense in defenses:
+                if (dataset, defense) in skip:
+                    progress.log(f"audit {defense} ({dataset}, {tm}): skipped, its cells did not all finish")
+                    continue
+                norm, eps = parse_threat_model(tm)
+                path = report_path(env.store.root, defense, dataset, profile, norm, eps)
+                key = audit_key(env, defense, dataset, profile, seed, base, norm, eps, n_test)
+                old = _read(path)
+                if old and old.get("audit_key") == key and not force:
+                    progress.log(f"audit {defense} ({dataset}, {tm}): up to date in {path}")
+                    reports.append(old)
+                    continue
+                report = audit(env, defense, dataset, profile, seed, attack=base, threat_model=tm, n_test=n_test)
+                summary(report)
+                progress.log(f"audit report: {write(report, env.store.root)}")
+                reports.append(report)
+    return reports
+
+
+def audit_key(env: Env, defense: str, dataset: str, profile: str, seed: int, attack: str, norm: str, eps: float,
+              n_test: int | None) -> str:
+    """What an audit's outcome depends on: the checkpoint, the whole bench.toml, the base attack, the threat
+    model, the test points and the seed."""
+    from .runner import checkpoint_key
+
+    ckpt = checkpoint_key(env.cfg.defense(defense, dataset, profile), dataset, seed)
+    return content_hash({"checkpoint": ckpt, "config": content_hash(env.cfg.path.read_text()), "attack": attack,
+                         "norm": norm, "eps": float(eps), "n": n_test or env.cfg.profiles[profile].n_test,
+                         "seed": seed})
+
+
+def _read(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
 
 
 def summary(report: dict) -> str:

@@ -43,7 +43,9 @@ def run(
 
     Several cells, --matrix or any scheduler option run the cells as a cached DAG on worker processes (one per
     GPU) or on Ray: a failed training blocks only its own cells, and the rest go on. Finished cells are skipped
-    on re-run, so an interrupted run (Ctrl-C or kill -9) resumes where it stopped."""
+    on re-run, so an interrupted run (Ctrl-C or kill -9) resumes where it stopped. Under a profile with
+    `audit = true` each defense is then audited (bench audit) once per threat model of the attacks, and the
+    leaderboard shows the adapted numbers."""
     from .report import render
     from .runner import run as run_cells
 
@@ -71,6 +73,12 @@ def run(
                              devices=devices or device or "auto", backend=backend or ("ray" if ray_address else "local"),
                              ray_address=ray_address, shards=shards or 1, plain=plain)
         done = {(d, profile) for d in datasets}
+    if cfg.profiles[profile].audit:  # the profile's audit switch: after the cells, before the tables that show it
+        from .audit import audit_matrix
+
+        failed = {(r["dataset"], r["defense"]) for r in summary.problems} if scheduled else set()
+        audit_matrix(env, defenses, attacks, sorted({d for d, _ in done}), profile,
+                     s.seed if seed is None else seed, n_test, force, skip=failed)
     for ds, prof in sorted(done):
         path = render(env.store.rows(), ds, prof, env.store.root)
         if path:

@@ -44,6 +44,9 @@ class Profile(StrictModel):
     # plug-in that has no bench.toml entry (or no table for this profile) to the profile's training size. Attacks
     # get none: a shared key means different things to them (FGSM's steps = 1 is what makes it FGSM).
     defense_defaults: dict[str, Any] = Field(default_factory=dict)
+    # a matrix run under this profile also runs `bench audit` on each of its defenses, once per threat model of
+    # its white-box bounded attacks, after the cells (an audit costs ~10 cells: off unless asked for)
+    audit: bool = False
 
 
 class DatasetEntry(StrictModel):

@@ -77,9 +77,10 @@ def check_note(name: str, check: dict) -> str:
 class Results:
     """Rows of results.csv reduced to the latest row per cell key, plus their manifests (read on demand)."""
 
-    def __init__(self, rows: list[dict], runs_dir: Path | None = None):
+    def __init__(self, rows: list[dict], runs_dir: Path | None = None, audits: list[dict] | None = None):
         self.rows = rows
         self.runs_dir = Path(runs_dir) if runs_dir else None
+        self.audits = audits or []  # bench audit reports (results/audit/*.json)
         self._manifests: dict[str, dict | None] = {}
         # a stable sort keeps file order among equal timestamps, so the row written last wins
         ordered = sorted(enumerate(rows), key=lambda ir: (ir[1].get("timestamp", ""), ir[0]))
@@ -89,8 +90,10 @@ class Results:
 
     @classmethod
     def load(cls, root: Path) -> "Results":
+        from .audit import load_reports
+
         store = ResultsStore(root)
-        return cls(store.rows(), store.manifest_dir)
+        return cls(store.rows(), store.manifest_dir, load_reports(root))
 
     def latest_rows(self, **where) -> list[dict]:
         return [r for r in self.latest.values() if all(str(r.get(k, "")) == str(v) for k, v in where.items())]
@@ -341,6 +344,33 @@ def _count(v: float) -> str:
     return f"{v:.0f}"
 
 
+def audited_cell(sl: Slice, defense: str, notes: Notes) -> Cell:
+    """The audits of a defense (bench audit): per threat model the adapted number, the per-point worst case over
+    the base attack and every attack the audit added, beside the base attack's own. An audit of another
+    checkpoint than the rows' is left out, with a footnote."""
+    ckpts = {r.get("defense_ckpt") for r in sl.rows_of(defense)} - {"", None}
+    parts = []
+    for a in sorted((a for a in sl.results.audits if a["defense"] == defense and a["dataset"] == sl.dataset
+                     and a["profile"] == sl.profile and str(a.get("seed")) == sl.seed),
+                    key=lambda a: (a["norm"], a["eps"])):
+        tm = f"{NORM_NAMES.get(a['norm'], a['norm'])} {format_eps(a['norm'], str(a['eps']))}"
+        if ckpts and a.get("checkpoint") not in ckpts:
+            notes.mark(f"{defense}: the audit at {tm} is of checkpoint {a.get('checkpoint')}, not the one these "
+                       f"rows attacked; re-run bench audit")
+            continue
+        adapted, original = 100 * a["adapted"]["robust_acc"], 100 * a["original"]["robust_acc"]
+        text = f"{tm}: {adapted:.1f}"
+        if adapted < original:
+            text += f" (was {original:.1f})"
+        failed = [k for k, c in a.get("checks", {}).items() if c.get("verdict") == "fail"]
+        if failed:
+            text += " ⚠ " + notes.mark(f"{defense} audit at {tm} (n = {a['n']}): failed {', '.join(failed)}; the "
+                                       f"adapted number is the per-point worst case over "
+                                       f"{', '.join(a['adapted'].get('attacks', []))}")
+        parts.append(text)
+    return Cell("; ".join(parts))
+
+
 def cost_cells(sl: Slice, defense: str) -> list[str]:
     """Attack wall seconds, forward / backward image passes (summed over the row's cells), training seconds, device."""
     rows = sl.rows_of(defense)
@@ -453,16 +483,24 @@ def leaderboard(results: Results, dataset: str, profile: str, seed=None) -> Tabl
         return None
     notes = Notes()
     attacks = sl.attacks()
+    # the column only when some defense of this table was audited
+    audit_col = any(a["defense"] in sl.defenses() and a["dataset"] == dataset and a["profile"] == profile
+                    and str(a.get("seed")) == sl.seed for a in results.audits)
     header = ["defense", "clean", *(attack_label(sl, a) for a in attacks), "worst case",
-              "attack s", "fwd passes", "bwd passes", "train s", "device"]
+              *(["audited (adapted)"] if audit_col else []), "attack s", "fwd passes", "bwd passes", "train s", "device"]
     body = []
     for d in sl.defenses():
         ran = [a for a in attacks if (d, a) in sl.cells]
         body.append([d, clean_cell(sl, d, notes).text, *(attack_cell(sl, d, a, notes).text for a in attacks),
-                     worst_cell(sl, d, ran, notes).text, *cost_cells(sl, d)])
+                     worst_cell(sl, d, ran, notes).text,
+                     *([audited_cell(sl, d, notes).text] if audit_col else []), *cost_cells(sl, d)])
     what = ("Accuracy % ± 95 % Wilson half-width; minimum-norm attacks: mean perturbation norm of fooled points. "
             "Worst case: per sample over every attack run on that defense (all norms; minimum-norm attacks at "
             "their eps, if they have one). Costs summed over the defense's cells.")
+    if audit_col:
+        what += (" Audited: bench audit's adapted number per threat model, the per-point worst case over the base "
+                 "attack and the attacks it added (more effort, the other loss, FGSM, black-box, EOT, BPDA); the "
+                 "lower number is the defense's for that threat model.")
     return Table(f"Leaderboard — {dataset} / {profile}", header, body, caption([sl], what), notes.items)
 
 

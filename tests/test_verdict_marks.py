@@ -192,3 +192,39 @@ def test_spec_tables_mark_cells_and_the_worst_route(tmp_path):
     notes = " ".join(table.notes)
     assert "attack failed: zero gradients" in notes and "natural worst case unreliable" in notes
     assert "cw_linf" not in notes.split("natural worst case unreliable")[1]  # a warn does not make it unreliable
+
+
+def _audit_report(root, defense="natural", checkpoint="ckpt", original=0.49, adapted=0.03, failed=("black_box",)):
+    """A bench audit report as bench.audit.write leaves it (only the fields the tables read)."""
+    from bench.audit import write as write_report
+
+    checks = {k: check("fail" if k in failed else "pass", "x", "why") for k in ("black_box", "unbounded")}
+    return write_report({"defense": defense, "dataset": "cifar10", "profile": "quick", "seed": 0, "norm": "linf",
+                         "eps": 8 / 255, "n": N, "checkpoint": checkpoint, "checks": checks,
+                         "original": {"robust_acc": original}, "adapted": {"robust_acc": adapted,
+                                                                           "attacks": ["base", "transfer_natural"]}},
+                        root)
+
+
+def test_audited_column_shows_the_adapted_number_and_the_failed_audit_checks(tmp_path):
+    write(tmp_path, [cell("natural", "pgd_linf", CORRECT, fooling(N, range(10, 59)))])
+    _audit_report(tmp_path)
+    table = leaderboard(Results.load(tmp_path), "cifar10", "quick")
+    audited = _row_of(table, "natural")["audited (adapted)"]
+    assert audited.startswith("Linf 8/255: 3.0 (was 49.0) ⚠")
+    note = table.notes[_marks(audited)[0] - 1]
+    assert "failed black_box" in note and "transfer_natural" in note and "n = 100" in note
+    # render() (what bench run and bench table write) reads the same reports
+    md = render(Results.load(tmp_path).rows, "cifar10", "quick", tmp_path).read_text()
+    assert "audited (adapted)" in md and "3.0 (was 49.0)" in md
+
+
+def test_no_audit_no_column_and_an_audit_of_another_checkpoint_is_not_shown(tmp_path):
+    write(tmp_path, [cell("natural", "pgd_linf", CORRECT, fooling(N, range(10, 59)))])
+    assert "audited (adapted)" not in leaderboard(Results.load(tmp_path), "cifar10", "quick").header
+    _audit_report(tmp_path, checkpoint="an-older-one")
+    (tmp_path / "audit" / "torn.json").write_text('{"defense": "natu')  # a torn report is skipped, never fatal
+    table = leaderboard(Results.load(tmp_path), "cifar10", "quick")
+    assert "audited (adapted)" in table.header
+    assert _row_of(table, "natural")["audited (adapted)"] == ""
+    assert any("checkpoint an-older-one" in n and "re-run bench audit" in n for n in table.notes)

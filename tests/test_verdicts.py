@@ -123,3 +123,38 @@ def test_audit_finds_the_masking_and_reports_an_adapted_number_near_the_truth(pl
     assert report["verdict"] == "fail", report["checks"]
     assert adapted <= truth + 0.05, (original, adapted, truth)
     assert original - adapted >= 0.05, (original, adapted, truth)  # the adaptation found what the base attack missed
+
+
+def test_profile_audit_switch_audits_each_defense_after_its_cells_and_the_leaderboard_shows_it(planted_env):
+    """[profiles.P] audit = true: `bench run` audits each defense once per threat model of its attacks (the
+    iterative attack as the base, not FGSM), keeps an up-to-date report on re-run, and the leaderboard shows
+    the adapted number beside the original."""
+    from typer.testing import CliRunner
+
+    from bench.audit import threat_models
+    from bench.cli import app
+
+    root = planted_env.store.root / "switch"
+    root.mkdir()
+    text = planted_env.cfg.path.read_text().replace("[profiles.smoke]\n", "[profiles.smoke]\naudit = true\n", 1)
+    (root / "bench.toml").write_text(text)
+    (root / "cache").symlink_to(planted_env.cache.root, target_is_directory=True)
+    assert threat_models(planted_env, ["fgsm", "pgd_linf", "pgd_l2"], "cifar10", "smoke") == [
+        ("pgd_linf", f"linf:{8 / 255!r}"), ("pgd_l2", "l2:0.6")]
+    args = ["run", "-d", "planted_round", "-a", "pgd_linf", "-a", "fgsm", "--profile", "smoke", "--n-test", "40",
+            "--plain", "--config", str(root / "bench.toml"), "--results-dir", str(root),
+            "--data-root", str(planted_env.data_root), "--device", "cpu"]
+    first = CliRunner().invoke(app, args)
+    assert first.exit_code == 0, first.output
+    (report_file,) = (root / "audit").glob("planted_round-cifar10-smoke-linf-*.json")
+    report = json.loads(report_file.read_text())
+    assert report["attack"] == "pgd_linf" and report["verdict"] == "fail" and report["n"] == 40
+    assert report["adapted"]["robust_acc"] < report["original"]["robust_acc"]
+    board = (root / "leaderboard.md").read_text()
+    assert "audited (adapted)" in board
+    line = next(ln for ln in board.splitlines() if ln.startswith("| planted_round"))
+    assert f"Linf 8/255: {100 * report['adapted']['robust_acc']:.1f} (was " in line, line
+    before = report_file.read_bytes()
+    second = CliRunner().invoke(app, args)
+    assert second.exit_code == 0 and "up to date" in second.output, second.output
+    assert report_file.read_bytes() == before

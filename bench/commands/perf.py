@@ -77,3 +77,47 @@ def register(app) -> None:
         typer.echo(format_result(res))
         if json_out:
             atomic_write_json(json_out, out)
+
+
+    @app.command("perf-checks")
+    def perf_checks(
+        defense: list[str] = typer.Option(["natural"], "--defense", "-d", help="Defense entry; repeat for several."),
+        attack: list[str] = typer.Option(["pgd_linf"], "--attack", "-a", help="Attack entry; repeat for several."),
+        n_test: Optional[int] = typer.Option(None, "--n-test", min=1, help="Test images (default: the cell's, i.e. the profile's n_test)."),
+        repeats: int = typer.Option(3, "--repeats", min=1, help="Interleaved repeats of checks on / off (medians are reported)."),
+        threads: int = typer.Option(0, "--threads", min=0, help="torch CPU threads (0 = torch's default)."),
+        json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the numbers to this JSON file."),
+        profile: Optional[str] = ProfileOpt,
+        dataset: Optional[str] = DatasetOpt,
+        seed: Optional[int] = SeedOpt,
+        device: Optional[str] = DeviceOpt,
+        config: Optional[Path] = ConfigOpt,
+        data_root: Optional[Path] = DataOpt,
+        results_dir: Optional[Path] = ResultsOpt,
+    ):
+        """What the per-cell verdict checks cost: each cell's attack with the checks on and off, in one run.
+
+        Prints, per defense x attack, the attack's time without and with the checks, the overhead (target
+        <= 10 %) and the model probes' share, and checks both runs fooled the same points."""
+        from bench.perf_checks import check_share, format_share
+        from bench.store import atomic_write_json
+
+        import torch
+
+        if threads:
+            torch.set_num_threads(threads)
+        env = _env(config, data_root, device, results_dir)
+        s = env.cfg.settings
+        dataset, profile = dataset or s.dataset, profile or s.profile
+        seed = s.seed if seed is None else seed
+        for d in defense:
+            env.cfg.defense(d, dataset, profile)
+        for a in attack:
+            env.cfg.attack(a, dataset, profile)
+        out = []
+        for d in defense:
+            for a in attack:
+                out.append(check_share(env, d, a, dataset, profile, seed, n_test, repeats))
+                typer.echo(format_share(out[-1]))
+        if json_out:
+            atomic_write_json(json_out, {"cells": out})
