@@ -15,7 +15,7 @@ from . import progress, provenance, verdicts
 from .cpu_memory import keep_freed_memory
 from .attack import AttackContext, PassCounter, perturbation_norm
 from .config import Config, load_config
-from .data import dataset_info, load_split, load_subset, resolve_data_root, subset_indices
+from .data import TEST_SET_SIZE, dataset_info, load_split, load_subset, resolve_data_root, subset_indices
 from .errors import BenchError
 from .exact import exact_fp32
 from .stats import wilson_interval
@@ -151,6 +151,10 @@ def resolve_cell(env: Env, defense: str, attack: str, dataset: str, profile: str
     ares = cfg.attack(attack, dataset, profile)
     # an expensive attack may cap its test points in bench.toml (ZOO: 100 images); --n-test still wins
     n_test = n_test or getattr(ares.params, "n_test", 0) or prof.n_test
+    size = TEST_SET_SIZE.get(dataset)
+    if size and n_test > size:  # subset_indices would quietly take the whole test set instead (both run paths)
+        raise BenchError(f"n_test = {n_test} for {defense} × {attack} is more than the {size} test images of "
+                         f"{dataset}. Allowed: 1 to {size} (--n-test, or n_test in bench.toml).")
     return dres, ares, n_test, cell_key(dataset, dres, ares, profile, seed, n_test)
 
 
@@ -384,14 +388,10 @@ def run_cell(env: Env, defense: str, attack: str, dataset: str, profile: str, se
              n_test: int | None = None, force: bool = False, *, batch_size: int | None = None) -> dict:
     """Train (or reuse) the defense, attack it on the seeded test subset and append one row (skipped when a
     finished row exists, unless `force`). `batch_size` caps the attack's batch (see `attack_part`)."""
-    from .data import TEST_SET_SIZE, check_files
+    from .data import check_files
     from .store import ensure_writable_dir
 
     _, _, n_test, cell = resolve_cell(env, defense, attack, dataset, profile, seed, n_test)
-    size = TEST_SET_SIZE.get(dataset)
-    if size and n_test > size:  # subset_indices would quietly take the whole test set instead
-        raise BenchError(f"n_test = {n_test} for {defense} × {attack} is more than the {size} test images of "
-                         f"{dataset}. Allowed: 1 to {size} (--n-test, or n_test in bench.toml).")
     seen = env.store.ok_rows(cell)
     if not force and seen:
         progress.log(f"[{defense} × {attack}] finished earlier (cell {cell}); skipping (use --force to redo)")

@@ -107,10 +107,15 @@ def safe_torch_load(path: Path, map_location="cpu"):
 _held = threading.local()  # the locks this thread holds: file_lock is re-entrant within a thread
 
 
+class LockBusy(BlockingIOError):
+    """file_lock(wait=False) found the lock held by another process or thread."""
+
+
 @contextlib.contextmanager
-def file_lock(path: Path, wait_message: str | None = None):
+def file_lock(path: Path, wait_message: str | None = None, wait: bool = True):
     """An advisory lock next to `path` (`<path>.lock`), so concurrent writers (threads, workers, processes) take
-    turns. Re-entrant within a thread; `wait_message` is logged when another holder makes this one wait."""
+    turns. Re-entrant within a thread; `wait_message` is logged when another holder makes this one wait;
+    `wait=False` raises LockBusy instead of waiting (the scheduler's loop must not stall on one cell)."""
     lock_path = Path(path).with_name(Path(path).name + ".lock")
     held = _held.__dict__.setdefault("paths", {})
     key = (os.getpid(), os.path.abspath(lock_path))
@@ -127,6 +132,8 @@ def file_lock(path: Path, wait_message: str | None = None):
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            if not wait:
+                raise LockBusy(f"{lock_path} is held by another run") from None
             if wait_message:
                 from . import progress
 
@@ -185,7 +192,9 @@ class ArtifactCache:
         atomic_write_bytes(target, data)
         return target
 
-    def load(self, kind: str, key: str) -> tuple[dict, dict]:
+    def _read_verified(self, kind: str, key: str) -> tuple[bytes, bool]:
+        """The artifact's bytes, checked against the sha256 in its metadata (StoreError with the remedy when they
+        differ), and whether there was a sha256 to check."""
         path, side = self.path(kind, key), self.path(kind, key, ".json")
         try:
             data = path.read_bytes()
@@ -198,6 +207,18 @@ class ArtifactCache:
         if recorded and hashlib.sha256(data).hexdigest() != recorded:
             raise StoreError(f"{path} is damaged: its sha256 differs from the one recorded in {side} when it was "
                              f"saved ({len(data)} bytes now), e.g. a truncated copy. {_remedy(path, side)}")
+        return data, bool(recorded)
+
+    def verify(self, kind: str, key: str) -> None:
+        """Raise StoreError (naming the file and the remedy) when the cached entry cannot be loaded: the scheduler
+        checks each checkpoint it will use once, before its cells run, instead of each cell failing on it."""
+        data, checked = self._read_verified(kind, key)
+        if not checked:  # no sha256 recorded: only a load tells whether the file is whole
+            _torch_load_bytes(data, self.path(kind, key), also=self.path(kind, key, ".json"))
+
+    def load(self, kind: str, key: str) -> tuple[dict, dict]:
+        path, side = self.path(kind, key), self.path(kind, key, ".json")
+        data, _ = self._read_verified(kind, key)
         payload = _torch_load_bytes(data, path, also=side)
         try:
             return payload, json.loads(payload.pop("meta_json"))
@@ -273,9 +294,10 @@ class ResultsStore:
     def has(self, cell: str) -> bool:
         return bool(self.ok_rows(cell))
 
-    def cell_lock(self, cell: str, wait_message: str | None = None):
-        """Held while one process computes a cell, so a concurrent run of the same cell waits, then skips it."""
-        return file_lock(self.root / "locks" / f"cell-{cell}", wait_message)
+    def cell_lock(self, cell: str, wait_message: str | None = None, wait: bool = True):
+        """Held while one process computes a cell and writes its row, so a concurrent run of the same cell waits
+        (`wait=False`: raises LockBusy), then finds the row and skips the cell."""
+        return file_lock(self.root / "locks" / f"cell-{cell}", wait_message, wait)
 
     def append(self, row: dict, manifest: dict) -> bool:
         """Write one row (and its manifest); False when another process finished this cell since this object

@@ -129,11 +129,12 @@ def test_unknown_command_and_missing_required_option():
     assert_refused(p, 2, "bench train needs --defense")
 
 
-def test_n_test_beyond_the_test_set_from_bench_toml(tmp_path):
+@pytest.mark.parametrize("more", [[], ["-a", "pgd_linf"]], ids=["one-cell", "scheduler"])
+def test_n_test_beyond_the_test_set_from_bench_toml(more, tmp_path):
     cfg = make_config(tmp_path, edit=lambda t: t.replace("n_test = 200\n", "n_test = 20000\n", 1))
-    p = bench(*CELL[:-2], "--config", cfg, "--results-dir", tmp_path / "r")
+    p = bench(*CELL[:-2], *more, "--config", cfg, "--results-dir", tmp_path / "r")
     assert_refused(p, 2, "n_test = 20000", "Allowed: 1 to 10000")
-    assert not (tmp_path / "r" / "cache" / "checkpoints").exists()  # refused before training
+    assert not [f for f in (tmp_path / "r").rglob("*") if f.is_file()]  # refused before training or planning
 
 
 # ------------------------------------------------------------------ bench.toml: strict and finite values
@@ -265,13 +266,25 @@ def test_read_only_results_folder(results_copy):
     assert "fgsm on natural" not in output(p) and (results / "results.csv").read_bytes() == before
 
 
-def test_incomplete_cifar_folder(tmp_path, finished):
+@pytest.mark.parametrize("dataset, folder, kept, missing, more", [
+    ("cifar10", "cifar-10-batches-bin", ["test_batch.bin"], "data_batch_1.bin", []),
+    ("cifar10", "cifar-10-batches-bin", ["test_batch.bin"], "data_batch_1.bin", ["-a", "pgd_linf"]),
+    ("mnist", "MNIST/raw", ["t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"], "train-images-idx3-ubyte",
+     ["-a", "pgd_linf"]),
+], ids=["cifar-one-cell", "cifar-matrix", "mnist-matrix"])
+def test_data_folder_without_the_train_split(dataset, folder, kept, missing, more, tmp_path, finished):
+    """Only the test split present: refused before any work, on the scheduler path too (where the training job
+    used to fail in a worker and write blocked rows)."""
     cfg, _, _ = finished
-    data = tmp_path / "data" / "cifar-10-batches-bin"
+    data = tmp_path / "data" / folder
     data.mkdir(parents=True)
-    shutil.copy(Path(_env()["BENCH_DATA"]) / "cifar-10-batches-bin" / "test_batch.bin", data)
-    p = bench(*CELL, "--config", cfg, "--results-dir", tmp_path / "r", "--data-root", tmp_path / "data")
-    assert_refused(p, 2, str(data), "data_batch_1.bin (missing)", "--data-root")
+    for name in kept:
+        shutil.copy(Path(_env()["BENCH_DATA"]) / folder / name, data)
+    results = tmp_path / "r"
+    p = bench(*CELL, *more, "--dataset", dataset, "--config", cfg, "--results-dir", results,
+              "--data-root", tmp_path / "data")
+    assert_refused(p, 2, str(data), f"{missing}", "(missing)", "--data-root")
+    assert "[scheduler]" not in output(p) and sorted(f.name for f in results.rglob("*") if f.is_file()) == []
 
 
 def test_truncated_checkpoint_names_the_file_and_the_remedy(results_copy):
@@ -282,6 +295,35 @@ def test_truncated_checkpoint_names_the_file_and_the_remedy(results_copy):
     p = bench(*CELL[:-1], "6", "--config", cfg, "--results-dir", results)
     assert_refused(p, 2, str(ckpt), "damaged", f"Delete {ckpt}")
     assert (results / "results.csv").read_bytes() == before
+
+
+@pytest.mark.slow
+@pytest.mark.ci
+def test_damaged_checkpoint_on_the_scheduler_blocks_its_cells_once_with_the_remedy(results_copy):
+    """The scheduler verifies a cached checkpoint once, before its cells run: its training node fails with the
+    file and the remedy, its cells are blocked with that reason (no worker loads it, no cell 'failed' on it), and
+    once the remedy is followed the same command finishes them."""
+    cfg, results = results_copy
+    (ckpt,) = results.glob("cache/checkpoints/*.pt")
+    side = ckpt.with_suffix(".json")
+    ckpt.write_bytes(ckpt.read_bytes()[:5000])
+    (finished_row,) = csv_rows(results)
+    cmd = [*CELL, "-a", "pgd_linf", "-a", "pgd_l2", "--config", cfg, "--results-dir", results]
+    for _ in range(2):  # a re-run says the same once more; it neither retries nor adds rows
+        p = bench(*cmd)
+        out = output(p)
+        assert_refused(p, 2, str(ckpt), "is damaged", f"Delete {ckpt} and {side}")
+        assert out.count("[scheduler] FAILED") == 1 and "using cached checkpoint" not in out, out
+        rows = csv_rows(results)
+        assert rows[0] == finished_row and [r["status"] for r in rows] == ["ok", "blocked", "blocked"], rows
+        assert all(f"{ckpt} is damaged" in r["warnings"] and f"Delete {ckpt}" in r["warnings"] for r in rows[1:])
+    ckpt.unlink()
+    side.unlink()
+    p = bench(*cmd)
+    out = output(p)
+    assert p.returncode == 0 and out.count("[natural] training on") == 1, out
+    rows = csv_rows(results)
+    assert rows[0] == finished_row and len(rows) == 3 and all(r["status"] == "ok" for r in rows), rows
 
 
 def test_malicious_checkpoint_is_refused_without_a_traceback(results_copy, tmp_path):

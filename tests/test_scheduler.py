@@ -205,9 +205,7 @@ def test_plan_is_content_addressed_and_skips_finished_work(tiny_config, data_roo
     # a finished row and a cached checkpoint are done before the run starts
     done = cells[0]
     ResultsStore(tmp_path).append({"cell": done.row["cell"], "status": "ok"}, {})
-    ckpt = env.cache.path("checkpoints", trains[1].spec["key"])
-    ckpt.parent.mkdir(parents=True)
-    ckpt.write_bytes(b"")
+    env.cache.save("checkpoints", trains[1].spec["key"], {"model": {}}, {})  # a whole entry: it verifies
     again = build_plan(env, ["tiny_a", "tiny_a_again", "tiny_b"], ["fgsm", "bim"], ["mnist"], "smoke", 0, N_TEST)
     assert again[done.id].skipped and again[trains[1].id].skipped
     assert sum(j.skipped for j in again.cells()) == 1
@@ -393,3 +391,188 @@ def test_ray_backend_gives_the_local_results(killed_run, tiny_config, data_root,
         assert {k: r[k] for k in COMPARED} == {k: theirs[cell][k] for k in COMPARED}
         assert per_sample(results, cell) == per_sample(local, cell)
     assert checkpoints(results) == checkpoints(local)  # trained in Ray tasks: the same content keys
+
+
+@pytest.mark.slow
+@pytest.mark.ci
+def test_concurrent_matrix_runs_compute_each_cell_once(tiny_config, data_root, tmp_path):
+    """Two `bench run` of the same three cells on the scheduler at once: the parents take each cell's
+    store.cell_lock before its job runs and hold it until the row is written, so no cell is computed twice
+    (before, both computed all three and the store dropped the second row of each). The test holds the first
+    cell's lock until both runs wait for it, so the two runs surely overlap on it."""
+    import threading
+
+    from bench.runner import resolve_cell
+
+    results = tmp_path / "results"
+    attacks = ["pgd_linf", "fgsm", "bim"]
+    env = make_env(tiny_config, data_root, results)
+    cells = {a: resolve_cell(env, "tiny_a", a, "mnist", "smoke", 0, N_TEST)[3] for a in attacks}
+    args = ["run", "-d", "tiny_a", *[x for a in attacks for x in ("-a", a)], "--dataset", "mnist",
+            "--n-test", str(N_TEST), "--devices", "cpu", "--plain", "--config", str(tiny_config),
+            "--data-root", str(data_root), "--results-dir", str(results)]
+    first = cells["pgd_linf"]
+    with ResultsStore(results).cell_lock(first):
+        procs = [bench_cli(*args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+        lines = [[], []]
+        readers = [threading.Thread(target=lambda p=p, out=out: out.extend(p.stdout), daemon=True)
+                   for p, out in zip(procs, lines)]
+        for t in readers:
+            t.start()
+        deadline = time.time() + 300
+        while not all(any(f"computing cell {first}; waiting for it" in line for line in out) for out in lines):
+            assert time.time() < deadline and all(p.poll() is None for p in procs), lines
+            time.sleep(0.2)
+    for p, t in zip(procs, readers):
+        p.wait(timeout=300)
+        t.join(timeout=10)
+    outs = ["".join(out) for out in lines]
+    assert all(p.returncode == 0 for p in procs), outs
+    rows = rows_of(results)
+    assert sorted(r["cell"] for r in rows) == sorted(cells.values()) and all(r["status"] == "ok" for r in rows)
+    for attack in attacks:  # the line each computed cell logs when its row is written
+        assert sum(out.count(f"[tiny_a × {attack}] mnist/smoke n={N_TEST}: clean") for out in outs) == 1, outs
+    assert sum(out.count(f"finished by another run meanwhile (cell {first})") for out in outs) == 1, outs
+    assert not any("its row in" in out for out in outs), outs  # the store never had to drop a duplicate
+    assert sum(out.count("[tiny_a] training on") for out in outs) == 1, outs
+
+
+# ------------------------------------------------------------------ kill -9 battery (issue 24)
+
+KILL = """
+[defenses.kill_a]
+# three epochs: kills between epochs, and one between the last epoch and the checkpoint's save
+plugin = "natural"
+epochs = 3
+n_train = 300
+batch_size = 30
+optimizer = "adam"
+lr = 1e-3
+weight_decay = 0.0
+schedule = "constant"
+augment = "none"
+monitor_n = 20
+[defenses.kill_b]
+plugin = "natural"
+epochs = 2
+n_train = 200
+batch_size = 20
+optimizer = "adam"
+lr = 1e-3
+weight_decay = 0.0
+schedule = "constant"
+augment = "none"
+monitor_n = 20
+# batches of 4 points: a kill can land between two batches of an attack
+[attacks.fgsm_b4]
+plugin = "fgsm"
+eps = 0.3
+batch_size = 4
+[attacks.pgd_b4]
+plugin = "pgd_linf"
+eps = 0.3
+steps = 5
+step_size = "eps/4"
+restarts = 1
+batch_size = 4
+"""
+HOOK = REPO / "tests" / "pause_hook"  # sitecustomize: BENCH_TEST_PAUSE stops a process at an exact moment
+CKPT = r"checkpoints/[0-9a-f]{16}\.pt$"  # a finished checkpoint (not <key>.partial.pt)
+# (command, where it stops (tests/pause_hook/sitecustomize.py), finished rows then, a line of its log)
+KILLS = [
+    ("one", r"write partial\.pt$ 1", 0, "[kill_a] training on"),  # epoch 1's resume state not yet renamed
+    ("one", r"write partial\.pt$ 2", 0, "[kill_a] training on"),  # epoch 1 saved, epoch 2 not
+    ("one", f"write {CKPT} 1", 0, "resuming training of natural at epoch 2/3"),  # trained, checkpoint not renamed
+    ("one", "call bench.runner.predict 3", 0, "resuming training of natural at epoch 4/3"),  # attack: 2 of its batches
+    ("one", r"write results\.csv$ 1", 0, "using cached checkpoint"),  # row computed, manifest written, csv not
+    ("matrix", r"write partial\.pt$ 1", 0, "1 trainings and 4 attack jobs"),  # kill_b trains in the worker
+    ("matrix", r"write results\.csv$ 2", 1, "[kill_b] training on"),  # first row written, the second not
+    ("matrix", "call bench.runner.predict 3", 1, "0 trainings and 3 attack jobs"),  # the worker mid-attack
+    ("matrix", r"write runs/[0-9a-f]{16}\.json$ 2", 2, "0 trainings and 3 attack jobs"),  # manifest before its row
+    ("matrix", r"write leaderboard\.md$ 1", 4, "0 trainings and 2 attack jobs"),  # every row written, table not
+]
+
+
+def _battery_env(pause: str | None = None) -> dict:
+    env = {**os.environ, "BENCH_PROGRESS": "0", "OMP_NUM_THREADS": "1",  # bitwise results need equal thread counts
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(HOOK), os.environ.get("PYTHONPATH")]))}
+    env.pop("BENCH_TEST_PAUSE", None)
+    if pause:
+        env["BENCH_TEST_PAUSE"] = pause
+    return env
+
+
+def _until_paused(args: list[str], pause: str) -> tuple[subprocess.Popen, str]:
+    """Start `bench` with the pause hook armed; returns once it (or one of its workers) prints PAUSED."""
+    import queue
+    import threading
+
+    proc = subprocess.Popen([sys.executable, "-m", "bench.cli", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=_battery_env(pause))
+    lines: queue.Queue = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout] and None, daemon=True).start()
+    seen, deadline = [], time.time() + 300
+    while not (seen and seen[-1].startswith("PAUSED")):
+        try:
+            seen.append(lines.get(timeout=max(0.1, deadline - time.time())))
+        except queue.Empty:
+            proc.kill()
+            raise AssertionError(f"never paused at {pause!r}:\n{''.join(seen)}")
+        assert proc.poll() is None or not lines.empty(), f"exited before {pause!r}:\n{''.join(seen)}"
+    return proc, "".join(seen)
+
+
+def _no_orphans(pid: int) -> bool:
+    deadline = time.time() + 10
+    while orphans_of(pid) and time.time() < deadline:
+        time.sleep(0.1)
+    return not orphans_of(pid)
+
+
+@pytest.mark.slow
+@pytest.mark.ci
+def test_kill_battery_loses_and_duplicates_nothing(tiny_config, data_root, tmp_path):
+    """kill -9 at ten exact moments (training, saving a checkpoint, attacking, writing a manifest, a row, the
+    leaderboard) of one cell run in-process and of a 2 × 2 matrix on the scheduler, each followed by the next run
+    of the same results folder; at the end every cell exactly once and, cell by cell and sample by sample, the
+    results and checkpoints of an uninterrupted reference run (training resumes bitwise, attacks are seeded)."""
+    config = tmp_path / "bench.toml"
+    config.write_text(tiny_config.read_text() + KILL)
+    common = ["--dataset", "mnist", "--n-test", str(N_TEST), "--config", str(config), "--data-root", str(data_root)]
+    commands = {"one": ["run", "-d", "kill_a", "-a", "fgsm_b4", *common],
+                "matrix": ["run", "-d", "kill_a", "-d", "kill_b", "-a", "fgsm_b4", "-a", "pgd_b4", *common,
+                           "--devices", "cpu", "--plain"]}
+    reference, results = tmp_path / "reference", tmp_path / "results"
+    ref = subprocess.Popen([sys.executable, "-m", "bench.cli", *commands["matrix"], "--results-dir", str(reference)],
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_battery_env())
+    before: list[dict] = []
+    for i, (command, pause, n_rows, logged) in enumerate(KILLS, start=1):
+        proc, out = _until_paused([*commands[command], "--results-dir", str(results)], pause)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+        where = f"kill {i} ({command}, {pause}):\n{out}"
+        assert proc.returncode == -signal.SIGKILL and _no_orphans(proc.pid), where
+        assert logged in out, where
+        rows = rows_of(results)
+        assert not list(results.glob("results.csv.corrupt-*")), where  # every row parses: none torn
+        assert rows[:len(before)] == before and len(rows) == n_rows, where  # nothing lost or rewritten
+        assert len({r["cell"] for r in rows}) == len(rows) and all(r["status"] == "ok" for r in rows), where
+        before = rows
+    final = subprocess.run([sys.executable, "-m", "bench.cli", *commands["matrix"], "--results-dir", str(results)],
+                           capture_output=True, text=True, env=_battery_env(), timeout=300)
+    assert final.returncode == 0 and "4 cells (4 finished earlier), 0 trainings" in final.stderr, final.stderr
+    ref_out = ref.communicate(timeout=300)[0]
+    assert ref.returncode == 0, ref_out
+
+    rows, theirs = rows_of(results), {r["cell"]: r for r in rows_of(reference)}
+    assert rows == before and len(theirs) == 4 and sorted(r["cell"] for r in rows) == sorted(theirs)
+    for r in rows:
+        assert {k: r[k] for k in COMPARED} == {k: theirs[r["cell"]][k] for k in COMPARED}
+        assert per_sample(results, r["cell"]) == per_sample(reference, r["cell"])
+        assert float(r["clean_acc"]) >= 0.3  # points attacked (chance: 0.1): the per-sample comparison has teeth
+    assert checkpoints(results) == checkpoints(reference) and len(checkpoints(results)) == 2
+    for name in checkpoints(results):  # resumed trainings end in the uninterrupted run's weights, bit for bit
+        ours, ref_model = (torch.load(d / "cache" / "checkpoints" / name, weights_only=True)["model"]
+                           for d in (results, reference))
+        assert ours.keys() == ref_model.keys() and all(torch.equal(ours[k], ref_model[k]) for k in ours)
+    assert not list((results / "cache").rglob("*.partial.pt")) and (results / "leaderboard.md").exists()

@@ -9,12 +9,12 @@ resolved config: finished ones are never recomputed, a failed one blocks only it
 command resumes after any interruption, kill -9 included."""
 from __future__ import annotations
 
-from ..data import load_split
+from ..data import check_files, load_split
 from ..errors import BenchError
 from ..runner import Env
 from .core import Scheduler, Summary
 from .jobs import env_spec
-from .plan import Plan, build_plan, parse_shards
+from .plan import PENDING, Plan, build_plan, parse_shards
 from .view import GpuMonitor, make_view
 
 BACKENDS = ("local", "ray")
@@ -49,13 +49,14 @@ def run_matrix(env: Env, defenses: list[str], attacks: list[str], datasets: list
     for name in defenses:  # every bad name fails before any work starts
         for dataset in datasets:
             env.cfg.defense(name, dataset, profile)
-    for dataset in datasets:
+    for dataset in datasets:  # data problems are one clear error before any job starts, not N failed or blocked cells
         env.cfg.check_choice("dataset", dataset, env.cfg.datasets)
-        load_split(dataset, "test", str(env.data_root))  # a missing data root is one clear error, not N failed cells
+        check_files(dataset, env.data_root)  # every file of both splits, as `bench run` of one cell checks
+        load_split(dataset, "test", str(env.data_root))  # no copy at all: downloaded, or where bench looked
     if backend == "ray" and shards == "auto":
         runner.start(env_spec(env))  # the cluster's size decides the shard count
     plan = build_plan(env, defenses, attacks, datasets, profile, seed, n_test, shards, runner.slots, force)
-    todo = [j for j in plan if not j.skipped and j.kind != "merge"]
+    todo = [j for j in plan if j.state == PENDING and j.kind != "merge"]
     cells = plan.cells()
     progress.log(f"[scheduler] {len(cells)} cells ({sum(c.skipped for c in cells)} finished earlier), "
                  f"{sum(j.kind == 'train' for j in todo)} trainings and {sum(j.kind != 'train' for j in todo)} "
@@ -65,8 +66,6 @@ def run_matrix(env: Env, defenses: list[str], attacks: list[str], datasets: list
         if getattr(runner, "started", False):
             runner.stop()
         return Summary(skipped=len(cells))
-    if not runner.started:
-        runner.start(env_spec(env))
     gpus = GpuMonitor()
     try:
         summary = Scheduler(env, plan, runner, make_view(view_plain), gpus).run()

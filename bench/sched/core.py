@@ -3,6 +3,7 @@ into rows (the parent is the only writer of results.csv), retry a crashed or out
 smaller attack batch, mark the dependents of a failed node blocked, and keep everything else running."""
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import time
@@ -11,7 +12,7 @@ from dataclasses import dataclass, field
 from .. import progress, provenance
 from ..errors import BenchError
 from ..runner import Env, _f, _now, log_row, merge_parts
-from ..store import atomic_write_json, content_hash
+from ..store import LockBusy, atomic_write_json, content_hash
 from .jobs import Event, env_spec
 from .local import physical_gpu
 from .plan import BLOCKED, DONE, FAILED, PENDING, RUNNING, Job, Plan
@@ -44,12 +45,16 @@ class Scheduler:
         self.summary = Summary(skipped=sum(j.skipped for j in plan.cells()))
         self.durations: dict[str, list[float]] = {}
         self.t0 = time.time()
+        self.claims: dict[str, contextlib.ExitStack] = {}  # cell key → its held store.cell_lock
+        self.waiting: set[str] = set()  # cells another process computes (logged once)
 
     # ------------------------------------------------------------------ main loop
     def run(self) -> Summary:
-        if not self.backend.started:
-            self.backend.start(env_spec(self.env))
         try:
+            for job in [j for j in self.plan if j.state == FAILED]:  # failed at planning (a damaged checkpoint)
+                self._fail(job, job.reason, "")
+            if self.plan.unfinished() and not self.backend.started:  # no workers when all that is left is blocked
+                self.backend.start(env_spec(self.env))
             while self.plan.unfinished():
                 self._dispatch()
                 if not self.plan.unfinished():
@@ -62,6 +67,9 @@ class Scheduler:
                     self._handle(event)
                 self.view.update(self.snapshot())
         finally:
+            for claim in self.claims.values():
+                claim.close()
+            self.claims.clear()
             self.backend.stop()
             self.summary.seconds = time.time() - self.t0
             self.view.update(self.snapshot(), force=True)
@@ -70,11 +78,47 @@ class Scheduler:
 
     def _dispatch(self) -> None:
         for job in self.plan.ready():
+            if job.kind != "merge" and self.backend.free_slots() == 0:
+                continue
+            if job.state != PENDING or (job.kind != "train" and not self._claim(job)):
+                continue  # found finished by another run, or another run computes it now
             if job.kind == "merge":
                 self._merge(job)
-            elif self.backend.free_slots() > 0:
+            else:
                 job.state, job.started = RUNNING, time.time()
                 self.backend.submit(job.id, job.spec, job.label)
+
+    def _claim(self, job: Job) -> bool:
+        """Take the cell's store.cell_lock (the one `bench run` of a single cell takes) before its first job runs and
+        hold it until its row is written, so concurrent runs never both compute a cell. False while another process
+        holds it (the job stays pending and is tried again next loop) or when, once the lock is ours, the table shows
+        that another run finished the cell meanwhile: its jobs are then done, nothing is computed."""
+        cell = job.spec["cell"]
+        if cell in self.claims:
+            return True
+        claim = contextlib.ExitStack()
+        try:
+            claim.enter_context(self.env.store.cell_lock(cell, wait=False))
+        except LockBusy:
+            if cell not in self.waiting:
+                self.waiting.add(cell)
+                progress.log(f"[{job.label}] another run is computing cell {cell}; waiting for it")
+            return False
+        if len(self.env.store.ok_rows(cell)) > self.plan.finished[cell]:
+            claim.close()
+            progress.log(f"[{job.label}] finished by another run meanwhile (cell {cell}); skipping")
+            for j in self.plan:
+                if j.spec.get("cell") == cell and j.state == PENDING:
+                    j.state, j.skipped = DONE, True
+            self.summary.skipped += 1
+            return False
+        self.claims[cell] = claim
+        return True
+
+    def _release(self, job: Job) -> None:
+        claim = self.claims.pop(job.spec.get("cell"), None)
+        if claim is not None:
+            claim.close()
 
     # ------------------------------------------------------------------ outcomes
     def _handle(self, ev: Event) -> None:
@@ -127,6 +171,7 @@ class Scheduler:
         if job.notes:
             row["warnings"] = " | ".join(filter(None, [row["warnings"], *job.notes]))
         self.env.store.append(row, manifest)
+        self._release(job)
         job.state = DONE
         self.summary.rows.append(row)
         self.summary.ok += 1
@@ -143,7 +188,7 @@ class Scheduler:
             own_cell = job.kind == "shard" and dep.kind == "merge"  # a shard failing is its cell failing
             dep.state = FAILED if own_cell else BLOCKED
             dep.reason = (f"shard {job.spec['shard'][0] + 1}/{job.spec['shard'][1]} failed: {reason}" if own_cell
-                          else f"blocked: {job.label} failed: {reason}")
+                          else f"{job.label} failed: {reason}")
             if dep.writes_row:
                 self._write_problem(dep, dep.state, dep.reason, tb)
 
@@ -158,6 +203,7 @@ class Scheduler:
                     "attack_entry": cfg.attack(r["attack"], r["dataset"], r["profile"]).as_dict(),
                     "error": reason, "traceback": tb}
         self.env.store.append(row, manifest)
+        self._release(job)
         self.summary.rows.append(row)
         setattr(self.summary, status, getattr(self.summary, status) + 1)
 

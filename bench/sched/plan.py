@@ -3,10 +3,12 @@
 artifact or finished row already exists is done before the run starts."""
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import BenchError
+from ..store import StoreError
 from ..runner import Env, attack_batch_size, checkpoint_key, resolve_cell
 
 AUTO_SHARD_MIN_N = 2000  # `--shards auto` splits a cell over the workers only from this many test points
@@ -39,6 +41,8 @@ class Job:
 class Plan:
     jobs: dict[str, Job]
     shard_dir: Path
+    # finished rows per cell when the plan was made: one more later means another run computed the cell meanwhile
+    finished: Counter = field(default_factory=Counter)
 
     def __iter__(self):
         return iter(self.jobs.values())
@@ -97,8 +101,8 @@ def shard_count(shards: int | str, n_test: int, slots: int) -> int:
 def build_plan(env: Env, defenses: list[str], attacks: list[str], datasets: list[str], profile: str, seed: int,
                n_test: int | None = None, shards: int | str = 1, slots: int = 1, force: bool = False) -> Plan:
     """Cross defenses × attacks × datasets into jobs; finished cells and cached checkpoints are marked done."""
-    finished = {r["cell"] for r in env.store.rows() if r["status"] == "ok"}
-    plan = Plan({}, env.cache.root / "shards")
+    finished = Counter(r["cell"] for r in env.store.rows() if r["status"] == "ok")
+    plan = Plan({}, env.cache.root / "shards", finished)
     jobs = plan.jobs
 
     def add(job: Job) -> Job:
@@ -132,7 +136,20 @@ def build_plan(env: Env, defenses: list[str], attacks: list[str], datasets: list
                 if done:
                     job.state, job.skipped = DONE, True
     _skip_unneeded_trainings(plan)
+    _verify_checkpoints(env, plan)
     return plan
+
+
+def _verify_checkpoints(env: Env, plan: Plan) -> None:
+    # a damaged cached checkpoint fails its training node once, with the file and the remedy, before any job runs:
+    # its cells are then blocked with that reason instead of each failing on it in a worker
+    for job in plan:
+        if job.kind == "train" and job.skipped and any(d.state == PENDING and d.kind != "merge"
+                                                       for d in plan.dependents(job.id)):
+            try:
+                env.cache.verify("checkpoints", job.spec["key"])
+            except StoreError as e:
+                job.state, job.skipped, job.reason = FAILED, False, str(e)
 
 
 def _skip_unneeded_trainings(plan: Plan) -> None:
