@@ -23,6 +23,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=N
 def run(
     defense: List[str] = typer.Option(None, "--defense", "-d", help="Defense entry of bench.toml; repeat for several (default: the matrix's)."),
     attack: List[str] = typer.Option(None, "--attack", "-a", help="Attack entry of bench.toml; repeat for several (default: the matrix's)."),
+    model: Optional[str] = typer.Option(None, "--model", help="Evaluate a ready-made model, no training (instead of --defense): FILE.py:FACTORY, MODULE:FACTORY or robustbench:NAME. The factory takes no arguments and returns an nn.Module taking images in [0, 1] (normalization inside the model) and returning logits."),
+    weights: Optional[str] = typer.Option(None, "--weights", help="With --model: the state_dict file, loaded with torch.load(weights_only=True); for robustbench:NAME, RobustBench's model_dir (default ./models)."),
     profile: Optional[str] = ProfileOpt,
     dataset: Optional[str] = DatasetOpt,
     n_test: Optional[int] = typer.Option(None, "--n-test", callback=check_n_test, help="Test images to evaluate: 1 to the test set's size, 10000 (default: the profile's n_test)."),
@@ -47,9 +49,14 @@ def run(
     `audit = true` each defense is then audited (bench audit) once per threat model of the attacks, and the
     leaderboard shows the adapted numbers."""
     from .report import render
+    from .runner import check_ready_made
     from .runner import run as run_cells
 
-    env = _env(config, data_root, device, results_dir)
+    if model is not None or weights is not None:
+        env, defense = _model_env(model, weights, defense, attack, matrix, devices, backend, ray_address, shards,
+                                  config, data_root, device, results_dir, dataset, profile, seed)
+    else:
+        env = _env(config, data_root, device, results_dir)
     cfg, s = env.cfg, env.cfg.settings
     if matrix is not None:
         cfg.check_choice("matrix", matrix or s.matrix, cfg.matrices)
@@ -61,7 +68,10 @@ def run(
     datasets = [dataset] if dataset else (chosen.datasets if matrix is not None else [s.dataset])
     profile = profile or (chosen.profile if matrix is not None else None) or s.profile
     scheduled = (matrix is not None or devices or backend or ray_address or shards or plain
-                 or len(defenses) * len(attacks) > 1)
+                 or len(defenses) * len(attacks) > 1) and model is None  # --model's entry lives in this process
+    for ds in datasets if model is None else []:  # (--model's was checked in _model_env)
+        for name in defenses:  # a ready-made model's wrong file fails here, before a job writes a failed row
+            check_ready_made(env, name, ds, profile, s.seed if seed is None else seed)
     if not scheduled:
         rows = run_cells(defenses, attacks, dataset=datasets[0], profile=profile, seed=seed, n_test=n_test,
                          force=force, env=env)
@@ -88,6 +98,37 @@ def run(
                           for r in summary.problems)
         raise BenchError(f"{summary.failed} cell(s) failed and {summary.blocked} blocked ({summary.ok} finished "
                          f"in this run); their rows in results.csv say why, and re-running retries them. {lines}")
+
+
+def _model_env(model, weights, defense, attack, matrix, devices, backend, ray_address, shards, config, data_root,
+               device, results_dir, dataset, profile, seed):
+    """The Env of `bench run --model`, with the model as an in-memory defense entry, loaded and checked before the
+    results folder is touched: a wrong factory, weights file or output shape leaves nothing behind."""
+    from .runner import Env, check_ready_made
+    from .store import ensure_writable_dir
+    from .user_model import add_model_entry
+
+    if model is None:
+        raise BenchError("--weights goes with --model (the model whose state_dict it is); a bench.toml defense "
+                         "names its weights in its entry.")
+    if defense:
+        raise BenchError("Give --model or --defense, not both: --model evaluates one ready-made model.")
+    others = [o for o, v in (("--matrix", matrix), ("--devices", devices), ("--backend", backend),
+                             ("--ray-address", ray_address), ("--shards", shards)) if v is not None]
+    if others:
+        raise BenchError(f"--model runs its cells in this process and takes no {', '.join(others)}: for the "
+                         f"scheduler, add the model to bench.toml as an entry with plugin = \"pretrained\".")
+    if not attack:
+        raise BenchError("--model needs --attack (an attack entry of bench.toml; repeat for several).")
+    env = Env.create(config=config, data_root=data_root, device=device, results_dir=results_dir)
+    progress.log(f"config {env.cfg.path} · results {env.store.root} · data {env.data_root}")
+    s = env.cfg.settings
+    ds, prof = dataset or s.dataset, profile or s.profile
+    name = add_model_entry(env.cfg, model, weights, list(attack), ds, prof)
+    check_ready_made(env, name, ds, prof, s.seed if seed is None else seed)
+    ensure_writable_dir(env.store.root, "results folder")
+    ensure_writable_dir(env.cache.root, "cache folder")
+    return env, [name]
 
 
 @app.command()

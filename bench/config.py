@@ -21,7 +21,7 @@ from .errors import ConfigError, did_you_mean
 from .params import StrictModel
 from .table_spec import TableSpec, check_table
 
-RESERVED = {"plugin", "description", "dataset", "profile"}
+RESERVED = {"plugin", "description", "dataset", "profile", "extends"}
 DATASET_NAMES = ("cifar10", "mnist", "fashion_mnist")
 
 
@@ -29,6 +29,8 @@ class Settings(StrictModel):
     data_root: str = "data"
     results_dir: str = "results"
     cache_dir: str = "results/cache"
+    zoo_dir: str = "results/zoo"  # committed checkpoints (bench.zoo), looked up after the cache, before training
+    zoo_max_mb: float = Field(100.0, gt=0)  # the repository carries the zoo: keep it small
     seed: int = Field(0, ge=0, le=2**32 - 1)
     profile: str = "smoke"
     dataset: str = "cifar10"
@@ -71,13 +73,24 @@ class Resolved:
     plugin: str
     params: Any
     source: str = ""
+    root: Path | None = field(default=None, compare=False)  # the folder of bench.toml: relative file paths start here
 
     @property
     def cls(self):
         return registry.get_plugin(self.kind, self.plugin)
 
+    def files(self) -> dict:
+        """sha256 of the files a plug-in reads its model from (a `file_digests` classmethod; bench.user_model):
+        computed when asked, not at load time, so an entry whose file is made later still loads."""
+        digests = getattr(self.cls, "file_digests", None)
+        return digests(self.params, self.root) if digests is not None else {}
+
     def as_dict(self) -> dict:
-        return {"name": self.name, "plugin": self.plugin, "params": self.params.model_dump(mode="json")}
+        out = {"name": self.name, "plugin": self.plugin, "params": self.params.model_dump(mode="json")}
+        files = self.files()
+        if files:  # absent for every trained plug-in, so their keys stay what they were
+            out["files"] = files
+        return out
 
 
 @dataclass
@@ -90,6 +103,7 @@ class Config:
     matrices: dict[str, Matrix]
     tables: dict[str, TableSpec] = field(default_factory=dict)  # [tables.*]: paper layouts (bench.table_spec)
     verdicts: Any = None  # [verdicts]: thresholds of the attack-failure checks (bench.verdicts.VerdictSettings)
+    regress: Any = None  # [regress]: thresholds of `bench regress`, per matrix (bench.regress.RegressSettings)
     _cache: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -104,7 +118,7 @@ class Config:
         """The [defenses.X] / [attacks.X] table; a registered plug-in without one gets an empty table (its Params
         defaults), so adding a plug-in takes one file and one decorator, and an entry only tunes it."""
         if name in self.entries[kind]:
-            return self.entries[kind][name]
+            return _inherit(self, kind, name, ())
         return {} if name in registry.plugins(kind) else None
 
     def has(self, kind: str, name: str) -> bool:
@@ -137,6 +151,44 @@ class Config:
 
     def attack(self, name: str, dataset: str, profile: str) -> Resolved:
         return self.resolve("attack", name, dataset, profile)
+
+
+LAYER_TABLES = ("dataset", "profile")  # sub-tables an `extends` merges key by key (and their own profile tables)
+
+
+def _inherit(cfg: Config, kind: str, name: str, chain: tuple[str, ...]) -> dict:
+    """The entry's table with `extends = "PARENT"` resolved, before the layers: the parent's table (itself resolved)
+    with this entry's keys on top; the dataset.D / profile.P / dataset.D.profile.P sub-tables merge key by key, so
+    a variant states only what differs (a variant of pgd_linf keeps its MNIST eps). `plugin` is inherited too."""
+    raw = cfg.entries[kind][name]
+    parent = raw.get("extends") if isinstance(raw, dict) else None
+    if parent is None:
+        return raw
+    table = {"defense": "defenses", "attack": "attacks"}[kind]
+    path = " -> ".join(f"{table}.{n}" for n in (*chain, name, parent))
+    if not isinstance(parent, str) or not parent:
+        raise ConfigError(f"Invalid config: '{table}.{name}.extends' = {parent!r}: give the name of another "
+                          f"[{table}.*] entry.")
+    if parent in (*chain, name):
+        raise ConfigError(f"Invalid config: `extends` makes a cycle: {path}.")
+    if parent not in cfg.entries[kind]:
+        raise ConfigError(f"Invalid config: '{table}.{name}.extends' = {parent!r} ({path}): no [{table}.{parent}] "
+                          f"entry in {cfg.path}. {did_you_mean(parent, sorted(cfg.entries[kind]))}")
+    base = _inherit(cfg, kind, parent, (*chain, name))
+    base = {"plugin": parent, **base}  # an entry without `plugin` is the plug-in of its own name
+    return _merge_layers(base, {k: v for k, v in raw.items() if k != "extends"})
+
+
+def _merge_layers(base: dict, top: dict) -> dict:
+    out = dict(base)
+    for key, value in top.items():
+        if key in LAYER_TABLES and isinstance(value, dict) and isinstance(base.get(key), dict):
+            out[key] = {sub: (_merge_layers(base[key][sub], tbl) if isinstance(tbl, dict)
+                              and isinstance(base[key].get(sub), dict) else tbl) for sub, tbl in value.items()}
+            out[key] = {**{k: v for k, v in base[key].items() if k not in value}, **out[key]}
+        else:
+            out[key] = value
+    return out
 
 
 def _format_validation(err: ValidationError, prefix: str, layers: list[tuple[str, dict]], model) -> str:
@@ -209,7 +261,7 @@ def _resolve_entry(cfg: Config, kind: str, name: str, dataset: str, profile: str
         merged.update(layer)
     params = _validate(cls.Params, merged, prefix, layers)
     _check_budget(params, dataset, prefix, layers, default_norm="linf" if kind == "defense" else None)
-    return Resolved(kind=kind, name=name, plugin=plugin_name, params=params, source=prefix)
+    return Resolved(kind=kind, name=name, plugin=plugin_name, params=params, source=prefix, root=cfg.root)
 
 
 def _check_budget(params, dataset: str, prefix: str, layers, default_norm=None) -> None:
@@ -288,7 +340,8 @@ def load_config(path: str | os.PathLike | None = None) -> Config:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{p} is not valid TOML: {e}.") from None
-    _check_table_keys(raw, {"settings", "profiles", "datasets", "defenses", "attacks", "matrices", "tables", "verdicts"},
+    _check_table_keys(raw, {"settings", "profiles", "datasets", "defenses", "attacks", "matrices", "tables", "verdicts",
+                           "regress"},
                       "")
     settings = _validate(Settings, raw.get("settings", {}), "settings")
     profiles = {k: _validate(Profile, v, f"profiles.{k}") for k, v in raw.get("profiles", {}).items()}
@@ -305,8 +358,11 @@ def load_config(path: str | os.PathLike | None = None) -> Config:
     from .verdicts import VerdictSettings
 
     verdicts = _validate(VerdictSettings, raw.get("verdicts", {}), "verdicts")
+    from .regress import RegressSettings
+
+    regress = _validate(RegressSettings, raw.get("regress", {}), "regress")
     cfg = Config(path=p, settings=settings, profiles=profiles, datasets=datasets, entries=entries, matrices=matrices,
-                 tables=tables, verdicts=verdicts)
+                 tables=tables, verdicts=verdicts, regress=regress)
 
     cfg.check_choice("settings.profile", settings.profile, profiles)
     cfg.check_choice("settings.dataset", settings.dataset, datasets)
@@ -320,6 +376,7 @@ def load_config(path: str | os.PathLike | None = None) -> Config:
         for name, entry in table.items():
             if not isinstance(entry, dict):
                 raise ConfigError(f"Invalid config: [{kind}s.{name}] must be a table.")
+            entry = cfg.entry(kind, name)  # `extends` resolved: a cycle or an unknown parent fails at load time
             _check_override_names(cfg, kind, name, entry)
             for d in datasets:
                 for prof in profiles:
@@ -335,4 +392,5 @@ def load_config(path: str | os.PathLike | None = None) -> Config:
             cfg.check_choice(f"profile in matrices.{mname}", m.profile, profiles)
     for tname, spec in tables.items():
         check_table(cfg, tname, spec)
+    regress.check(cfg)
     return cfg

@@ -78,6 +78,9 @@ class Defense:
     stochastic: ClassVar[bool] = False  # attacks must use EOT; evaluation may ensemble
     non_differentiable: ClassVar[tuple[str, ...]] = ()  # parts whose autograd gradient is masked or zero
     surrogates: ClassVar[tuple[str, ...]] = ()  # backward surrogates attacks may select by name
+    # concrete surrogates `bench audit` tries (instances of templates such as 'smooth:S'); default: the concrete
+    # entries of `surrogates`
+    audit_surrogates: ClassVar[tuple[str, ...]] = ()
     progress: float = 0.0  # epochs of training done so far (fractional), set by the training loop before each batch
 
     def __init__(self, params: DefenseParams, dataset_info, dataset_arch: str = "resnet32"):

@@ -22,6 +22,12 @@ def render(rows: list[dict], dataset: str, profile: str, out_dir: Path, seed=Non
         return None
     if (out_dir / PLOTS_PAGE).exists():
         table.links.append(f"Plots: [{PLOTS_PAGE}]({PLOTS_PAGE})")
+    from . import threat_board
+
+    # the per-threat-model leaderboards (RobustBench's layout) and their numeric exports, from the same rows
+    index = threat_board.write(results, dataset, profile, out_dir, seed)
+    if index is not None:
+        table.links.append(f"Per threat model: [{index.relative_to(out_dir)}]({index.relative_to(out_dir)})")
     return table.write(out_dir, "leaderboard", latex)
 
 

@@ -62,12 +62,17 @@ def _build_defense(env: Env, name: str, dataset: str, profile: str):
     defense.entry_name = name
     # artifacts a defense builds before training (e.g. the sparse front end's dictionary) go to the run's cache
     defense.cache, defense.data_root = env.cache, env.data_root
+    defense.config_root = resolved.root  # a ready-made model's files (bench.user_model) are relative to bench.toml
     return resolved, defense
 
 
 def checkpoint_key(resolved, dataset: str, seed: int) -> str:
-    return content_hash({"plugin": resolved.plugin, "params": resolved.params.model_dump(mode="json"),
-                         "dataset": dataset, "seed": seed, "format": CHECKPOINT_FORMAT})
+    key = {"plugin": resolved.plugin, "params": resolved.params.model_dump(mode="json"), "dataset": dataset,
+           "seed": seed, "format": CHECKPOINT_FORMAT}
+    files = resolved.files()
+    if files:  # a model read from files (bench.user_model) is its files' contents, not their names
+        key["files"] = files
+    return content_hash(key)
 
 
 def train(defense: str, dataset: str | None = None, profile: str | None = None, seed: int | None = None,
@@ -85,6 +90,19 @@ def train(defense: str, dataset: str | None = None, profile: str | None = None, 
     with torch.random.fork_rng(devices=[]):  # initial weights from the seed, not from what ran before in this process
         torch.manual_seed(seed)
         model = d.build_model()
+    if getattr(d, "evaluation_only", False):
+        # a ready-made model (bench.user_model): nothing to train or cache, so no training split, no lock and no
+        # checkpoint file; its key (above) holds its files' sha256
+        meta = {"defense": defense, "plugin": resolved.plugin, "params": resolved.params.model_dump(mode="json"),
+                "files": resolved.files(), "dataset": dataset, "seed": seed, "profile": profile,
+                "evaluation_only": True, "history": [], "flags": {}, "train_seconds": 0.0,
+                "git_sha": provenance.git_sha(), "versions": provenance.versions(),
+                "device": provenance.device_name(env.device), "created": _now()}
+        progress.log(f"[{defense}] evaluating the model as given, no training (key {key})")
+        return TrainedDefense(d, model.to(env.device).eval(), meta, key)
+    from .zoo import restore_from_zoo
+
+    restore_from_zoo(env, key, defense)  # a committed checkpoint enters the cache (verified) instead of training
     with contextlib.ExitStack() as held:
         if not env.cache.has("checkpoints", key):
             from .data import check_files
@@ -187,9 +205,19 @@ def attack_part(env: Env, defense: str, attack: str, dataset: str, profile: str,
     i-th of k runs of whole batches. `batch_size` below the nominal one splits each batch further (a retry
     after running out of memory); results then differ from the nominal run only through the attack's
     randomness. Merge the parts of a cell with `merge_parts`."""
-    prof = env.cfg.profiles[profile]
     dres, ares, n_test, cell = resolve_cell(env, defense, attack, dataset, profile, seed, n_test)
     trained = train(defense, dataset, profile, seed, env=env)
+    part = attack_trained(env, trained, ares, dataset, profile, seed, n_test, shard=shard, batch_size=batch_size,
+                          label=f"{attack} on {defense}")
+    return {"cell": cell, "defense": defense, "attack": attack, "dataset": dataset, "profile": profile, "seed": seed,
+            "n_test": n_test, **part, "checkpoint": trained.key, "training": trained.meta}
+
+
+def attack_trained(env: Env, trained: TrainedDefense, ares, dataset: str, profile: str, seed: int, n_test: int, *,
+                   shard: tuple[int, int] = (0, 1), batch_size: int | None = None, label: str = "") -> dict:
+    """The per-sample outcome of attack entry `ares` on a built defense (see `attack_part`): what a cell and
+    bench.evaluate share, so both give the same numbers on the same points."""
+    prof = env.cfg.profiles[profile]
     d, model = trained.defense, trained.model
     atk = ares.cls(ares.params)
     x, y = load_subset(dataset, "test", env.data_root, n_test, seed)
@@ -209,10 +237,9 @@ def attack_part(env: Env, defense: str, attack: str, dataset: str, profile: str,
         attacked = correct.nonzero().squeeze(1)
         lo, hi = shard_range(len(attacked), nominal, shard)
         res = attack_points(env, trained, atk, counter, eval_model, x, y, attacked[lo:hi], bs, ctx,
-                            label=f"{attack} on {defense}", first_position=lo)
+                            label=label, first_position=lo)
     fooled, norms, queries, extra_out = res.fooled, res.norms, res.queries, res.extra
-    return {"cell": cell, "defense": defense, "attack": attack, "dataset": dataset, "profile": profile, "seed": seed,
-            "n_test": n_test, "shard": list(shard), "batch_size": bs, "kind": atk.kind, "norm": atk.norm,
+    return {"shard": list(shard), "batch_size": bs, "kind": atk.kind, "norm": atk.norm,
             "eps": atk.eps, "correct": correct.tolist(), "index": attacked[lo:hi].tolist(),
             "fooled": torch.cat(fooled).tolist() if fooled else [],
             "norms": torch.cat(norms).tolist() if norms else None,
@@ -220,7 +247,6 @@ def attack_part(env: Env, defense: str, attack: str, dataset: str, profile: str,
             "clean_passes": clean_passes, "forward_passes": counter.forward_images - clean_passes,
             "backward_passes": counter.backward_images, "wall_s": time.time() - t0,
             "device": provenance.device_name(env.device), "warnings": sorted(set(ctx.warnings)), "info": ctx.info,
-            "checkpoint": trained.key, "training": trained.meta,
             "probe": res.probe, "checks_s": res.check_s}
 
 
@@ -254,9 +280,9 @@ def attack_points(env: Env, trained: TrainedDefense, atk, counter, eval_model, x
                 t1 = time.time()
                 head = positions[:vs.probe_points]
                 xp, yp = x[head].to(env.device), y[head].to(env.device)
-                probe.model_probe(model, xp, vs)
-                if atk.gradient_based:
-                    probe.gradient_probe(model, xp, yp, atk, d, vs)
+                # the gradient probe's forward is the randomness check's first pass: one forward fewer
+                first = probe.gradient_probe(model, xp, yp, atk, d, vs) if atk.gradient_based else None
+                probe.model_probe(model, xp, vs, first)
                 check_s += time.time() - t1
             ctx.trace = {"vanishing": vs.grad_vanishing, "window_fraction": vs.incomplete_window} if vs.enabled else None
             torch.manual_seed(_batch_seed(ctx.seed, first_position + off))
@@ -440,4 +466,35 @@ def run(defense="natural", attack="pgd_linf", dataset=None, profile=None, seed=N
         env.cfg.defense(name, dataset, profile)
     for name in attacks:
         env.cfg.attack(name, dataset, profile)
-    return [run_cell(env, d, a, dataset, profile, seed, n_test, force) for d in defenses for a in attacks]
+    for name in defenses:
+        check_ready_made(env, name, dataset, profile, seed)
+    rows = [run_cell(env, d, a, dataset, profile, seed, n_test, force) for d in defenses for a in attacks]
+    return [typed_row(r) for r in rows]
+
+
+def check_ready_made(env: Env, name: str, dataset: str, profile: str, seed: int) -> None:
+    """Build a ready-made model (bench.user_model) once before any cell: a wrong factory, weights or output
+    shape then fails before anything is written under the results folder (a trained defense is left alone)."""
+    resolved = env.cfg.defense(name, dataset, profile)
+    if getattr(resolved.cls, "evaluation_only", False):
+        checkpoint_key(resolved, dataset, seed)  # its files' digests: a missing file is named here
+        _build_defense(env, name, dataset, profile)[1].build_model()
+
+
+INT_COLUMNS = ("seed", "n", "n_fooled", "forward_passes", "backward_passes")
+FLOAT_COLUMNS = ("eps", "clean_acc", "robust_acc", "ci_low", "ci_high", "wall_s", "success_rate", "mean_norm",
+                 "median_norm", "queries")
+
+
+def typed_row(row: dict) -> dict:
+    """A result row with numbers as numbers (results.csv and its rows hold text): ints, floats, None for ''."""
+    out = dict(row)
+    for cols, kind in ((INT_COLUMNS, int), (FLOAT_COLUMNS, float)):
+        for c in cols:
+            v = out.get(c)
+            if isinstance(v, str):
+                try:
+                    out[c] = None if v.strip() == "" else kind(float(v)) if kind is int else kind(v)
+                except ValueError:
+                    pass  # a column another tool filled with text: left as it is
+    return out

@@ -90,9 +90,11 @@ class Probe:
         self.state[key] = max(self.state.get(key, 0.0), float(value))
 
     @torch.no_grad()
-    def model_probe(self, model, x: torch.Tensor, s: VerdictSettings) -> None:
-        """Randomness and output form from `random_passes` forward passes of the same batch in eval mode."""
-        outs = [model(x).detach().double() for _ in range(s.random_passes)]
+    def model_probe(self, model, x: torch.Tensor, s: VerdictSettings, first: torch.Tensor | None = None) -> None:
+        """Randomness and output form from `random_passes` forward passes of the same batch in eval mode; `first`:
+        the logits of a pass already made on it (the gradient probe's), which then counts as the first pass."""
+        outs = [first.detach().double()] if first is not None else []
+        outs += [model(x).detach().double() for _ in range(s.random_passes - len(outs))]
         z0 = outs[0]
         scale = z0.abs().amax(1).clamp_min(1e-12)
         spread = torch.stack([(o - z0).abs().amax(1) / scale for o in outs[1:]]).amax(0)
@@ -103,9 +105,10 @@ class Probe:
         probs = (z0 >= 0).all(1) & ((z0.sum(1) - 1).abs() < s.prob_tol)
         self.add("output_probabilities", int(probs.sum()), len(x))
 
-    def gradient_probe(self, model, x: torch.Tensor, y: torch.Tensor, atk, defense, s: VerdictSettings) -> None:
+    def gradient_probe(self, model, x: torch.Tensor, y: torch.Tensor, atk, defense, s: VerdictSettings) -> torch.Tensor:
         """The input gradient of the attack's loss at the clean points, through the backward surrogate in use,
-        computed exactly as the PGD engine computes its steps (float64 loss, per-sample logit rescale)."""
+        computed exactly as the PGD engine computes its steps (float64 loss, per-sample logit rescale). Returns the
+        logits of its forward pass (a surrogate changes the backward only), which model_probe reuses."""
         backward = str(getattr(atk.params, "backward", "autograd") or "autograd")
         settings = PGDSettings(loss=attack_loss_kind(atk), kappa=float(getattr(atk.params, "kappa", 50.0)))
         surrogate = defense.surrogate(model, backward) if defense is not None else contextlib.nullcontext(model)
@@ -115,11 +118,12 @@ class Probe:
                 q.requires_grad_(False)
             with torch.enable_grad(), surrogate as m:
                 x_in = x.detach().clone().requires_grad_(True)
-                _, _, g = _grad(m, x_in, y, settings)
+                _, logits, g = _grad(m, x_in, y, settings)
         finally:
             for q in weights:
                 q.requires_grad_(True)
         self.add("grad_clean", int(dead_gradients(g, s.grad_vanishing).sum()), len(x))
+        return logits
 
     def trace(self, trace: dict | None, robust: torch.Tensor, s: VerdictSettings) -> None:
         """The PGD engine's own record (bench.pgd.run_pgd(trace=...)): dead gradients at the attack's start and

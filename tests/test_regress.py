@@ -1,14 +1,24 @@
-"""`bench regress`: planted regressions are flagged, sampling wobble is not, and the exit codes are 0 / 1 / 2."""
+"""`bench regress`: planted regressions are flagged, sampling wobble is not; a baseline knows its matrix, profile,
+seed and device kind; a damaged baseline is an error naming file and line; the exit codes are 0 / 1 / 2.
+(tests/test_regress_planted.py plants a weaker attack and a weaker defense in real smoke runs.)"""
 import csv
+import json
 import math
+import os
+import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
+from bench.config import load_config
 from bench.errors import BenchError
-from bench.regress import BASELINE_COLUMNS, compare, read_baseline, run_regress, snapshot, two_proportion_p, welch_p
+from bench.regress import (BASELINE_COLUMNS, compare, meta_path, read_baseline, run_regress, snapshot,
+                           two_proportion_p, welch_p, write_from_results)
 from bench.tables import Results
 from synthetic_results import cell, fooling, write
+
+BENCH = Path(sys.executable).with_name("bench")  # the installed console script: real exit codes, real click
 
 N = 1000
 CORRECT = [i >= 100 for i in range(N)]  # 90 % clean
@@ -94,50 +104,183 @@ def test_statistics_match_known_values():
     assert welch_p(1.0, 0.1, 100, 1.0, 0.1, 100) == 1.0 and welch_p(1.0, 0.1, 100, 1.1, 0.1, 100) < 1e-6
 
 
-def test_update_writes_a_baseline_and_run_regress_returns_exit_codes(tmp_path):
-    write(tmp_path / "r", _cells())
-    path = tmp_path / "baselines" / "quick.csv"
-    with pytest.raises(BenchError, match="--update"):
-        run_regress(Results.load(tmp_path / "r"), path, None)
-    code, text = run_regress(Results.load(tmp_path / "r"), path, tmp_path / "r.md", known_profiles={"quick": 1},
-                             update=True)
-    assert code == 0 and "created" in text and path.exists()
-    with open(path) as f:
-        rows = list(csv.DictReader(f))
-    assert list(rows[0]) == BASELINE_COLUMNS and len(rows) == 2 and rows[0]["n_robust"] in ("430", "450")
-    code, text = run_regress(Results.load(tmp_path / "r"), path, tmp_path / "r.md")
-    assert code == 0 and "No regression" in text
-    write(tmp_path / "r", _cells(robust_pgd=350, timestamp="2026-03-01T00:00:00+00:00"))
-    code, text = run_regress(Results.load(tmp_path / "r"), path, tmp_path / "r.md")
-    assert code == 1 and "1 regression" in text and "natural × pgd_linf" in (tmp_path / "r.md").read_text()
-    code, _ = run_regress(Results.load(tmp_path / "r"), path, None, update=True)
-    assert code == 0 and {r["n_robust"] for r in read_baseline(path)} == {"350", "430"}
-    path.write_text("dataset,defense\ncifar10,natural\n")
-    with pytest.raises(BenchError, match="missing columns"):
-        read_baseline(path)
+# ------------------------------------------------------------------------ matrices, sidecars, devices, damage
+
+MATRICES = """
+[matrices.t]
+profile = "smoke"
+datasets = ["cifar10"]
+defenses = ["natural"]
+attacks = ["pgd_linf", "cw_linf"]
+
+[matrices.t3]
+profile = "smoke"
+datasets = ["cifar10"]
+defenses = ["natural"]
+attacks = ["pgd_linf", "cw_linf", "fgsm"]
+"""
 
 
-def _main(monkeypatch, *args) -> int:
-    from bench.cli import main
-
-    monkeypatch.setattr(sys, "argv", ["bench", *args])
-    try:
-        main()
-    except SystemExit as e:
-        return e.code or 0
-    return 0
+@pytest.fixture
+def cfg_path(config_copy):
+    with open(config_copy, "a") as f:
+        f.write(MATRICES)
+    return config_copy
 
 
-def test_cli_exit_codes_are_0_1_2(tmp_path, monkeypatch, capsys):
-    write(tmp_path / "r", _cells(profile="smoke"))
-    base = tmp_path / "smoke.csv"
-    common = ["--baseline", str(base), "--results-dir", str(tmp_path / "r")]
-    assert _main(monkeypatch, "regress", *common) == 2  # no baseline yet: an error, not a pass
-    assert _main(monkeypatch, "regress", *common, "--update") == 0  # the file name says the profile
-    assert _main(monkeypatch, "regress", *common) == 0
-    write(tmp_path / "r", [_cells(profile="smoke", timestamp="2026-05-01T00:00:00+00:00")[0]])
-    (tmp_path / "r" / "results.csv").write_text(
-        "\n".join(l for l in (tmp_path / "r" / "results.csv").read_text().splitlines() if "cw_linf" not in l) + "\n")
-    assert _main(monkeypatch, "regress", *common) == 1  # cw_linf disappeared
-    assert "missing" in (tmp_path / "r" / "regress.md").read_text()
-    assert _main(monkeypatch, "regress", *common, "--profile", "smok") == 2
+@pytest.fixture
+def cfg(cfg_path):
+    return load_config(cfg_path)  # once per test: loading validates every entry of bench.toml
+
+
+def _smoke(robust_pgd=90, robust_cw=86, robust_fgsm=None, device=None, timestamp="2026-01-01T00:00:00+00:00"):
+    """natural × pgd_linf / cw_linf (/ fgsm) at the smoke profile, n = 200 (the ci matrix's size)."""
+    n, clean = 200, 180
+    correct = [i >= n - clean for i in range(n)]
+    out = [cell("natural", "pgd_linf", correct, fooling(n, range(n - clean, n - robust_pgd)), profile="smoke",
+                timestamp=timestamp),
+           cell("natural", "cw_linf", correct, fooling(n, range(n - clean, n - robust_cw)), profile="smoke",
+                timestamp=timestamp)]
+    if robust_fgsm is not None:
+        out.append(cell("natural", "fgsm", correct, fooling(n, range(n - clean, n - robust_fgsm)), profile="smoke",
+                        timestamp=timestamp))
+    for row, _ in out:
+        row["device"] = device or row["device"]
+    return out
+
+
+def _baseline(tmp_path, cfg, matrix="t", **kw) -> Path:
+    write(tmp_path / "b", _smoke(**kw))
+    path = tmp_path / "baselines" / f"{matrix}-smoke-cpu.csv"
+    code, _ = write_from_results(Results.load(tmp_path / "b"), path, None, cfg, matrix)
+    assert code == 0
+    return path
+
+
+def _compare(tmp_path, cfg, base, cells, **kw):
+    write(tmp_path / "now", cells)
+    return run_regress(Results.load(tmp_path / "now"), base, tmp_path / "now.md", cfg, **kw)
+
+
+def test_a_baseline_records_its_matrix_profile_seed_device_kind_and_code_version(tmp_path, cfg):
+    base = _baseline(tmp_path, cfg)
+    meta = json.loads(meta_path(base).read_text())
+    assert {k: meta[k] for k in ("matrix", "profile", "seed", "device_kind", "devices", "code_version", "cells")} == {
+        "matrix": "t", "profile": "smoke", "seed": 0, "device_kind": "cpu", "devices": ["cpu:test"],
+        "code_version": "abc123def456", "cells": 2}
+    assert "bench run --matrix t" in meta["bootstrap"]
+    with open(base) as f:
+        assert list(next(csv.reader(f))) == BASELINE_COLUMNS
+    code, text = _compare(tmp_path, cfg, base, _smoke())
+    assert code == 0 and "No regression** in 2 compared cells" in text and "matrix t, profile smoke" in text
+
+
+def test_only_the_matrix_that_ran_is_compared_and_other_baseline_cells_are_not_regressions(tmp_path, cfg):
+    base = _baseline(tmp_path, cfg, matrix="t3", robust_fgsm=120)
+    code, text = _compare(tmp_path, cfg, base, _smoke(), matrix="t")  # fgsm did not run: not asked for
+    assert code == 0, text
+    assert "not in this run" in text and "natural × fgsm" in text.split("not in this run")[1]
+
+
+def test_a_missing_cell_of_the_matrix_is_a_regression(tmp_path, cfg):
+    base = _baseline(tmp_path, cfg)
+    code, text = _compare(tmp_path, cfg, base, _smoke()[:1])  # cw_linf never ran
+    assert code == 1 and "| cifar10/smoke/seed 0: natural × cw_linf | missing |" in text
+
+
+def test_writing_a_baseline_refuses_an_incomplete_run_and_a_name_that_hides_what_it_holds(tmp_path, cfg):
+    write(tmp_path / "b", _smoke())
+    results = Results.load(tmp_path / "b")
+    with pytest.raises(BenchError, match="1 of the 3 cells of matrix t3.*fgsm.*bench run --matrix t3"):
+        write_from_results(results, tmp_path / "t3-smoke-cpu.csv", None, cfg, "t3")
+    with pytest.raises(BenchError, match="call it .*t-smoke-cpu.csv"):
+        write_from_results(results, tmp_path / "smoke.csv", None, cfg, "t")
+    with pytest.raises(BenchError, match="needs --matrix"):
+        write_from_results(results, tmp_path / "t-smoke-cpu.csv", None, cfg)
+
+
+def test_a_gpu_run_against_a_cpu_baseline_is_an_error_unless_allowed(tmp_path, cfg):
+    base = _baseline(tmp_path, cfg)
+    with pytest.raises(BenchError, match="measured on cuda .*for cpu.*--allow-device-change"):
+        _compare(tmp_path, cfg, base, _smoke(device="cuda:NVIDIA H200"))
+    code, text = _compare(tmp_path, cfg, base, _smoke(device="cuda:NVIDIA H200"), allow_device_change=True)
+    assert code == 0 and "Device kind changed (cpu → cuda" in text
+
+
+def test_the_matrix_tolerance_comes_from_bench_toml_and_the_command_line_overrides_it(tmp_path, cfg_path):
+    with open(cfg_path, "a") as f:
+        f.write("\n[regress.matrices.t]\nmin_change = 0.10\n")
+    cfg = load_config(cfg_path)
+    base = _baseline(tmp_path, cfg)
+    drop = _smoke(robust_pgd=72)  # 45 % -> 36 %: p = 0.07 at n = 200, 9 points
+    code, text = _compare(tmp_path, cfg, base, drop, alpha=0.1)
+    assert code == 0 and "min_change 0.1 ([regress.matrices.t])" in text
+    code, text = _compare(tmp_path, cfg, base, drop, alpha=0.1, min_change=0.05)
+    assert code == 1 and "natural × pgd_linf | drop | robust_acc" in text
+    with open(cfg_path, "a") as f:
+        f.write("[regress.matrices.nope]\nmin_change = 0.1\n")
+    with pytest.raises(BenchError, match="nope"):
+        load_config(cfg_path)
+
+
+def _damage(path: Path, how: str) -> None:
+    lines = path.read_text().splitlines(keepends=True)
+    if how == "torn":  # the write stopped in the middle of the last row
+        path.write_text("".join(lines[:-1]) + lines[-1][: len(lines[-1]) // 2])
+    elif how == "short":  # a row lost its tail but kept a line end
+        path.write_text("".join(lines[:-1]) + ",".join(lines[-1].split(",")[:9]) + "\n")
+    elif how == "column":
+        header = lines[0].rstrip("\n").split(",")
+        i = header.index("n_robust")
+        path.write_text("".join(",".join(c for j, c in enumerate(l.rstrip("\n").split(",")) if j != i) + "\n"
+                                for l in lines))
+    elif how == "number":
+        header = lines[0].rstrip("\n").split(",")
+        fields = lines[2].rstrip("\n").split(",")
+        fields[header.index("robust_acc")] = "0.4x5"
+        path.write_text("".join(lines[:2]) + ",".join(fields) + "\n")
+
+
+@pytest.mark.parametrize("how, message", [
+    ("torn", r"t-smoke-cpu.csv, line 3: the last row has no line end"),
+    ("short", r"t-smoke-cpu.csv, line 3: 9 fields where the header has 21 \(a torn"),
+    ("column", r"t-smoke-cpu.csv, line 1: missing columns n_robust"),
+    ("number", r"t-smoke-cpu.csv, line 3: column robust_acc is '0.4x5', not a finite number"),
+])
+def test_a_damaged_baseline_is_an_error_naming_file_and_line_never_a_regression(tmp_path, cfg, how, message):
+    base = _baseline(tmp_path, cfg)
+    _damage(base, how)
+    with pytest.raises(BenchError, match=message):
+        _compare(tmp_path, cfg, base, _smoke())
+
+
+def test_a_baseline_without_its_sidecar_or_out_of_step_with_it_is_an_error(tmp_path, cfg):
+    base = _baseline(tmp_path, cfg)
+    meta = json.loads(meta_path(base).read_text())
+    meta_path(base).write_text(json.dumps({**meta, "cells": 3}))
+    with pytest.raises(BenchError, match="says 3 cells but .* holds 2"):
+        _compare(tmp_path, cfg, base, _smoke())
+    meta_path(base).unlink()
+    with pytest.raises(BenchError, match="no sidecar"):
+        _compare(tmp_path, cfg, base, _smoke())
+
+
+def _bench(*args) -> tuple[int, str]:
+    p = subprocess.run([str(BENCH), *args], capture_output=True, text=True,
+                       env={**os.environ, "BENCH_PROGRESS": "0", "OMP_NUM_THREADS": "1"})
+    return p.returncode, p.stdout + p.stderr
+
+
+def test_cli_exit_codes_are_0_1_2_from_the_real_entry_point(tmp_path, cfg_path):
+    write(tmp_path / "r", _smoke())
+    base = tmp_path / "t-smoke-cpu.csv"
+    common = ["regress", "--baseline", str(base), "--config", str(cfg_path), "--results-dir", str(tmp_path / "r")]
+    code, out = _bench(*common)
+    assert code == 2 and "not found" in out and "Traceback" not in out  # no baseline yet: an error, not a pass
+    assert _bench(*common, "--matrix", "t", "--write-baseline")[0] == 0  # (exit 0 on a pass: .ci/run, every landing)
+    write(tmp_path / "r", _smoke(robust_pgd=130, timestamp="2026-05-01T00:00:00+00:00"))  # a weaker attack: a rise
+    code, out = _bench(*common)
+    assert code == 1 and "| cifar10/smoke/seed 0: natural × pgd_linf | rise | robust_acc |" in out
+    _damage(base, "torn")
+    code, out = _bench(*common)
+    assert code == 2 and "line 3" in out and "regression" not in out.lower() and "Traceback" not in out

@@ -8,7 +8,7 @@ from typer.testing import CliRunner
 from bench.config import load_config
 from bench.errors import ConfigError
 from bench.plots import render_plots
-from bench.regress import run_regress
+from bench.regress import compare, snapshot
 from bench.report import render, render_specs
 from bench.tables import Results, leaderboard, spec_table
 from synthetic_results import cell, fooling, write
@@ -340,11 +340,10 @@ def test_real_runs_render_leaderboard_worst_case_paper_table_and_plots(env, natu
     assert "accuracy vs eps: pgd_linf, pgd_linf_eps2" in {p.title for p in made}
     # same code, same seed: a forced re-run keeps the same surviving points, and regress sees no change
     first, _ = results.robust_vector(rows[0])
-    baseline = tmp_path / "smoke.csv"
-    assert run_regress(results, baseline, None, ["smoke"], update=True)[0] == 0
+    before = snapshot(results, {"smoke"})  # the records a baseline would hold (no matrix here: compared directly)
     (again,) = bench.run(defense="natural", attack="pgd_linf", dataset="cifar10", profile="smoke", n_test=100,
                          force=True, env=own)
     rerun = Results.load(own.store.root)
     assert rerun.robust_vector(again)[0] == first
-    code, text = run_regress(rerun, baseline, None)
-    assert code == 0 and "No regression" in text and "| drop" not in text and "| rise" not in text
+    changes = [(f.key, f.kind) for f in compare(before, snapshot(rerun, {"smoke"})) if f.kind != "new"]
+    assert changes == []

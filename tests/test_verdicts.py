@@ -18,7 +18,7 @@ from bench.runner import Env, predict, run_cell
 
 pytestmark = [pytest.mark.slow, pytest.mark.ci]
 REPO_TOML = "bench.toml"
-PLANTED = ("planted_round", "planted_saturated", "planted_noise", "planted_probs")
+PLANTED = ("planted_round", "planted_saturated", "planted_noise", "planted_probs", "planted_misleading_backward")
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +112,8 @@ def _truth(planted_env, natural_smoke, defense, n):
     return (clean & adv).float().mean().item()
 
 
-@pytest.mark.parametrize("defense", ["planted_round", "planted_saturated", "planted_noise"])
+@pytest.mark.parametrize("defense", ["planted_round", "planted_saturated", "planted_noise",
+                                     "planted_misleading_backward"])
 def test_audit_finds_the_masking_and_reports_an_adapted_number_near_the_truth(planted_env, natural_smoke, defense):
     from bench.audit import audit
 
@@ -123,6 +124,8 @@ def test_audit_finds_the_masking_and_reports_an_adapted_number_near_the_truth(pl
     assert report["verdict"] == "fail", report["checks"]
     assert adapted <= truth + 0.05, (original, adapted, truth)
     assert original - adapted >= 0.05, (original, adapted, truth)  # the adaptation found what the base attack missed
+    if defense == "planted_misleading_backward":  # healthy-looking gradients: only the BPDA adaptation sees it
+        assert report["checks"]["adaptation"]["verdict"] == "fail", report["checks"]
 
 
 def test_profile_audit_switch_audits_each_defense_after_its_cells_and_the_leaderboard_shows_it(planted_env):

@@ -9,7 +9,7 @@ import typer
 
 from ..errors import BenchError
 
-from ..cli_options import ConfigOpt, OutOpt, ResultsOpt
+from ..cli_options import ConfigOpt, OutOpt, ResultsOpt, check_seed
 
 # reports only read: these say "show", not "run"
 ProfileOpt = typer.Option(None, "--profile", "-p", help="Profile whose cells to show (default from [settings]).")
@@ -37,6 +37,7 @@ def table(
     spec: List[str] = typer.Option(None, "--spec", help="Render this [tables.NAME] paper layout (repeat for several)."),
     paper: bool = typer.Option(False, "--paper", help="Render every [tables.*] paper layout (of --dataset's, when given)."),
     latex: bool = typer.Option(False, "--latex", help="Also write a LaTeX (.tex) version."),
+    html: bool = typer.Option(False, "--html", help="Also write leaderboard.html: one self-contained page (no server, no network) with a tab per dataset / profile / threat model of the results, sortable columns, verdict reasons on hover and worst-case-vs-eps plots."),
     out: Optional[Path] = OutOpt,
     config: Optional[Path] = ConfigOpt,
     results_dir: Optional[Path] = ResultsOpt,
@@ -68,6 +69,11 @@ def table(
         raise BenchError(f"No cells for dataset {dataset}, profile {profile}"
                          f"{'' if seed is None else f', seed {seed}'} in {root / 'results.csv'}. "
                          f"Run `bench run --profile {profile} --dataset {dataset}` first.")
+    if html:
+        from .. import html_board
+
+        page = html_board.write(results, out / "leaderboard.html")
+        typer.echo(f"wrote {page}" if page else "no bounded attack in the results: no HTML page written", err=True)
     typer.echo(path.read_text())
 
 
@@ -105,27 +111,37 @@ def plot(
 
 
 def regress(
-    baseline: Path = typer.Option(..., "--baseline", help="Baseline CSV, e.g. results/baselines/quick.csv."),
-    profile: List[str] = typer.Option(None, "--profile", "-p", help="Profile(s) to compare (default: the baseline's; for a new baseline, its file name)."),
-    alpha: float = typer.Option(0.05, "--alpha", min=0, max=1, help="Significance level of the two-proportion / Welch tests."),
-    min_change: float = typer.Option(0.02, "--min-change", min=0, max=1, help="Minimum absolute accuracy change (fraction; 0.02 = 2 points) to flag."),
-    norm_rtol: float = typer.Option(0.10, "--norm-rtol", min=0, help="Minimum relative change of a mean perturbation norm to flag."),
+    baseline: Path = typer.Option(..., "--baseline", help="Baseline CSV, results/baselines/<matrix>-<profile>-<device>.csv (its sidecar .json says which matrix, profile, seed and device kind)."),
+    matrix: Optional[str] = typer.Option(None, "--matrix", "-m", help="The [matrices.NAME] that ran: its cells are compared, a missing one is a regression, baseline cells outside it are listed as not in this run (default: the baseline's matrix)."),
+    profile: Optional[str] = typer.Option(None, "--profile", "-p", help="Profile of the run (default: the baseline's; with --write-baseline: the matrix's, else [settings])."),
+    seed: Optional[int] = typer.Option(None, "--seed", callback=check_seed, help="With --write-baseline: the seed of the cells to take (default: [settings]); a comparison uses the baseline's."),
+    alpha: Optional[float] = typer.Option(None, "--alpha", min=0, max=1, help="Significance level of the two-proportion / Welch tests (default: [regress] of bench.toml)."),
+    min_change: Optional[float] = typer.Option(None, "--min-change", min=0, max=1, help="Smallest absolute accuracy change (fraction; 0.02 = 2 points) to flag (default: [regress.matrices.M] for the baseline's matrix M, else [regress])."),
+    norm_rtol: Optional[float] = typer.Option(None, "--norm-rtol", min=0, help="Smallest relative change of a mean perturbation norm to flag (default: [regress])."),
     report: Optional[Path] = typer.Option(None, "--report", help="Markdown report path (default: <results>/regress.md)."),
-    update: bool = typer.Option(False, "--update", help="Accept the current numbers: rewrite the baseline from them (exit 0)."),
+    write_baseline: bool = typer.Option(False, "--write-baseline", "--update", help="Write (or accept) the baseline from the latest rows of every cell of --matrix: the CSV and its sidecar (exit 0)."),
+    allow_device_change: bool = typer.Option(False, "--allow-device-change", help="Compare even though this run's device kind (cpu / cuda) differs from the baseline's (otherwise exit 2)."),
     config: Optional[Path] = ConfigOpt,
     results_dir: Optional[Path] = ResultsOpt,
 ):
-    """Compare the latest results with a baseline. Exit code 0 = no regression, 1 = regression, 2 = error.
+    """Compare a matrix run with its baseline. Exit code 0 = no regression, 1 = regression, 2 = error.
 
-    A cell regresses when its clean or robust accuracy moves beyond sampling noise (two-proportion z-test)
-    and by at least --min-change, when it disappears, or when it stops finishing."""
-    from ..regress import run_regress
+    A cell of the matrix regresses when its clean or robust accuracy moves beyond sampling noise (two-proportion
+    z-test) and by at least the baseline's tolerance, when it has no row, or when it stops finishing. A baseline
+    that is torn, lacks a column or holds a non-number is an error naming its file and line."""
+    from ..regress import run_regress, write_from_results
 
     cfg, root, _, _, results = _context(config, results_dir)
-    for p in profile or []:
-        cfg.check_choice("profile", p, cfg.profiles)
-    code, text = run_regress(results, baseline, report or root / "regress.md", list(profile or []) or None,
-                             cfg.profiles, alpha, min_change, norm_rtol, update)
+    if profile is not None:
+        cfg.check_choice("profile", profile, cfg.profiles)
+    if matrix is not None:
+        cfg.check_choice("matrix", matrix, cfg.matrices)
+    out = report or root / "regress.md"
+    if write_baseline:
+        code, text = write_from_results(results, baseline, out, cfg, matrix, profile, seed)
+    else:
+        code, text = run_regress(results, baseline, out, cfg, matrix, profile, allow_device_change,
+                                 alpha=alpha, min_change=min_change, norm_rtol=norm_rtol)
     typer.echo(text)
     if code:
         sys.exit(code)  # SystemExit passes through typer in non-standalone mode, unlike typer.Exit

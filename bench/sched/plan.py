@@ -84,11 +84,18 @@ def surrogate_defenses(env: Env, ares) -> list[str]:
 
 
 def _train_job(env: Env, name: str, dataset: str, profile: str, seed: int) -> Job:
-    key = checkpoint_key(env.cfg.defense(name, dataset, profile), dataset, seed)
+    from ..zoo import ModelZoo
+
+    resolved = env.cfg.defense(name, dataset, profile)
+    key = checkpoint_key(resolved, dataset, seed)
     job = Job(f"train:{key}", "train", f"train {name} ({dataset})",
               {"kind": "train", "defense": name, "dataset": dataset, "profile": profile, "seed": seed, "key": key})
-    if env.cache.has("checkpoints", key):
+    if getattr(resolved.cls, "evaluation_only", False):  # a ready-made model: nothing to train or cache
+        job.state, job.skipped, job.spec["evaluation_only"] = DONE, True, True
+    elif env.cache.has("checkpoints", key):
         job.state, job.skipped = DONE, True
+    elif ModelZoo.of(env.cfg).has(key):  # the cell's train() copies it from the zoo (planning writes nothing)
+        job.state, job.skipped, job.spec["zoo"] = DONE, True, True
     return job
 
 
@@ -146,8 +153,15 @@ def _verify_checkpoints(env: Env, plan: Plan) -> None:
     for job in plan:
         if job.kind == "train" and job.skipped and any(d.state == PENDING and d.kind != "merge"
                                                        for d in plan.dependents(job.id)):
+            if job.spec.get("evaluation_only"):
+                continue
             try:
-                env.cache.verify("checkpoints", job.spec["key"])
+                if job.spec.get("zoo"):
+                    from ..zoo import ModelZoo
+
+                    ModelZoo.of(env.cfg).verify(job.spec["key"])
+                else:
+                    env.cache.verify("checkpoints", job.spec["key"])
             except StoreError as e:
                 job.state, job.skipped, job.reason = FAILED, False, str(e)
 

@@ -5,10 +5,12 @@ training through it would not work (saturated logits, probabilities), so the net
 natural model whose true robustness at Linf 8/255 is ~0 %."""
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn as nn
 
-from bench import Defense, DefenseParams, Field, Number, register_defense
+from bench import BenchError, Defense, DefenseParams, Field, Number, register_defense
 
 
 class _Wrapped(nn.Module):
@@ -84,3 +86,48 @@ class PlantedProbs(_Planted):
 
     def transform(self, net, x):
         return net(x).softmax(1)
+
+
+class _FlipSigns(torch.autograd.Function):
+    """Identity forward; backward multiplies the gradient by a fixed ±1 pattern."""
+
+    @staticmethod
+    def forward(ctx, x, signs):
+        ctx.save_for_backward(signs)
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, g):
+        (signs,) = ctx.saved_tensors
+        return g * signs, None
+
+
+@register_defense("planted_misleading_backward")
+class PlantedMisleadingBackward(_Planted):
+    """Its default backward flips the sign of half the input gradient's pixels (a fixed random pattern): finite,
+    non-zero, input-dependent gradients that every per-cell check finds healthy, but that point nowhere. It
+    declares one backward surrogate, 'exact' (the true gradient), as a defense with a straight-through default
+    and a better smooth surrogate does (polarizing)."""
+
+    eval_only = True
+    surrogates = ("exact",)
+    exact = False
+
+    def transform(self, net, x):
+        if self.exact:
+            return net(x)
+        signs = torch.randint(0, 2, x.shape[1:], generator=torch.Generator().manual_seed(0)).to(x) * 2 - 1
+        return net(_FlipSigns.apply(x, signs))
+
+    @contextlib.contextmanager
+    def surrogate(self, model, spec):
+        if spec in (None, "", "autograd"):
+            yield model
+            return
+        if spec != "exact":
+            raise BenchError(f"planted_misleading_backward has no surrogate {spec!r}. Allowed: 'exact'.")
+        self.exact = True
+        try:
+            yield model
+        finally:
+            self.exact = False
