@@ -65,10 +65,10 @@ def _row(rank: int, e) -> str:
 HEADER = ["#", "defense", "clean %", "worst case %", "strongest attack", "attacks", "checks", "attack s"]
 
 
-def page(results: Results, slices: list[tuple[str, str]]) -> str:
+def page(boards: dict[tuple[str, str], dict]) -> str:
+    """The page from threat_board.boards of each (dataset, profile)."""
     tabs, sections, data = [], [], []
-    for dataset, profile in slices:
-        found = threat_board.boards(results, dataset, profile)
+    for (dataset, profile), found in boards.items():
         curves: dict[tuple[str, str], list[tuple[float, float]]] = {}
         for tm, (entries, _, _) in found.items():
             for e in entries:
@@ -100,8 +100,8 @@ def write(results: Results, out: Path, dataset: str | None = None, profile: str 
     """Every dataset / profile of the results (or the one asked for) on one page; None when nothing is bounded."""
     slices = sorted({(r["dataset"], r["profile"]) for r in results.latest.values()
                      if (dataset is None or r["dataset"] == dataset) and (profile is None or r["profile"] == profile)})
-    slices = [s for s in slices if threat_board.boards(results, *s)]
-    if not slices:
+    boards = {s: found for s in slices if (found := threat_board.boards(results, *s))}  # each slice computed once
+    if not boards:
         return None
-    atomic_write_bytes(Path(out), page(results, slices).encode())
+    atomic_write_bytes(Path(out), page(boards).encode())
     return Path(out)

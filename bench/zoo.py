@@ -122,6 +122,6 @@ class _FlatCache(ArtifactCache):
 
 
 def restore_from_zoo(env, key: str, label: str) -> bool:
-    """bench.runner.train and the scheduler's plan: a checkpoint missing from the cache but in the zoo enters the
-    cache (verified) instead of being trained."""
+    """bench.runner.train (every cell, on either run path): a checkpoint missing from the cache but in the zoo enters
+    the cache (verified) instead of being trained. The scheduler's plan only asks `ModelZoo.has` (it writes nothing)."""
     return ModelZoo.of(env.cfg).restore(env.cache, key, label)
