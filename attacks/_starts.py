@@ -10,8 +10,7 @@ import hashlib
 
 import torch
 
-from bench.errors import BenchError
-from bench.store import content_hash
+from bench import content_hash, subset_indices, to_float
 
 _POOLS: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # in-process memo: cache key -> (pool images, predictions)
 
@@ -44,29 +43,23 @@ def model_fingerprint(module: torch.nn.Module, defense=None) -> str:
 
 def pool_predictions(oracle, ctx, pool_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(pool images in [0, 1] on CPU, the oracle's predicted labels), cached per model, dataset and pool."""
-    from bench.data import load_split, subset_indices, to_float
-    from bench.runner import predict
-
-    env = ctx.env
-    if env is None:
-        raise BenchError("decision-based attacks need the harness environment (ctx.env) to read the test split "
-                         "for their starting points; run them through bench.run / run_cell.")
-    x_all, _ = load_split(ctx.dataset, "test", str(env.data_root))
+    x_all, _ = ctx.read_test_split()
     idx = subset_indices(len(x_all), pool_size, ctx.seed, f"{ctx.dataset}/test-starts")
     key = content_hash({"model": model_fingerprint(oracle, ctx.defense), "dataset": ctx.dataset,
                         "pool": idx.tolist() if pool_size else "all", "seed": ctx.seed})
     if key in _POOLS:
         return _POOLS[key]
     pool_x = to_float(x_all[idx])
-    if env.cache.has("starts", key):
-        payload, _ = env.cache.load("starts", key)
+    cache = ctx.artifact_cache()
+    if cache.has("starts", key):
+        payload, _ = cache.load("starts", key)
         pred = payload["pred"]
     else:
         with seeded_rng(ctx.device, ctx.seed):
-            pred = predict(oracle, pool_x, ctx.device, max(1, ctx.batch_size))
-        env.cache.save("starts", key, {"pred": pred},
-                       {"what": "oracle predictions on the starting-point pool", "dataset": ctx.dataset,
-                        "pool_size": len(idx), "seed": ctx.seed, "defense": getattr(ctx.defense, "name", "")})
+            pred = ctx.predict(oracle, pool_x)
+        cache.save("starts", key, {"pred": pred},
+                   {"what": "oracle predictions on the starting-point pool", "dataset": ctx.dataset,
+                    "pool_size": len(idx), "seed": ctx.seed, "defense": getattr(ctx.defense, "name", "")})
     _POOLS[key] = (pool_x, pred)
     return pool_x, pred
 

@@ -13,8 +13,7 @@ from typing import TYPE_CHECKING, Literal
 import torch
 from pydantic import model_validator
 
-from bench import Attack, AttackOutput, AttackParams, Field, Number, register_attack
-from bench.pgd import enforce_budget
+from bench import Attack, AttackOutput, AttackParams, Field, Number, enforce_budget, register_attack
 
 from ._whitebox import attacked_model, ensemble_judge, gradient_warnings
 

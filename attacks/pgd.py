@@ -6,9 +6,8 @@ from typing import Literal
 
 import torch
 
-from bench import Attack, AttackOutput, AttackParams, Field, Number, register_attack
-from bench.params import StepSize, step_value
-from bench.pgd import PGDSettings, run_pgd
+from bench import (Attack, AttackOutput, AttackParams, Field, Number, PGDSettings, StepSize, register_attack, run_pgd,
+                   step_value)
 
 from ._whitebox import attacked_model, ensemble_judge, gradient_warnings
 
@@ -49,7 +48,7 @@ class _PGDBase(Attack):
         gradient_warnings(ctx, p.backward, p.eot_samples)
         with attacked_model(ctx, model, p.backward) as m, _channels_last(m, x, p.channels_last) as xin:
             x_adv, fooled = run_pgd(m, xin, y, p.settings(), ctx.generator(), judge=ensemble_judge(ctx),
-                                   trace=ctx.trace)
+                                   trace=ctx.trace, point_seeds=ctx.point_seeds())
         return AttackOutput(x_adv=x_adv.contiguous(), fooled=fooled)
 
 

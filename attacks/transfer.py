@@ -13,10 +13,8 @@ import hashlib
 
 import torch
 
-from bench import Attack, AttackContext, AttackOutput, AttackParams, Field, PassCounter, register_attack
-from bench.errors import BenchError, ConfigError
-from bench.pgd import run_pgd
-from bench.store import content_hash
+from bench import (Attack, AttackOutput, AttackParams, ConfigError, Defense, Field, PassCounter, content_hash,
+                   register_attack, run_pgd)
 
 from ._whitebox import attacked_model, gradient_warnings
 from .pgd import PGDParams
@@ -52,10 +50,7 @@ class Transfer(Attack):
 
     def run(self, model, x, y, ctx):
         p = self.params
-        if ctx.env is None:
-            raise BenchError(f"attack '{self.name}' needs the harness environment (ctx.env) to train or load its "
-                             f"surrogate '{p.surrogate}'; run it through bench.run / run_cell.")
-        inner = ctx.env.cfg.attack(p.surrogate_attack, ctx.dataset, ctx.profile)
+        inner = ctx.attack_entry(p.surrogate_attack)
         if not isinstance(inner.params, PGDParams):
             raise ConfigError(f"attack '{self.name}': surrogate_attack = '{p.surrogate_attack}' uses plug-in "
                               f"'{inner.plugin}', which does not run on the PGD engine. Allowed: an entry whose "
@@ -65,12 +60,13 @@ class Transfer(Attack):
         if where not in self._surrogates:
             self._surrogates[where] = ctx.trained_defense(p.surrogate)
         sur = self._surrogates[where]
-        if p.surrogate == getattr(ctx.defense, "entry_name", None):
+        if isinstance(ctx.defense, Defense) and p.surrogate == ctx.defense.context.entry_name:
             ctx.warnings.append(f"{self.name}: the surrogate '{p.surrogate}' is the target itself (a white-box attack)")
         group = content_hash({"surrogate": p.surrogate, "checkpoint": sur.key, "attack": inner.as_dict(),
                               "dataset": ctx.dataset, "seed": ctx.seed})
         ids = sample_ids(x, y)
-        known = _cached(ctx.env.cache, group)
+        cache = ctx.artifact_cache()
+        known = _cached(cache, group)
         missing = [i for i, s in enumerate(ids) if s not in known]
         info = ctx.info
         if not info:
@@ -81,11 +77,11 @@ class Transfer(Attack):
             rows = torch.tensor(missing, device=x.device)
             adv, sfooled, counter = _generate(sur, inner, x[rows], y[rows], ctx, self.name)
             shard = [ids[i] for i in missing]
-            ctx.env.cache.save(_KIND, f"{group}-{content_hash(shard)}",
-                               {"ids": shard, "x_adv": adv.cpu(), "surrogate_fooled": sfooled.cpu()},
-                               {"what": "transfer adversarial examples", "surrogate": p.surrogate,
-                                "surrogate_checkpoint": sur.key, "attack": inner.as_dict(), "dataset": ctx.dataset,
-                                "seed": ctx.seed, "n": len(shard)})
+            cache.save(_KIND, f"{group}-{content_hash(shard)}",
+                       {"ids": shard, "x_adv": adv.cpu(), "surrogate_fooled": sfooled.cpu()},
+                       {"what": "transfer adversarial examples", "surrogate": p.surrogate,
+                        "surrogate_checkpoint": sur.key, "attack": inner.as_dict(), "dataset": ctx.dataset,
+                        "seed": ctx.seed, "n": len(shard)})
             for s, a, f in zip(shard, adv.cpu(), sfooled.cpu()):
                 known[s] = (a, f)
             info["surrogate_forward_passes"] += counter.forward_images
@@ -134,9 +130,7 @@ def _never_fooled(x_adv, y):
 def _generate(sur, inner, x, y, ctx, name):
     params = inner.params
     counter = PassCounter(sur.model).eval()
-    sub = AttackContext(defense=sur.defense, device=ctx.device, seed=ctx.seed, batch_size=ctx.batch_size,
-                        eval_model=sur.defense.evaluation_model(counter), dataset=ctx.dataset, profile=ctx.profile,
-                        env=ctx.env)
+    sub = ctx.on(sur.defense, sur.defense.evaluation_model(counter))
     gradient_warnings(sub, params.backward, params.eot_samples)
     ctx.warnings.extend(f"{name}, on its surrogate: {w}" for w in sub.warnings)
     # judge = never fooled: the engine then keeps each point's highest-loss iterate over every step and restart

@@ -5,14 +5,38 @@ Library API (the CLI is a thin layer over it):
     rows = bench.run(defense="natural", attack="pgd_linf", profile="smoke")   # typed rows, written to results/
     res = bench.evaluate(my_module, attacks=["pgd_linf"], dataset="cifar10", n=1000)  # a model you have; writes nothing
 
-Plug-ins subclass `Defense` / `Attack` and register with `@register_defense` / `@register_attack`."""
+Plug-in API: a plug-in (a module of attacks/, defenses/ or examples/) imports from `bench` only, and only the
+names of `__all__` below; everything else in bench/ is the harness and may change under it (tests/
+test_import_graph.py checks both directions: the harness imports no plug-in, plug-ins import only these).
+    plug-in bases     Attack, AttackParams, AttackOutput, AttackContext (what an attack gets besides the model:
+                      the defense, device, seed, generator(); the artifact cache, the test split, predict() and
+                      other bench.toml entries through artifact_cache(), read_test_split(), trained_defense(),
+                      attack_entry()), PassCounter, perturbation_norm;
+                      Defense, DefenseParams, TrainParams, DefenseContext (`defense.context`: entry name, artifact
+                      cache, data root, config root), ModelDefense / ModelParams (a ready-made model),
+                      set_on_modules (backward surrogates); register_attack, register_defense
+    parameters        StrictModel, Field, Number, StepSize, step_value
+    PGD engine        PGDSettings, run_pgd, step, random_start, enforce_budget (bench.pgd)
+    training          fit (the shared trainer, bench.training)
+    data              load_split, subset_indices, to_float, resolve_data_root (bench.data); Normalize,
+                      build_classifier (bench.nets)
+    artifacts         ArtifactCache, content_hash, atomic_write_bytes (bench.store); versions (bench.provenance)
+    errors, logging   BenchError, ConfigError, DataError; progress (progress.log, progress.bar)"""
+from . import progress
 from .attack import Attack, AttackContext, AttackOutput, AttackParams, PassCounter, perturbation_norm
-from .defense import Defense, DefenseParams, TrainParams
+from .data import load_split, resolve_data_root, subset_indices, to_float
+from .defense import Defense, DefenseContext, DefenseParams, TrainParams, set_on_modules
 from .errors import BenchError, ConfigError, DataError
 # imported here, not lazily: importing the submodule bench.evaluate later would rebind `bench.evaluate` to it
 from .evaluate import AttackResult, Evaluation, evaluate
-from .params import Number, StepSize, StrictModel
+from .nets import Normalize, build_classifier
+from .params import Number, StepSize, StrictModel, step_value
+from .pgd import PGDSettings, enforce_budget, random_start, run_pgd, step
+from .provenance import versions
 from .registry import register_attack, register_defense
+from .store import ArtifactCache, atomic_write_bytes, content_hash
+from .training import fit
+from .user_model import ModelDefense, ModelParams
 from pydantic import Field
 
 __version__ = "0.1.0"
@@ -31,6 +55,11 @@ def train(*args, **kwargs):
 
 
 __all__ = ["Attack", "AttackContext", "AttackOutput", "AttackParams", "PassCounter", "perturbation_norm",
-           "Defense", "DefenseParams", "TrainParams", "BenchError", "ConfigError", "DataError", "Number",
-           "StepSize", "StrictModel", "register_attack", "register_defense", "Field", "run", "train", "evaluate",
-           "Evaluation", "AttackResult"]
+           "Defense", "DefenseContext", "DefenseParams", "TrainParams", "set_on_modules", "ModelDefense",
+           "ModelParams", "register_attack", "register_defense",
+           "StrictModel", "Field", "Number", "StepSize", "step_value",
+           "PGDSettings", "run_pgd", "step", "random_start", "enforce_budget", "fit",
+           "load_split", "subset_indices", "to_float", "resolve_data_root", "Normalize", "build_classifier",
+           "ArtifactCache", "content_hash", "atomic_write_bytes", "versions",
+           "BenchError", "ConfigError", "DataError", "progress",
+           "run", "train", "evaluate", "Evaluation", "AttackResult"]

@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import Any, Callable, ClassVar, Literal
 
 import torch
 import torch.nn as nn
 from pydantic import Field
 
+from .errors import BenchError
 from .params import Number, StrictModel
 
 
@@ -38,7 +39,8 @@ class PassCounter(nn.Module):
 
 @dataclass
 class AttackContext:
-    """What an attack may know besides the model: the defense's traits, the device and a seeded generator."""
+    """What an attack may know besides the model: the defense's traits, the device, a seeded generator, and what
+    the harness lends it (the artifact cache, the test split, other bench.toml entries) through narrow methods."""
 
     defense: Any
     device: torch.device
@@ -48,19 +50,66 @@ class AttackContext:
     warnings: list[str] = field(default_factory=list)
     dataset: str = ""
     profile: str = ""
-    env: Any = None  # bench.runner.Env: lets transfer attacks train or load their surrogate defenses
     info: dict = field(default_factory=dict)  # attack-specific provenance copied into the cell manifest
     # filled per batch by attacks on the PGD engine (bench.pgd.run_pgd(trace=ctx.trace)) for bench.verdicts
     trace: dict | None = None
+    # the positions (in the cell's seeded test subset) of the points in the batch being attacked, set by the
+    # harness per batch: attacks draw each point's random start from its own seed (point_seeds), so a point's
+    # result does not depend on which other points share its batch (what lets a suite attack only survivors)
+    points: torch.Tensor | None = None
+
+    # what the harness lends an attack, filled by bench.runner.attack_context (None outside a cell: an attack
+    # that needs one says so through `_lent`)
+    cache: Any = None  # the run's bench.store.ArtifactCache: what an attack computes once and reuses (kinds it names)
+    test_split: Callable[[], tuple[torch.Tensor, torch.Tensor]] | None = None  # the whole test split (uint8, labels)
+    surrogates: Callable[[str], Any] | None = None  # defense entry -> trained (or cached) defense; trained_defense()
+    attack_entries: Callable[[str], Any] | None = None  # attack entry -> its resolved config; attack_entry()
+
+    def _lent(self, value, what: str):
+        if value is None:
+            raise BenchError(f"This attack needs {what} from the harness; run it through bench.run / run_cell "
+                             f"(bench.runner.attack_context builds a context with it).")
+        return value
 
     def trained_defense(self, name: str):
-        """A surrogate defense from bench.toml, trained or loaded from the cache (bench.runner.TrainedDefense)."""
-        from .runner import train
+        """Defense entry `name` of bench.toml trained (or loaded from the cache) at this dataset, profile and seed:
+        a bench.runner.TrainedDefense (.defense, .model in eval mode, .meta, .key = its checkpoint key)."""
+        return self._lent(self.surrogates, f"the trained defense '{name}'")(name)
 
-        return train(name, self.dataset, self.profile, self.seed, env=self.env)
+    def attack_entry(self, name: str):
+        """Attack entry `name` of bench.toml resolved at this dataset and profile (.cls, .params, .plugin, .as_dict())."""
+        return self._lent(self.attack_entries, f"the attack entry '{name}'")(name)
+
+    def read_test_split(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The dataset's whole test split: uint8 images (N, C, H, W) and labels, on the CPU."""
+        return self._lent(self.test_split, "the test split")()
+
+    def artifact_cache(self):
+        """The run's artifact cache (bench.store.ArtifactCache: has / load / save / path by kind and key)."""
+        return self._lent(self.cache, "the artifact cache")
+
+    def predict(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """The labels `model` predicts for x (on the CPU), in batches of `batch_size` on the context's device."""
+        n = max(1, self.batch_size)
+        parts = [model(x[i:i + n].to(self.device)).argmax(1).cpu() for i in range(0, len(x), n)]
+        return torch.cat(parts) if parts else torch.empty(0, dtype=torch.long)
+
+    def on(self, defense, eval_model: nn.Module | None) -> "AttackContext":
+        """A context for attacking another model (a transfer attack's surrogate) in the same cell: the same
+        device, seed, batch size and harness services; its own warnings, provenance and trace."""
+        return AttackContext(defense=defense, device=self.device, seed=self.seed, batch_size=self.batch_size,
+                             eval_model=eval_model, dataset=self.dataset, profile=self.profile, cache=self.cache,
+                             test_split=self.test_split, surrogates=self.surrogates,
+                             attack_entries=self.attack_entries)
 
     def generator(self, salt: int = 0) -> torch.Generator:
         return torch.Generator(device="cpu").manual_seed(self.seed * 1_000_003 + salt)
+
+    def point_seeds(self, salt: int = 0) -> list[int] | None:
+        """One seed per point of the current batch, from (seed, the point's position, salt); None outside a cell."""
+        if self.points is None:
+            return None
+        return [(self.seed * 1_000_003 + salt) * 1_000_033 + 7_927 * int(p) for p in self.points.tolist()]
 
 
 @dataclass

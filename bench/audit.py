@@ -24,7 +24,8 @@ from .attack import AttackContext, PassCounter
 from .data import load_subset
 from .errors import BenchError
 from .exact import exact_fp32
-from .runner import Env, attack_batch_size, attack_points, attack_traits, predict, train, verdict_settings
+from .runner import (Env, attack_batch_size, attack_points, attack_traits, harness_services, predict, train,
+                     verdict_settings)
 from .stats import wilson_interval
 from .store import atomic_write_json, content_hash
 
@@ -182,7 +183,8 @@ def audit(env: Env, defense: str, dataset: str, profile: str, seed: int, attack:
                 results[v.label] = {"role": v.role, "skipped": "not needed: the per-cell checks did not fire"}
                 continue
             ctx = AttackContext(defense=d, device=env.device, seed=seed, batch_size=prof.eval_batch_size,
-                                eval_model=eval_model, dataset=dataset, profile=profile, env=env)
+                                eval_model=eval_model, dataset=dataset, profile=profile,
+                                **harness_services(env, dataset, profile, seed))
             f0, b0, t0 = counter.forward_images, counter.backward_images, time.time()
             if v.atk.kind != "bounded" or (getattr(v.atk.params, "norm", norm) != norm):
                 results[v.label] = {"role": v.role, "skipped": f"not a {norm} bounded attack"}

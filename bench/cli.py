@@ -23,6 +23,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=N
 def run(
     defense: List[str] = typer.Option(None, "--defense", "-d", help="Defense entry of bench.toml; repeat for several (default: the matrix's)."),
     attack: List[str] = typer.Option(None, "--attack", "-a", help="Attack entry of bench.toml; repeat for several (default: the matrix's)."),
+    suite: List[str] = typer.Option(None, "--suite", help="A [suites.NAME] of bench.toml: its attacks in turn on one threat model, each on the points the previous ones left robust (one row per stage in suite_stages.csv, the worst case as attack suite:NAME); repeat for several."),
     model: Optional[str] = typer.Option(None, "--model", help="Evaluate a ready-made model, no training (instead of --defense): FILE.py:FACTORY, MODULE:FACTORY or robustbench:NAME. The factory takes no arguments and returns an nn.Module taking images in [0, 1] (normalization inside the model) and returning logits."),
     weights: Optional[str] = typer.Option(None, "--weights", help="With --model: the state_dict file, loaded with torch.load(weights_only=True); for robustbench:NAME, RobustBench's model_dir (default ./models)."),
     profile: Optional[str] = ProfileOpt,
@@ -48,40 +49,48 @@ def run(
     on re-run, so an interrupted run (Ctrl-C or kill -9) resumes where it stopped. Under a profile with
     `audit = true` each defense is then audited (bench audit) once per threat model of the attacks, and the
     leaderboard shows the adapted numbers."""
-    from .report import render
+    from .report.render import render
     from .runner import check_ready_made
     from .runner import run as run_cells
 
     if model is not None or weights is not None:
         env, defense = _model_env(model, weights, defense, attack, matrix, devices, backend, ray_address, shards,
-                                  config, data_root, device, results_dir, dataset, profile, seed)
+                                  config, data_root, device, results_dir, dataset, profile, seed, suites=suite)
     else:
         env = _env(config, data_root, device, results_dir)
     cfg, s = env.cfg, env.cfg.settings
     if matrix is not None:
         cfg.check_choice("matrix", matrix or s.matrix, cfg.matrices)
     chosen = cfg.matrices.get(matrix or s.matrix)
-    if (not defense or not attack) and chosen is None:
-        raise BenchError("Give --defense and --attack (no default [matrices] entry to take them from).")
+    if (not defense or not (attack or suite)) and chosen is None:
+        raise BenchError("Give --defense and --attack or --suite (no default [matrices] entry to take them from).")
+    for name in suite or []:
+        cfg.check_choice("suite", name, cfg.suites)
     defenses = list(defense or []) or chosen.defenses
-    attacks = list(attack or []) or chosen.attacks
+    attacks = list(attack or []) or ([] if suite else chosen.attacks)
+    suites = list(suite or []) or ([] if attack or matrix is None else chosen.suites)
     datasets = [dataset] if dataset else (chosen.datasets if matrix is not None else [s.dataset])
     profile = profile or (chosen.profile if matrix is not None else None) or s.profile
     scheduled = (matrix is not None or devices or backend or ray_address or shards or plain
-                 or len(defenses) * len(attacks) > 1) and model is None  # --model's entry lives in this process
+                 or len(defenses) * (len(attacks) + len(suites)) > 1) and model is None  # --model's lives here
     for ds in datasets if model is None else []:  # (--model's was checked in _model_env)
         for name in defenses:  # a ready-made model's wrong file fails here, before a job writes a failed row
             check_ready_made(env, name, ds, profile, s.seed if seed is None else seed)
     if not scheduled:
         rows = run_cells(defenses, attacks, dataset=datasets[0], profile=profile, seed=seed, n_test=n_test,
-                         force=force, env=env)
+                         force=force, env=env) if attacks else []
+        for name in suites:
+            from .suite import run_suite
+
+            rows.append(run_suite(env, defenses[0], name, datasets[0], profile, s.seed if seed is None else seed,
+                                  n_test, force))
         done = {(rows[0]["dataset"], rows[0]["profile"])}
     else:
         from .sched import run_matrix
 
         summary = run_matrix(env, defenses, attacks, datasets, profile, seed, n_test, force,
                              devices=devices or device or "auto", backend=backend or ("ray" if ray_address else "local"),
-                             ray_address=ray_address, shards=shards or 1, plain=plain)
+                             ray_address=ray_address, shards=shards or 1, plain=plain, suites=suites)
         done = {(d, profile) for d in datasets}
     if cfg.profiles[profile].audit:  # the profile's audit switch: after the cells, before the tables that show it
         from .audit import audit_matrix
@@ -101,7 +110,7 @@ def run(
 
 
 def _model_env(model, weights, defense, attack, matrix, devices, backend, ray_address, shards, config, data_root,
-               device, results_dir, dataset, profile, seed):
+               device, results_dir, dataset, profile, seed, suites=None):
     """The Env of `bench run --model`, with the model as an in-memory defense entry, loaded and checked before the
     results folder is touched: a wrong factory, weights file or output shape leaves nothing behind."""
     from .runner import Env, check_ready_made
@@ -118,13 +127,16 @@ def _model_env(model, weights, defense, attack, matrix, devices, backend, ray_ad
     if others:
         raise BenchError(f"--model runs its cells in this process and takes no {', '.join(others)}: for the "
                          f"scheduler, add the model to bench.toml as an entry with plugin = \"pretrained\".")
-    if not attack:
-        raise BenchError("--model needs --attack (an attack entry of bench.toml; repeat for several).")
+    if not attack and not suites:
+        raise BenchError("--model needs --attack (an attack entry of bench.toml; repeat for several) or --suite.")
     env = Env.create(config=config, data_root=data_root, device=device, results_dir=results_dir)
     progress.log(f"config {env.cfg.path} · results {env.store.root} · data {env.data_root}")
     s = env.cfg.settings
     ds, prof = dataset or s.dataset, profile or s.profile
-    name = add_model_entry(env.cfg, model, weights, list(attack), ds, prof)
+    for n in suites or []:
+        env.cfg.check_choice("suite", n, env.cfg.suites)
+    attacks = list(attack or []) or [a for n in suites for a in env.cfg.suites[n].attacks]
+    name = add_model_entry(env.cfg, model, weights, attacks, ds, prof)
     check_ready_made(env, name, ds, prof, s.seed if seed is None else seed)
     ensure_writable_dir(env.store.root, "results folder")
     ensure_writable_dir(env.cache.root, "cache folder")
@@ -173,6 +185,10 @@ def list_(config: Optional[Path] = ConfigOpt):
         typer.echo(f"  names for --{kind} ({cfg.path.name} entries, and plug-ins without one): {entries}\n")
     typer.echo(f"Profiles: {', '.join(f'{k} ({v.description})' for k, v in cfg.profiles.items())}")
     typer.echo(f"Datasets: {', '.join(cfg.datasets)}; matrices: {', '.join(cfg.matrices) or '(none)'}")
+    typer.echo("Suites (--suite; each attack on what the previous ones left robust):" if cfg.suites else "Suites: (none)")
+    for name, spec in cfg.suites.items():
+        eps = f" eps {spec.eps:.6g}" if spec.eps is not None else ""
+        typer.echo(f"  {name:14s} {spec.norm}{eps}: {' -> '.join(spec.attacks)}  ({spec.description})")
 
 
 def _show(v):

@@ -18,8 +18,8 @@ from pydantic import Field, ValidationError
 
 from . import registry
 from .errors import ConfigError, did_you_mean
-from .params import StrictModel
-from .table_spec import TableSpec, check_table
+from .params import Number, StrictModel
+from .report.table_spec import TableSpec, check_table
 
 RESERVED = {"plugin", "description", "dataset", "profile", "extends"}
 DATASET_NAMES = ("cifar10", "mnist", "fashion_mnist")
@@ -60,8 +60,68 @@ class Matrix(StrictModel):
     description: str = ""
     datasets: list[str] = Field(min_length=1)
     defenses: list[str] = Field(min_length=1)
-    attacks: list[str] = Field(min_length=1)
+    attacks: list[str] = Field(default_factory=list)
+    suites: list[str] = Field(default_factory=list)  # [suites.*] run on every defense (bench.suite)
     profile: str | None = None
+
+
+class SuiteSpec(StrictModel):
+    """[suites.NAME]: one threat model and the attacks that try it in turn, each on the points the previous ones
+    left robust (bench.suite)."""
+    description: str = ""
+    norm: Literal["linf", "l2", "l1"]
+    # the budget; unset: the bounded stages' own eps on each dataset (which must agree), e.g. 8/255 on cifar10
+    # and 0.3 on mnist for a suite of the default Linf attacks
+    eps: Number | None = Field(None, gt=0)
+    attacks: list[str] = Field(min_length=1)
+    datasets: list[str] = Field(default_factory=list)  # the datasets the suite is for ([] = every dataset)
+    # "cost": cheapest first by the attacks' measured model passes per point in finished rows (bench.suite
+    # says how); "listed": the order written here
+    order: Literal["cost", "listed"] = "cost"
+
+
+class Tolerance(StrictModel):
+    """[regress.matrices.M] of bench.toml: one matrix's thresholds; an unset key takes [regress]'s."""
+
+    alpha: float | None = Field(None, gt=0, le=1)
+    min_change: float | None = Field(None, ge=0, le=1)
+    norm_rtol: float | None = Field(None, ge=0)
+
+
+class RegressSettings(StrictModel):
+    """[regress] of bench.toml: the thresholds `bench regress` uses (each commented there with its reason)."""
+
+    alpha: float = Field(0.05, gt=0, le=1, description="significance level of the two-proportion / Welch tests")
+    min_change: float = Field(0.02, ge=0, le=1, description="smallest accuracy change (fraction) that can regress")
+    norm_rtol: float = Field(0.10, ge=0, description="smallest relative change of a mean norm that can regress")
+    matrices: dict[str, Tolerance] = Field(default_factory=dict)
+
+    def check(self, cfg) -> None:
+        """A [regress.matrices.M] for a matrix that does not exist would be ignored in silence: refuse it."""
+        for name in self.matrices:
+            cfg.check_choice("matrix in [regress.matrices]", name, cfg.matrices)
+
+    def thresholds(self, matrix: str, **given) -> "Thresholds":
+        """The thresholds for `matrix`: a command-line value, else [regress.matrices.M], else [regress]."""
+        own = self.matrices.get(matrix, Tolerance())
+        values, sources = {}, []
+        for key in ("alpha", "min_change", "norm_rtol"):
+            if given.get(key) is not None:
+                values[key], where = given[key], "command line"
+            elif getattr(own, key) is not None:
+                values[key], where = getattr(own, key), f"[regress.matrices.{matrix}]"
+            else:
+                values[key], where = getattr(self, key), "[regress]"
+            sources.append(f"{key} {values[key]:g} ({where})")
+        return Thresholds(**values, source=", ".join(sources))
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    alpha: float = 0.05
+    min_change: float = 0.02
+    norm_rtol: float = 0.10
+    source: str = "defaults"
 
 
 @dataclass(frozen=True)
@@ -101,9 +161,10 @@ class Config:
     datasets: dict[str, DatasetEntry]
     entries: dict[str, dict[str, dict]]
     matrices: dict[str, Matrix]
-    tables: dict[str, TableSpec] = field(default_factory=dict)  # [tables.*]: paper layouts (bench.table_spec)
+    tables: dict[str, TableSpec] = field(default_factory=dict)  # [tables.*]: paper layouts (bench.report.table_spec)
     verdicts: Any = None  # [verdicts]: thresholds of the attack-failure checks (bench.verdicts.VerdictSettings)
-    regress: Any = None  # [regress]: thresholds of `bench regress`, per matrix (bench.regress.RegressSettings)
+    regress: Any = None  # [regress]: thresholds of `bench regress`, per matrix (RegressSettings)
+    suites: dict[str, SuiteSpec] = field(default_factory=dict)  # [suites.*]: attack cascades (bench.suite)
     _cache: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -145,6 +206,37 @@ class Config:
         if key not in self._cache:
             self._cache[key] = _resolve_entry(self, kind, name, dataset, profile)
         return self._cache[key]
+
+    def suite_eps(self, name: str, dataset: str, profile: str) -> float:
+        """The budget of suite `name` on `dataset`: its own eps, else its bounded stages' common eps; every stage's
+        norm and eps are checked against it (a stage that attacks another threat model would fool points it
+        may not, and the suite's worst case would be wrong with no error)."""
+        spec = self.suites[name]
+        if spec.datasets and dataset not in spec.datasets:
+            raise ConfigError(f"suite '{name}' is not for {dataset}: its datasets are {', '.join(spec.datasets)} "
+                              f"(the `datasets` of [suites.{name}]).")
+        budgets = {}
+        for a in spec.attacks:
+            res = self.attack(a, dataset, profile)
+            atk = res.cls(res.params)
+            if atk.norm != spec.norm:
+                raise ConfigError(f"Invalid config: [suites.{name}] is a {spec.norm} suite, but its attack '{a}' "
+                                  f"attacks in {atk.norm or 'no norm'} on {dataset} ({profile}). Allowed: attacks "
+                                  f"of the suite's norm ({spec.norm}).")
+            if atk.kind == "bounded":
+                budgets[a] = float(atk.eps)
+        eps = float(spec.eps) if spec.eps is not None else next(iter(budgets.values()), None)
+        if eps is None:
+            raise ConfigError(f"Invalid config: [suites.{name}] has no eps and no bounded attack to take it from; "
+                              f"set eps = ... in [suites.{name}].")
+        wrong = {a: e for a, e in budgets.items() if abs(e - eps) > 1e-9 * max(1.0, eps)}
+        if wrong:
+            listed = ", ".join(f"{a} (eps {e:.6g})" for a, e in wrong.items())
+            raise ConfigError(f"Invalid config: [suites.{name}] attacks {spec.norm} eps {eps:.6g} on {dataset} "
+                              f"({profile}), but {listed} attack another budget there. Allowed: attack entries "
+                              f"whose resolved eps equals the suite's (give the suite `datasets` it is for, or "
+                              f"an attack entry with that eps).")
+        return eps
 
     def defense(self, name: str, dataset: str, profile: str) -> Resolved:
         return self.resolve("defense", name, dataset, profile)
@@ -341,7 +433,7 @@ def load_config(path: str | os.PathLike | None = None) -> Config:
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{p} is not valid TOML: {e}.") from None
     _check_table_keys(raw, {"settings", "profiles", "datasets", "defenses", "attacks", "matrices", "tables", "verdicts",
-                           "regress"},
+                           "regress", "suites"},
                       "")
     settings = _validate(Settings, raw.get("settings", {}), "settings")
     profiles = {k: _validate(Profile, v, f"profiles.{k}") for k, v in raw.get("profiles", {}).items()}
@@ -353,16 +445,15 @@ def load_config(path: str | os.PathLike | None = None) -> Config:
     if not profiles:
         raise ConfigError(f"{p} defines no [profiles.*]; at least one (e.g. smoke) is required.")
     matrices = {k: _validate(Matrix, v, f"matrices.{k}") for k, v in raw.get("matrices", {}).items()}
+    suites = {k: _validate(SuiteSpec, v, f"suites.{k}") for k, v in raw.get("suites", {}).items()}
     entries = {"defense": raw.get("defenses", {}), "attack": raw.get("attacks", {})}
     tables = {k: _validate(TableSpec, v, f"tables.{k}") for k, v in raw.get("tables", {}).items()}
     from .verdicts import VerdictSettings
 
     verdicts = _validate(VerdictSettings, raw.get("verdicts", {}), "verdicts")
-    from .regress import RegressSettings
-
     regress = _validate(RegressSettings, raw.get("regress", {}), "regress")
     cfg = Config(path=p, settings=settings, profiles=profiles, datasets=datasets, entries=entries, matrices=matrices,
-                 tables=tables, verdicts=verdicts, regress=regress)
+                 tables=tables, verdicts=verdicts, regress=regress, suites=suites)
 
     cfg.check_choice("settings.profile", settings.profile, profiles)
     cfg.check_choice("settings.dataset", settings.dataset, datasets)
@@ -388,8 +479,26 @@ def load_config(path: str | os.PathLike | None = None) -> Config:
             cfg.check_name("defense", d)
         for a in m.attacks:
             cfg.check_name("attack", a)
+        for sname in m.suites:
+            cfg.check_choice(f"suite in matrices.{mname}", sname, suites)
+            other = [d for d in m.datasets if suites[sname].datasets and d not in suites[sname].datasets]
+            if other:
+                raise ConfigError(f"Invalid config: [matrices.{mname}] runs suite '{sname}' on {', '.join(other)}, but "
+                                  f"the suite is for {', '.join(suites[sname].datasets)} only (its `datasets`).")
+        if not m.attacks and not m.suites:
+            raise ConfigError(f"Invalid config: [matrices.{mname}] has no attacks and no suites; give at least one.")
         if m.profile:
             cfg.check_choice(f"profile in matrices.{mname}", m.profile, profiles)
+    for sname, spec in suites.items():
+        for a in spec.attacks:
+            cfg.check_name("attack", a)
+        for d in spec.datasets:
+            cfg.check_choice(f"dataset in suites.{sname}", d, datasets)
+        if len(set(spec.attacks)) != len(spec.attacks):
+            raise ConfigError(f"Invalid config: [suites.{sname}] names an attack twice: {spec.attacks}.")
+        for d in spec.datasets or datasets:
+            for prof in profiles:
+                cfg.suite_eps(sname, d, prof)  # every stage of the suite's threat model, checked before any work
     for tname, spec in tables.items():
         check_table(cfg, tname, spec)
     regress.check(cfg)

@@ -3,7 +3,9 @@ loss for one batch; the shared trainer in `bench.training` does everything else.
 from __future__ import annotations
 
 import contextlib
-from typing import ClassVar, Literal
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn as nn
@@ -31,6 +33,18 @@ def set_on_modules(model: nn.Module, kind: type, attr: str, value, what: str):
     finally:
         for m, b in zip(mods, before):
             setattr(m, attr, b)
+
+
+@dataclass(frozen=True)
+class DefenseContext:
+    """What the harness tells a defense about the run it is built in (`defense.context`, set by bench.runner
+    before `build_model`). A defense built outside the harness (a test, a notebook) has the empty default: no
+    cache (what it would cache is computed in memory), the default data folder, no entry name."""
+
+    entry_name: str = ""  # the bench.toml entry the defense was built from ("evaluate" for bench.evaluate)
+    cache: Any = None  # the run's bench.store.ArtifactCache: artifacts built before training (a learned dictionary)
+    data_root: Path | None = None  # where the datasets are (bench.data.resolve_data_root() when None)
+    config_root: Path | None = None  # where relative paths of bench.toml start (a ready-made model's files)
 
 
 class TrainParams(StrictModel):
@@ -82,6 +96,7 @@ class Defense:
     # entries of `surrogates`
     audit_surrogates: ClassVar[tuple[str, ...]] = ()
     progress: float = 0.0  # epochs of training done so far (fractional), set by the training loop before each batch
+    context: DefenseContext = DefenseContext()  # the run it is built in: set by bench.runner before build_model
 
     def __init__(self, params: DefenseParams, dataset_info, dataset_arch: str = "resnet32"):
         self.params = params
@@ -125,3 +140,11 @@ class Defense:
             allowed = ", ".join(self.surrogates) or "none (this defense is plainly differentiable)"
             raise BenchError(f"Defense '{self.name}' has no backward surrogate '{spec}'. Allowed: {allowed}.")
         yield model
+
+    # `bench diagnose`: a defense opts in with `diagnose(self, trained, x, y, device, out_dir, noise_sigma=...)`,
+    # returning its numbers (and "files": the figures it wrote); the command then calls each distinct
+    # compare_diagnostics of the defenses given once, with every report, for figures across models
+    @classmethod
+    def compare_diagnostics(cls, reports: dict[str, dict], out_dir: Path, noise_sigma: float) -> dict:
+        """Figures across the reports of one `bench diagnose` run; returns what goes into its summary."""
+        return {}

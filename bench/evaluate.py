@@ -104,6 +104,7 @@ def evaluate(model: nn.Module | str, attacks: str | list[str] = "pgd_linf", data
     MODULE:FACTORY / robustbench:NAME with `weights`) with each attack entry of bench.toml on `n` seeded test
     points of `dataset`. `stochastic` / `bpda` declare what a class-less model cannot (see bench.user_model)."""
     from .data import TEST_SET_SIZE, dataset_info, subset_indices
+    from .defense import DefenseContext
     from .runner import TrainedDefense, attack_trained
     from .stats import wilson_interval
     from .user_model import ROBUSTBENCH, ModelDefense, check_output, file_digests, threat_model_of
@@ -135,8 +136,8 @@ def evaluate(model: nn.Module | str, attacks: str | list[str] = "pgd_linf", data
     else:
         raise BenchError(f"evaluate() takes an nn.Module or a model spec string, not {type(model).__name__}.")
     d = ModelDefense(params, info)
-    d.name = d.entry_name = "evaluate"
-    d.config_root = Path.cwd()
+    d.name = "evaluate"
+    d.context = DefenseContext(entry_name="evaluate", cache=env.cache, data_root=env.data_root, config_root=Path.cwd())
     d.module = model if isinstance(model, nn.Module) else None
     was_training = model.training if isinstance(model, nn.Module) else False
     net = d.build_model().to(env.device).eval()

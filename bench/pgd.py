@@ -13,6 +13,7 @@ zero, the classic accidental gradient masking) still yields the exact ascent dir
 from __future__ import annotations
 
 import contextlib
+import math
 from dataclasses import dataclass
 
 import torch
@@ -85,23 +86,40 @@ def project_l1_box(v: torch.Tensor, eps: float, lo: torch.Tensor, hi: torch.Tens
     return d
 
 
-def random_start(x: torch.Tensor, norm: str, eps: float, gen: torch.Generator) -> torch.Tensor:
-    """A uniform draw from the norm ball (clipped to the image box), from the seeded CPU generator."""
-    shape, dim = x.shape, x[0].numel()
-    if norm == "linf":
-        delta = (torch.rand(shape, generator=gen) * 2 - 1) * eps
+def dead_gradients(g: torch.Tensor, vanishing: float) -> torch.Tensor:
+    """Per sample: an input gradient that is NaN/Inf somewhere, exactly zero or vanishing (L1 < vanishing * d)."""
+    flat = g.detach().flatten(1).double()
+    finite = torch.isfinite(flat).all(1)
+    l1 = flat.abs().nan_to_num(0.0, posinf=0.0).sum(1)
+    return ~finite | (l1 <= vanishing * flat.shape[1])
+
+
+def random_start(x: torch.Tensor, norm: str, eps: float, gen: torch.Generator,
+                 row_seeds: list[int] | None = None) -> torch.Tensor:
+    """A uniform draw from the norm ball (clipped to the image box), from the seeded CPU generator; with
+    `row_seeds`, each row from its own generator instead (a point's start then does not depend on its batch)."""
+    if row_seeds is None:
+        delta = _ball_draw(x.shape, norm, eps, gen)
     else:
-        if norm == "l2":
-            direction = torch.randn(shape, generator=gen)
-            direction = direction / _view(direction.flatten(1).norm(dim=1), direction)
-        else:  # l1: i.i.d. Laplace coordinates normalised onto the L1 sphere are uniform on it
-            sign = torch.where(torch.rand(shape, generator=gen) < 0.5, -1.0, 1.0)
-            direction = sign * torch.empty(shape).exponential_(generator=gen)
-            direction = direction / _view(direction.flatten(1).abs().sum(1), direction)
-        radius = torch.rand(shape[0], generator=gen) ** (1.0 / dim) * eps
-        delta = direction * _view(radius, direction)
+        rows = [_ball_draw((1, *x.shape[1:]), norm, eps, torch.Generator().manual_seed(s % 2**63)) for s in row_seeds]
+        delta = torch.cat(rows) if rows else torch.zeros(x.shape)
     delta = delta.to(x.device, x.dtype)
     return (x + delta).clamp(0, 1) - x
+
+
+def _ball_draw(shape, norm: str, eps: float, gen: torch.Generator) -> torch.Tensor:
+    dim = math.prod(shape[1:])
+    if norm == "linf":
+        return (torch.rand(shape, generator=gen) * 2 - 1) * eps
+    if norm == "l2":
+        direction = torch.randn(shape, generator=gen)
+        direction = direction / _view(direction.flatten(1).norm(dim=1), direction)
+    else:  # l1: i.i.d. Laplace coordinates normalised onto the L1 sphere are uniform on it
+        sign = torch.where(torch.rand(shape, generator=gen) < 0.5, -1.0, 1.0)
+        direction = sign * torch.empty(shape).exponential_(generator=gen)
+        direction = direction / _view(direction.flatten(1).abs().sum(1), direction)
+    radius = torch.rand(shape[0], generator=gen) ** (1.0 / dim) * eps
+    return direction * _view(radius, direction)
 
 
 def step(delta: torch.Tensor, grad: torch.Tensor, x: torch.Tensor, s: PGDSettings) -> torch.Tensor:
@@ -249,8 +267,6 @@ class _Trace:
         if t == 0:
             self.out["start"][o] = cur
             if g is not None:
-                from .verdicts import dead_gradients
-
                 # a start that already fools the model needs no gradient (a clamped margin loss has none there)
                 seen = ~hit[rows] if hit is not None else torch.ones_like(rows, dtype=torch.bool)
                 self.out["start_dead"][o] = dead_gradients(g[rows], self.vanishing) & seen
@@ -262,10 +278,13 @@ class _Trace:
 
 
 def run_pgd(model, x: torch.Tensor, y: torch.Tensor, s: PGDSettings, gen: torch.Generator,
-            judge=None, trace: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+            judge=None, trace: dict | None = None, point_seeds: list[int] | None = None
+            ) -> tuple[torch.Tensor, torch.Tensor]:
     """Returns (x_adv, fooled). `judge(x_adv, y) -> fooled` replaces the step forward's verdict for
     stochastic models (e.g. an ensemble); it is then applied at the end of each restart to the highest-loss
-    iterate and to the final one. A `trace` dict is filled for bench.verdicts (see _Trace)."""
+    iterate and to the final one. A `trace` dict is filled for bench.verdicts (see _Trace). `point_seeds` (one
+    per row of x, AttackContext.point_seeds) draws every restart of every point from its own seed, so each
+    point's trajectory is the same whichever points share its batch; without it, starts come from `gen`."""
     n = x.shape[0]
     tr = _Tracker(x)
     tracer = _Trace(trace, x, s) if trace is not None else None
@@ -278,7 +297,11 @@ def run_pgd(model, x: torch.Tensor, y: torch.Tensor, s: PGDSettings, gen: torch.
         owner = alive.repeat(replicas)  # row -> sample index
         xa, ya = x[owner], y[owner]
         if s.random_start or r > 0 or replicas > 1:
-            delta = random_start(xa, s.norm, s.eps, gen)
+            seeds = None
+            if point_seeds is not None:  # restart number (round, replica) of each row, mixed into its point's seed
+                restart = [r * s.batch_restarts + j // alive.numel() for j in range(owner.numel())]
+                seeds = [point_seeds[o] * 104_729 + k for o, k in zip(owner.tolist(), restart)]
+            delta = random_start(xa, s.norm, s.eps, gen, seeds)
             if r == 0 and not s.random_start:
                 delta[: alive.numel()] = 0  # the first replica of the first round keeps the zero start
         else:

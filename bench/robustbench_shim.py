@@ -124,7 +124,7 @@ def load(name: str, model_dir: Path, dataset: str, threat_model: str = "Linf"):
                          f"{', '.join(map(str, missing))} (model_dir/<dataset>/<threat model>/<name>.pt). bench "
                          f"cannot download; copy the file there, or point --weights (weights in bench.toml) at the "
                          f"model_dir that holds it.")
-    from .user_model import read_weights
+    from .store import read_weights
 
     for path in files:  # robustbench's own torch.load has no weights_only (unpickles code on torch < 2.6): refuse first
         read_weights(path)

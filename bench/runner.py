@@ -13,6 +13,7 @@ import torch
 
 from . import progress, provenance, verdicts
 from .cpu_memory import keep_freed_memory
+from .defense import DefenseContext
 from .attack import AttackContext, PassCounter, perturbation_norm
 from .config import Config, load_config
 from .data import TEST_SET_SIZE, dataset_info, load_split, load_subset, resolve_data_root, subset_indices
@@ -59,10 +60,10 @@ class TrainedDefense:
 def _build_defense(env: Env, name: str, dataset: str, profile: str):
     resolved = env.cfg.defense(name, dataset, profile)
     defense = resolved.cls(resolved.params, dataset_info(dataset), env.cfg.datasets[dataset].arch)
-    defense.entry_name = name
-    # artifacts a defense builds before training (e.g. the sparse front end's dictionary) go to the run's cache
-    defense.cache, defense.data_root = env.cache, env.data_root
-    defense.config_root = resolved.root  # a ready-made model's files (bench.user_model) are relative to bench.toml
+    # artifacts a defense builds before training (e.g. the sparse front end's dictionary) go to the run's cache;
+    # a ready-made model's files (bench.user_model) are relative to bench.toml
+    defense.context = DefenseContext(entry_name=name, cache=env.cache, data_root=env.data_root,
+                                     config_root=resolved.root)
     return resolved, defense
 
 
@@ -213,31 +214,63 @@ def attack_part(env: Env, defense: str, attack: str, dataset: str, profile: str,
             "n_test": n_test, **part, "checkpoint": trained.key, "training": trained.meta}
 
 
+@dataclass
+class Target:
+    """A built defense on a cell's seeded test subset with its clean verdict: where every attack of a cell (or of
+    a suite's stages) starts from."""
+    trained: TrainedDefense
+    x: torch.Tensor
+    y: torch.Tensor
+    counter: PassCounter  # counts the attacks' model passes; clean_passes of them were the clean verdict
+    eval_model: torch.nn.Module  # the model whose prediction counts (an ensemble for stochastic defenses)
+    correct: torch.Tensor
+    clean_passes: int
+
+
+def clean_target(env: Env, trained: TrainedDefense, dataset: str, profile: str, seed: int, n_test: int) -> Target:
+    """Load the cell's test subset and judge it clean. Call inside exact_fp32()."""
+    d = trained.defense
+    x, y = load_subset(dataset, "test", env.data_root, n_test, seed)
+    counter = PassCounter(trained.model).eval()
+    eval_model = d.evaluation_model(counter) if hasattr(d, "evaluation_model") else counter
+    torch.manual_seed(seed)
+    clean_pred = predict(eval_model, x, env.device, env.cfg.profiles[profile].eval_batch_size)
+    return Target(trained, x, y, counter, eval_model, clean_pred == y, counter.forward_images)
+
+
+def attack_context(env: Env, target: Target, dataset: str, profile: str, seed: int, batch_size: int) -> AttackContext:
+    """What an attack of this cell may know besides the model (bench.attack.AttackContext)."""
+    return AttackContext(defense=target.trained.defense, device=env.device, seed=seed, batch_size=batch_size,
+                         eval_model=target.eval_model, dataset=dataset, profile=profile,
+                         **harness_services(env, dataset, profile, seed))
+
+
+def harness_services(env: Env, dataset: str, profile: str, seed: int) -> dict:
+    """What the harness lends an attack (AttackContext's cache, test_split, surrogates, attack_entries): the
+    artifact cache, the test split, and other bench.toml entries at this dataset, profile and seed, as callables,
+    so an attack never reaches the environment itself."""
+    return {"cache": env.cache, "test_split": lambda: load_split(dataset, "test", str(env.data_root)),
+            "surrogates": lambda name: train(name, dataset, profile, seed, env=env),
+            "attack_entries": lambda name: env.cfg.attack(name, dataset, profile)}
+
+
 def attack_trained(env: Env, trained: TrainedDefense, ares, dataset: str, profile: str, seed: int, n_test: int, *,
                    shard: tuple[int, int] = (0, 1), batch_size: int | None = None, label: str = "") -> dict:
     """The per-sample outcome of attack entry `ares` on a built defense (see `attack_part`): what a cell and
     bench.evaluate share, so both give the same numbers on the same points."""
-    prof = env.cfg.profiles[profile]
-    d, model = trained.defense, trained.model
     atk = ares.cls(ares.params)
-    x, y = load_subset(dataset, "test", env.data_root, n_test, seed)
-    counter = PassCounter(model).eval()
-    eval_model = d.evaluation_model(counter) if hasattr(d, "evaluation_model") else counter
     nominal = attack_batch_size(env, ares, profile)
     bs = min(batch_size or nominal, nominal)
     t0 = time.time()
     # attacks and their verdicts in exact fp32 (no TF32, no per-shape kernel choice): bench/exact.py says why
     with exact_fp32():
-        torch.manual_seed(seed)
-        clean_pred = predict(eval_model, x, env.device, prof.eval_batch_size)
-        correct = clean_pred == y
-        clean_passes = counter.forward_images
-        ctx = AttackContext(defense=d, device=env.device, seed=seed, batch_size=bs, eval_model=eval_model,
-                            dataset=dataset, profile=profile, env=env)
+        target = clean_target(env, trained, dataset, profile, seed, n_test)
+        counter, correct, clean_passes = target.counter, target.correct, target.clean_passes
+        ctx = attack_context(env, target, dataset, profile, seed, bs)
         attacked = correct.nonzero().squeeze(1)
         lo, hi = shard_range(len(attacked), nominal, shard)
-        res = attack_points(env, trained, atk, counter, eval_model, x, y, attacked[lo:hi], bs, ctx,
-                            label=label, first_position=lo)
+        res = attack_points(env, trained, atk, counter, target.eval_model, target.x, target.y, attacked[lo:hi], bs,
+                            ctx, label=label, first_position=lo)
     fooled, norms, queries, extra_out = res.fooled, res.norms, res.queries, res.extra
     return {"shard": list(shard), "batch_size": bs, "kind": atk.kind, "norm": atk.norm,
             "eps": atk.eps, "correct": correct.tolist(), "index": attacked[lo:hi].tolist(),
@@ -286,6 +319,7 @@ def attack_points(env: Env, trained: TrainedDefense, atk, counter, eval_model, x
                 check_s += time.time() - t1
             ctx.trace = {"vanishing": vs.grad_vanishing, "window_fraction": vs.incomplete_window} if vs.enabled else None
             torch.manual_seed(_batch_seed(ctx.seed, first_position + off))
+            ctx.points = idx
             out = atk.run(counter, xb, yb, ctx)
             x_adv = out.x_adv.detach().cpu().float()
             if not ((x_adv >= 0) & (x_adv <= 1)).all():

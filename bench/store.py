@@ -104,6 +104,21 @@ def safe_torch_load(path: Path, map_location="cpu"):
     return _torch_load_bytes(data, path, map_location)
 
 
+def read_weights(path: Path):
+    """torch.load(weights_only=True) of a weights file, a user's or RobustBench's (a pickle payload is refused,
+    never run), its failures one BenchError naming the file."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise BenchError(f"Refused to load {path}: it holds Python objects other than tensors (a pickle payload, "
+                         f"which can run code when loaded); bench loads weights with torch.load(weights_only=True) "
+                         f"only ({first[:160]}). Save a state_dict: torch.save(model.state_dict(), PATH).") from None
+    except Exception as e:
+        raise BenchError(f"{path} is not a weights file torch can read ({type(e).__name__}: {str(e)[:160]}). "
+                         f"Save a state_dict: torch.save(model.state_dict(), PATH).") from None
+
+
 _held = threading.local()  # the locks this thread holds: file_lock is re-entrant within a thread
 
 

@@ -31,6 +31,7 @@ from pydantic import Field
 from .defense import Defense
 from .errors import BenchError, did_you_mean
 from .params import StrictModel
+from .store import read_weights
 
 ROBUSTBENCH = "robustbench:"
 SPEC_FORMS = "FILE.py:FACTORY, MODULE:FACTORY or robustbench:NAME"
@@ -212,23 +213,6 @@ def _listing(keys: list[str], limit: int = 10) -> str:
     return f"{shown}{f' … ({len(keys) - limit} more)' if len(keys) > limit else ''}"
 
 
-def read_weights(path: Path):
-    """torch.load(weights_only=True) of a user's weights file (a pickle payload is refused, never run), its failures
-    one BenchError naming the file; also what bench.robustbench_shim checks RobustBench's files with."""
-    import pickle
-
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise BenchError(f"Refused to load {path}: it holds Python objects other than tensors (a pickle payload, "
-                         f"which can run code when loaded); bench loads weights with torch.load(weights_only=True) "
-                         f"only ({first[:160]}). Save a state_dict: torch.save(model.state_dict(), PATH).") from None
-    except Exception as e:
-        raise BenchError(f"{path} is not a weights file torch can read ({type(e).__name__}: {str(e)[:160]}). "
-                         f"Save a state_dict: torch.save(model.state_dict(), PATH).") from None
-
-
 def load_weights(model: nn.Module, path: Path, spec: str = "") -> None:
     """Load a state_dict file into `model`, strictly: every key present, none extra, every shape equal."""
     sd = _state_dict(read_weights(path), path)
@@ -320,7 +304,6 @@ class ModelDefense(Defense):
 
     def __init__(self, params: ModelParams, dataset_info, dataset_arch: str = ""):
         self.params, self.info, self.arch = params, dataset_info, ""
-        self.config_root: Path | None = None  # set by bench.runner: where relative paths in bench.toml start
         # the class-level declarations of a Defense, per instance: a user's model declares them in its entry
         self.stochastic = bool(params.stochastic)
         self.non_differentiable = tuple(params.bpda)
@@ -333,7 +316,7 @@ class ModelDefense(Defense):
         return file_digests(params, root)
 
     def build_model(self) -> nn.Module:
-        model = self.module if self.module is not None else build(self.params, self.info, self.config_root)
+        model = self.module if self.module is not None else build(self.params, self.info, self.context.config_root)
         missing = [n for n in self.params.bpda if n not in dict(model.named_modules())]
         if missing:
             names = [n for n, _ in model.named_modules() if n]

@@ -23,7 +23,7 @@ import torch
 from pydantic import Field
 
 from .params import Number, StrictModel
-from .pgd import PGDSettings, _grad
+from .pgd import PGDSettings, _grad, dead_gradients  # noqa: F401  (dead_gradients: public here too)
 
 class AuditSettings(StrictModel):
     """[verdicts.audit]: the expensive checks and adaptations of `bench audit` (entries of bench.toml)."""
@@ -61,14 +61,6 @@ class VerdictSettings(StrictModel):
 
 
 # ---------------------------------------------------------------- measurements (summed over batches)
-
-def dead_gradients(g: torch.Tensor, vanishing: float) -> torch.Tensor:
-    """Per sample: an input gradient that is NaN/Inf somewhere, exactly zero or vanishing (L1 < vanishing * d)."""
-    flat = g.detach().flatten(1).double()
-    finite = torch.isfinite(flat).all(1)
-    l1 = flat.abs().nan_to_num(0.0, posinf=0.0).sum(1)
-    return ~finite | (l1 <= vanishing * flat.shape[1])
-
 
 def attack_loss_kind(atk) -> str:
     loss = str(getattr(atk.params, "loss", "ce"))

@@ -12,9 +12,7 @@ from typing import Callable, ClassVar
 import torch
 import torch.nn as nn
 
-from bench import Defense, DefenseParams, Field, Number, StepSize
-from bench.params import step_value
-from bench.pgd import PGDSettings, run_pgd, step
+from bench import Defense, DefenseParams, Field, Number, PGDSettings, StepSize, run_pgd, step, step_value
 
 MONITOR_SEED = 0  # the same start noise every epoch, so successive monitor numbers are comparable
 MONITOR_BATCH = 250

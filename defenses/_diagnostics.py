@@ -10,7 +10,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from bench.store import atomic_write_bytes  # noqa: E402
+from bench import atomic_write_bytes  # noqa: E402
 
 from ._polarizing_layers import HIST_BINS, HIST_RANGE  # noqa: E402
 

@@ -16,8 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench import BenchError, progress
-from bench.store import ArtifactCache, content_hash
+from bench import ArtifactCache, BenchError, content_hash, load_split, progress, resolve_data_root, versions
 
 FORMAT = 1  # bump when a change here invalidates cached dictionaries
 
@@ -126,8 +125,6 @@ def obtain(s: DictionarySettings, cache: ArtifactCache | None, data_root: Path |
     if cache is not None and cache.has("dictionary", s.key):
         payload, meta = cache.load("dictionary", s.key)
         return payload["filters"], meta
-    from bench.data import load_split, resolve_data_root
-
     root = Path(data_root) if data_root is not None else resolve_data_root()
     images, _ = load_split(s.dataset, "train", str(root))
     progress.log(f"learning the {s.n_atoms}-atom patch dictionary ({s.learner}, {s.iterations} mini-batches of "
@@ -144,6 +141,4 @@ def obtain(s: DictionarySettings, cache: ArtifactCache | None, data_root: Path |
 
 
 def _versions() -> dict:
-    from bench.provenance import versions
-
     return versions()

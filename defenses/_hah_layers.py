@@ -9,8 +9,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from bench.errors import ConfigError
-from bench.nets import Normalize
+from bench import ConfigError, Normalize
 
 VGG16 = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"]
 WN_EPS = 1e-6

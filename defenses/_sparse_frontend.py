@@ -13,8 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from bench import BenchError
-from bench.defense import set_on_modules
+from bench import BenchError, set_on_modules
 
 # ---------------------------------------------------------------- backward modes
 

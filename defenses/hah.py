@@ -41,6 +41,18 @@ class PlainVGG16(Defense):
         gen = torch.Generator().manual_seed(trained.meta.get("seed", 0))
         return {"blockwise": blockwise_stats(trained.model, x, noise_sigma, gen, device), "files": []}
 
+    @classmethod
+    def compare_diagnostics(cls, reports: dict[str, dict], out_dir: Path, noise_sigma: float) -> dict:
+        """One figure of the block-wise numbers of every model given (HaH and VGG-16 side by side)."""
+        blockwise = {name: r["blockwise"] for name, r in reports.items() if "blockwise" in r}
+        if not blockwise:
+            return {}
+        from ._diagnostics import plot_blockwise
+
+        path = out_dir / f"blockwise_{'_'.join(blockwise)}.png"
+        plot_blockwise(blockwise, noise_sigma, path)
+        return {"blockwise_plot": str(path)}
+
 
 @register_defense("hah")
 class HaH(PlainVGG16):

@@ -4,8 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from bench import Field, register_defense
-from bench.pgd import random_start
+from bench import Field, random_start, register_defense
 
 from ._adversarial import AdversarialDefense, AdversarialParams, maximize
 

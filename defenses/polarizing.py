@@ -9,8 +9,7 @@ from typing import Literal
 import torch.nn.functional as F
 from pydantic import field_validator, model_validator
 
-from bench import BenchError, Defense, Field, Number, register_defense
-from bench.defense import set_on_modules
+from bench import BenchError, Defense, Field, Number, register_defense, set_on_modules
 
 from ._adam_params import AdamOwnNetParams
 from ._polarizing_layers import (PolarizingClassifier, PolarizingFrontEnd, PolarizingNet, bump_b1, bump_b2,

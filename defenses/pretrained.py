@@ -8,8 +8,7 @@
     bpda = {}                                   # {"module.path" = "identity"}: straight-through backward
 
 The loading, checks and declarations live in bench.user_model (bench.evaluate uses them without this plug-in)."""
-from bench import register_defense
-from bench.user_model import ModelDefense, ModelParams
+from bench import ModelDefense, ModelParams, register_defense
 
 
 @register_defense("pretrained")

@@ -14,8 +14,7 @@ from typing import Literal
 
 from pydantic import model_validator
 
-from bench import Defense, DefenseParams, Field, Number, register_defense
-from bench.nets import build_classifier
+from bench import Defense, DefenseParams, Field, Number, build_classifier, register_defense
 
 from . import _dictionary
 from ._sparse_frontend import (Decoder, SoftmaxEnsemble, SparseCodingNet, SparseEncoder, backward_mode,
@@ -75,9 +74,9 @@ class SparseFrontendDefense(Defense):
 
     def build_model(self) -> SparseCodingNet:
         p = self.params
-        # cache and data_root are set by bench.runner; without them the dictionary is learned in memory
-        filters, self.dictionary_meta = _dictionary.obtain(self.dictionary_settings(), getattr(self, "cache", None),
-                                                           getattr(self, "data_root", None))
+        # the run's cache and data root (bench.runner sets the context); without a cache it is learned in memory
+        filters, self.dictionary_meta = _dictionary.obtain(self.dictionary_settings(), self.context.cache,
+                                                           self.context.data_root)
         beta, eps = (p.beta, p.defense_eps) if self.quantize else (0.0, 0.0)
         encoder = SparseEncoder(filters, p.stride, p.top_t, beta, eps, self.dropout_p, self.quantize)
         decoder = Decoder(p.n_atoms, self.info.shape[0], p.patch_size, p.stride, tuple(p.decoder_widths))

@@ -14,9 +14,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from bench import Defense, Field, Number, TrainParams, progress, register_defense
-from bench.store import content_hash
-from bench.training import fit
+from bench import (Defense, Field, Number, TrainParams, content_hash, fit, load_split, progress, register_defense,
+                   resolve_data_root, subset_indices)
 
 from .sparse import FrontendParams, SparseFrontendDefense
 
@@ -83,7 +82,7 @@ class SparseAutoencoder(SparseFrontendDefense):
             model.train()
 
     def _install_autoencoder(self, model) -> dict:
-        cache, key = getattr(self, "cache", None), self.autoencoder_key()
+        cache, key = self.context.cache, self.autoencoder_key()
         if cache is not None and cache.has("autoencoder", key):
             payload, meta = cache.load("autoencoder", key)
             model.decoder.load_state_dict(payload["decoder"])
@@ -115,9 +114,7 @@ class SparseAutoencoder(SparseFrontendDefense):
         return meta
 
     def _training_images(self) -> torch.Tensor:
-        from bench.data import load_split, resolve_data_root, subset_indices
-
-        root = getattr(self, "data_root", None) or resolve_data_root()
+        root = self.context.data_root or resolve_data_root()
         x, _ = load_split(self.info.name, "train", str(root))
         return x[subset_indices(len(x), self.params.n_train, self.params.artifact_seed, f"{self.info.name}/train")]
 

@@ -36,7 +36,7 @@ def small_cnn() -> nn.Module:
 
 def train_briefly(path: str, data_root: str | None = None, n: int = 4096, epochs: int = 2, seed: int = 0) -> None:
     """Write a state_dict of `small_cnn` trained for a few seconds: only so that the example has weights."""
-    from bench.data import load_split, resolve_data_root
+    from bench import load_split, resolve_data_root
 
     torch.manual_seed(seed)
     x, y = load_split("cifar10", "train", str(resolve_data_root(data_root)))

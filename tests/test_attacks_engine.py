@@ -254,7 +254,7 @@ def test_attack_entries_resolve_for_every_dataset_and_profile(env):
 
 
 def test_perf_measure_runs_and_counts_passes():
-    from bench.perf import format_result, measure
+    from bench.perf.engine import format_result, measure
 
     m = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 8 * 8, 10)).eval()
     x, y = _data(16)

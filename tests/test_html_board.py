@@ -1,4 +1,4 @@
-"""`bench table --html` (bench/html_board.py) in a real browser: headless Chromium loads the self-contained page
+"""`bench table --html` (bench/report/html_board.py) in a real browser: headless Chromium loads the self-contained page
 (no server, no network), the rows it renders are read back and checked against the numeric export, and a
 screenshot of it is not blank."""
 import csv
@@ -9,8 +9,8 @@ from html.parser import HTMLParser
 
 import pytest
 
-from bench import html_board, threat_board
-from bench.tables import Results
+from bench.report import html_board, threat_board
+from bench.report.tables import Results
 from synthetic_results import cell, check, fooling, write
 
 N = 50

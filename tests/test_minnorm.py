@@ -9,7 +9,7 @@ import bench
 from attacks._starts import nearest_candidates, pool_predictions, starting_points
 from attacks.minnorm import PerSampleHopSkipJump
 from bench.attack import AttackContext
-from bench.runner import load_subset
+from bench.runner import harness_services, load_subset
 
 
 def test_start_is_the_nearest_image_predicted_as_another_class():
@@ -73,8 +73,8 @@ def test_min_norm_attack_row_on_natural(env, natural_smoke, attack):
     x, y = load_subset("cifar10", "test", env.data_root, params.n_test, 0)
     fooled = torch.tensor(per["fooled"])
     norms = torch.tensor(per["norm"])[fooled]
-    ctx = AttackContext(defense=natural_smoke.defense, device=env.device, seed=0, batch_size=200, env=env,
-                        dataset="cifar10", profile="smoke")
+    ctx = AttackContext(defense=natural_smoke.defense, device=env.device, seed=0, batch_size=200,
+                        dataset="cifar10", profile="smoke", **harness_services(env, "cifar10", "smoke", 0))
     model = bench.PassCounter(natural_smoke.model).eval()
     pool_x, pool_pred = pool_predictions(model, ctx, params.start_pool)
     starts, valid, _ = starting_points(x[fooled], y[fooled], model, pool_x, pool_pred)

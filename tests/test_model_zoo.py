@@ -8,23 +8,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import tiny_natural
 
 pytestmark = [pytest.mark.slow, pytest.mark.ci]  # bench subprocesses: ~1 min on 2 idle cores
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = """
-[defenses.zoo_tiny]
-plugin = "natural"
-epochs = 1
-n_train = 300
-batch_size = 30
-optimizer = "adam"
-lr = 1e-3
-weight_decay = 0.0
-schedule = "constant"
-augment = "none"
-monitor_n = 20
-"""
+TINY = "\n" + tiny_natural("zoo_tiny")
 COMMON = ["--dataset", "mnist", "--profile", "smoke", "--n-test", "40"]
 
 

@@ -80,3 +80,22 @@ def test_batched_restarts_find_at_least_as_much_as_sequential():
     _, f1 = run_pgd(m, x, y, s1, torch.Generator().manual_seed(0))
     _, f4 = run_pgd(m, x, y, s4, torch.Generator().manual_seed(0))
     assert abs(f1.float().mean() - f4.float().mean()) <= 0.05
+
+
+def test_point_seeds_make_each_points_attack_independent_of_its_batch():
+    """With point_seeds, a point's restarts start from its own draws: attacking a subset of the batch in another
+    order gives each point bitwise the same adversarial example (what bench.suite relies on); with one
+    generator per batch, rows take each other's starts and the examples differ."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(48, 3)).eval()
+    x, y = torch.rand(24, 3, 4, 4), torch.randint(0, 3, (24,))
+    s = PGDSettings(norm="linf", eps=0.1, steps=2, step_size=0.01, restarts=3, early_stop=False)
+    seeds = [1000 + 7 * i for i in range(24)]
+    sub = torch.tensor([17, 3, 9, 20, 11])
+    full, _ = run_pgd(model, x, y, s, torch.Generator().manual_seed(0), point_seeds=seeds)
+    part, _ = run_pgd(model, x[sub], y[sub], s, torch.Generator().manual_seed(0),
+                      point_seeds=[seeds[i] for i in sub.tolist()])
+    assert torch.equal(part, full[sub])
+    full, _ = run_pgd(model, x, y, s, torch.Generator().manual_seed(0))
+    part, _ = run_pgd(model, x[sub], y[sub], s, torch.Generator().manual_seed(0))
+    assert not torch.equal(part, full[sub])

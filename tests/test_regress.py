@@ -13,9 +13,9 @@ import pytest
 
 from bench.config import load_config
 from bench.errors import BenchError
-from bench.regress import (BASELINE_COLUMNS, compare, meta_path, read_baseline, run_regress, snapshot,
+from bench.report.regress import (BASELINE_COLUMNS, compare, meta_path, read_baseline, run_regress, snapshot,
                            two_proportion_p, welch_p, write_from_results)
-from bench.tables import Results
+from bench.report.tables import Results
 from synthetic_results import cell, fooling, write
 
 BENCH = Path(sys.executable).with_name("bench")  # the installed console script: real exit codes, real click

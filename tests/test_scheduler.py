@@ -27,56 +27,12 @@ from bench.sched.view import PlainView
 from bench.store import ResultsStore
 
 from attacks.pgd import FGSM
+from conftest import tiny_natural
 
 REPO = Path(__file__).resolve().parent.parent
-TINY = """
-[defenses.tiny_a]
-# Adam at a constant LR learns MNIST in a few dozen steps (the natural entry's MNIST table is not inherited)
-plugin = "natural"
-epochs = 1
-n_train = 300
-batch_size = 30
-optimizer = "adam"
-lr = 1e-3
-weight_decay = 0.0
-schedule = "constant"
-augment = "none"
-monitor_n = 20
-[defenses.tiny_b]
-plugin = "natural"
-epochs = 1
-n_train = 200
-batch_size = 20
-optimizer = "adam"
-lr = 1e-3
-weight_decay = 0.0
-schedule = "constant"
-augment = "none"
-monitor_n = 20
-[defenses.tiny_c]
-plugin = "natural"
-epochs = 1
-n_train = 400
-batch_size = 50
-optimizer = "adam"
-lr = 2e-3
-weight_decay = 0.0
-schedule = "constant"
-augment = "none"
-monitor_n = 20
-[defenses.tiny_a_again]
-# the same recipe as tiny_a under another name: one checkpoint serves both
-plugin = "natural"
-epochs = 1
-n_train = 300
-batch_size = 30
-optimizer = "adam"
-lr = 1e-3
-weight_decay = 0.0
-schedule = "constant"
-augment = "none"
-monitor_n = 20
-[attacks.pgd_l2_b3]
+TINY = ("\n" + tiny_natural("tiny_a") + tiny_natural("tiny_b", 200, 20) + tiny_natural("tiny_c", 400, 50, "2e-3")
+        # the same recipe as tiny_a under another name: one checkpoint serves both
+        + tiny_natural("tiny_a_again") + """[attacks.pgd_l2_b3]
 # small batches, so a few dozen attacked points make several batches to shard
 plugin = "pgd_l2"
 eps = 2.0
@@ -88,7 +44,7 @@ batch_size = 3
 datasets = ["mnist"]
 defenses = ["tiny_a", "tiny_b", "tiny_c"]
 attacks = ["pgd_linf", "fgsm", "bim"]
-"""
+""")
 PLANTED = """
 [defenses.planted_raise]
 plugin = "planted_raise"

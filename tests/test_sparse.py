@@ -447,7 +447,7 @@ def test_sparse_ae_two_phases_and_frontend_identity(env):
 
 @pytest.mark.parametrize("spec", ["autograd", "smooth:4+top_u:2T"])
 def test_stages_compose_to_the_forward_and_their_costs_add_up(spec):
-    from bench.perf_stages import measure_stages
+    from bench.perf.stages import measure_stages
 
     net, x = small_net().eval(), images()
     y = torch.zeros(len(x), dtype=torch.long)

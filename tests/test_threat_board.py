@@ -1,13 +1,13 @@
-"""Per-threat-model leaderboards (bench/threat_board.py): the worst case of a threat model uses only its attacks,
+"""Per-threat-model leaderboards (bench/report/threat_board.py): the worst case of a threat model uses only its attacks,
 rows are sorted by it, cells of different n are combined on their common test points, exports are numeric."""
 import csv
 import json
 
 import pytest
 
-from bench import threat_board
+from bench.report import threat_board
 from bench.data import subset_indices
-from bench.tables import Results
+from bench.report.tables import Results
 from synthetic_results import EPS8, cell, check, fooling, write
 
 N = 40
@@ -107,3 +107,93 @@ def test_committed_quick_snapshot_per_threat_model(tmp_path):
     assert not any(a.startswith(("pgd_l1", "pgd_l2")) for a in used)
     worst = [e.worst.acc for e in entries]
     assert worst == sorted(worst, reverse=True)
+
+
+TF32 = ("GPU run with cuDNN TF32 convolutions (before bench.exact, 50cb191); code = tree fd4b2301fb35, the copied "
+        ".git named 09e2e402ffb7-dirty")
+
+
+def test_footnotes_say_what_a_reader_needs_and_provenance_is_one_block(tmp_path):
+    """A warning's reason stays a footnote (once, naming its cells); the code that made the rows (git SHAs, a copied
+    .git's name), versions, devices, checkpoints, training flags and dates go to one provenance block per table."""
+    ok = [True] * N
+    cells = [cell("a", "pgd_linf", ok, fooling(N, range(5)), warnings=TF32, git_sha="abc123def456"),
+             cell("a", "cw_linf", ok, fooling(N, range(6)), warnings=TF32, git_sha="fedcba654321-dirty",
+                  flags={"dictionary": "78d0adc4b6477498"}, timestamp="2026-01-03T00:00:00+00:00"),
+             cell("b", "pgd_linf", ok, fooling(N, range(9)), warnings=TF32,
+                  checks={"gradient_health": check("warn", "few zero gradients", "3 % zero", 0.03, 0.02)})]
+    results = _results(tmp_path, cells)
+    index = threat_board.write(results, "cifar10", "quick", tmp_path)
+    text = (index.parent / "linf-8_255.md").read_text()
+    body, _, block = text.partition("Provenance:")
+    assert block and "Provenance:" not in block  # one block
+    for needle in ("abc123def456", "fedcba654321-dirty", "the copied .git named 09e2e402ffb7-dirty", "cpu:test",
+                   "2026-01-01 to 2026-01-03", "78d0adc4b6477498", "a ckpt"):
+        assert needle in block and needle not in body, needle
+    notes = [line for line in body.splitlines() if line.startswith("[")]
+    # the TF32 reason once, naming both defenses' cells; the weak check; nothing about hashes
+    assert sum("GPU run with cuDNN TF32 convolutions (before bench.exact, 50cb191)" in n for n in notes) == 1
+    assert any("a × cw_linf, pgd_linf; b × pgd_linf" in n for n in notes)
+    assert any("few zero gradients" in n for n in notes) and len(notes) == 2
+    assert "device" not in text.splitlines()[2]  # provenance, not a column
+    # the HTML page shows the same footnotes and the same block
+    from bench.report import html_board
+
+    page = html_board.write(results, tmp_path / "leaderboard.html").read_text()
+    assert page.count('<details class="provenance">') == 1 and "the copied .git named" in page
+    assert "a × cw_linf, pgd_linf; b × pgd_linf" in page
+
+
+ROBUSTBENCH_FIELDS = ("link", "name", "authors", "additional_data", "number_forward_passes", "dataset", "venue",
+                      "architecture", "eps", "clean_acc", "reported", "autoattack_acc")  # every model_info card's
+
+
+def test_model_cards_in_robustbench_format_match_the_leaderboard(tmp_path):
+    """model_info/<threat model>/<defense>.json: the fields RobustBench's cards have and its leaderboard code reads
+    (template.py sorts by float(autoattack_acc); leaderboard.html.j2 shows link, name, footnote, clean_acc, the
+    accuracy, external, flags, additional_data, architecture, venue), consistent with <tm>.csv."""
+    pd = pytest.importorskip("pandas")
+    ok = [True] * N
+    sparse = cell("sparse", "pgd_linf", ok, fooling(N, range(20)))
+    sparse[1]["defense_entry"] = {"name": "sparse", "plugin": "sparse", "params": {"arch": "resnet32", "ensemble": 10}}
+    natural = cell("natural", "pgd_linf", ok, fooling(N, range(N - 1)))
+    natural[1]["defense_entry"] = {"name": "natural", "plugin": "natural", "params": {"arch": "auto"}}
+    cells = [natural, cell("natural", "cw_linf", ok, fooling(N, range(N))), sparse,
+             cell("masked", "pgd_linf", ok, fooling(N, range(2)),
+                  checks={"gradient_health": check("fail", "zero gradients", "all dead", 0.9, 0.2)})]
+    index = threat_board.write(_results(tmp_path, cells), "cifar10", "quick", tmp_path)
+    board = pd.read_csv(index.parent / "linf-8_255.csv")
+    folder = index.parent / threat_board.MODEL_INFO / "linf-8_255"
+    cards = {p.stem: json.loads(p.read_text()) for p in folder.glob("*.json")}
+    assert sorted(cards) == sorted(board["defense"])  # one card per defense of the threat model
+    for card in cards.values():
+        for f in ROBUSTBENCH_FIELDS + ("footnote", "unreliable", "flags"):
+            assert f in card, f
+        assert card["dataset"] == "cifar10" and card["eps"] == "8/255" and card["threat_model"] == "Linf"
+        assert isinstance(card["clean_acc"], str) and isinstance(card["autoattack_acc"], str)
+    # RobustBench's leaderboard order (template.py: sorted by float(acc field), best first) is bench's rank order
+    ranked = sorted(cards.values(), key=lambda c: float(c["autoattack_acc"]), reverse=True)
+    assert [c["name"] for c in ranked] == list(board["defense"])
+    for _, r in board.iterrows():
+        c = cards[r["defense"]]
+        assert c["clean_acc"] == f"{100 * r['clean_acc']:.2f}" and c["autoattack_acc"] == f"{100 * r['robust_acc']:.2f}"
+        assert c["unreliable"] == bool(r["unreliable"]) and c["bench"]["rank"] == r["rank"]
+        assert (c["bench"]["worst_case"]["k"], c["bench"]["worst_case"]["n"]) == (r["robust_k"], r["robust_n"])
+    assert cards["natural"]["autoattack_acc"] == "0.00" and "cw_linf, pgd_linf" in cards["natural"]["footnote"]
+    assert cards["natural"]["architecture"] == "resnet32"  # "auto": bench.toml's [datasets.cifar10] arch
+    assert cards["natural"]["number_forward_passes"] == 1 and cards["sparse"]["number_forward_passes"] == 10
+    assert cards["masked"]["unreliable"] is True and cards["masked"]["flags"] == ["pgd_linf: fail"]
+    assert "model_info/<threat model>/<defense>.json" in index.read_text()
+
+
+def test_a_defense_gone_from_the_rows_leaves_no_stale_card(tmp_path):
+    ok = [True] * N
+    results = _results(tmp_path, [cell("a", "pgd_linf", ok, fooling(N, range(3))),
+                                  cell("b", "pgd_l2", ok, fooling(N, range(3)), norm="l2", eps="0.5")])
+    folder = threat_board.write(results, "cifar10", "quick", tmp_path).parent
+    assert (folder / "l2-0.5.md").exists() and (folder / threat_board.MODEL_INFO / "l2-0.5" / "b.json").exists()
+    only_a = Results([r for r in results.rows if r["defense"] == "a"], results.runs_dir)
+    threat_board.write(only_a, "cifar10", "quick", tmp_path)
+    assert sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()) == [
+        "index.md", "linf-8_255-attacks.csv", "linf-8_255.csv", "linf-8_255.json", "linf-8_255.md",
+        "model_info/linf-8_255/a.json"]

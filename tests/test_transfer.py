@@ -9,7 +9,7 @@ import torch
 import bench
 from attacks.transfer import Transfer, sample_ids
 from bench.errors import ConfigError
-from bench.runner import Env, load_subset, predict
+from bench.runner import Env, harness_services, load_subset, predict
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -121,8 +121,8 @@ def test_pwt_plugin_runs_with_another_surrogate(transfer_env, natural_smoke):
 def test_surrogate_attack_must_run_on_the_pgd_engine(transfer_env):
     x, y = load_subset("cifar10", "test", transfer_env.data_root, 4, 0)
     atk = transfer_env.cfg.attack("transfer_bad", "cifar10", "smoke")
-    ctx = bench.AttackContext(defense=None, device=torch.device("cpu"), seed=0, batch_size=4, env=transfer_env,
-                              dataset="cifar10", profile="smoke")
+    ctx = bench.AttackContext(defense=None, device=torch.device("cpu"), seed=0, batch_size=4, dataset="cifar10",
+                              profile="smoke", **harness_services(transfer_env, "cifar10", "smoke", 0))
     with pytest.raises(ConfigError, match="pwt_test"):
         Transfer(atk.params).run(None, x, y, ctx)
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from bench.config import load_config
-from bench.report import render
-from bench.tables import Notes, Results, leaderboard, spec_table, worst_cell
+from bench.report.render import render
+from bench.report.tables import Notes, Results, leaderboard, spec_table, worst_cell
 from synthetic_results import check, cell, fooling, write
 
 REPO = Path(__file__).resolve().parent.parent

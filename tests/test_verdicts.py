@@ -161,3 +161,19 @@ def test_profile_audit_switch_audits_each_defense_after_its_cells_and_the_leader
     second = CliRunner().invoke(app, args)
     assert second.exit_code == 0 and "up to date" in second.output, second.output
     assert report_file.read_bytes() == before
+
+
+def test_suite_flags_a_black_box_stage_that_beats_the_gradient_stages(planted_env):
+    """On the rounding model (zero input gradients) a suite's Square stage fools what PGD could not: the suite row
+    fails its black_box check; on the honest natural model the same suite passes it."""
+    from bench.config import SuiteSpec
+    from bench.suite import run_suite
+
+    planted_env.cfg.suites["masking_probe"] = SuiteSpec(norm="linf", attacks=["pgd_linf", "square"], order="listed")
+    verdict = {}
+    for defense in ("planted_round", "natural"):
+        row = run_suite(planted_env, defense, "masking_probe", "cifar10", "smoke", 0, 100)
+        verdict[defense] = json.loads(row["checks"])["black_box"]
+    assert verdict["planted_round"]["verdict"] == "fail", verdict
+    assert "square fools" in verdict["planted_round"]["reason"]
+    assert verdict["natural"]["verdict"] == "pass", verdict

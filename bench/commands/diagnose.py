@@ -1,6 +1,7 @@
 """`bench diagnose`: figures and numbers that show whether a structural defense works as its paper describes
 (polarizing: activation histograms per training stage and danger-zone fractions; HaH / VGG-16: block-wise
-squared Hoyer sparsity and SNR under Gaussian noise). Defenses opt in with a `diagnose(...)` method."""
+squared Hoyer sparsity and SNR under Gaussian noise). Defenses opt in with a `diagnose(...)` method, and draw
+figures across models with `compare_diagnostics` (bench.defense.Defense)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -28,20 +29,16 @@ def run_diagnostics(env, defenses: list[str], dataset: str, profile: str, seed: 
     out = diagnostics_dir(env, dataset, profile, seed)
     x, y = load_subset(dataset, "test", env.data_root, n, seed)
     summary: dict = {"dataset": dataset, "profile": profile, "seed": seed, "n": len(x), "defenses": {}}
-    blockwise = {}
+    compare = {}  # each distinct Defense.compare_diagnostics of the defenses given, called once with every report
     for name in defenses:
         t = train(name, dataset, profile, seed, env=env)
         report = t.defense.diagnose(t, x, y, env.device, out / name, noise_sigma=noise_sigma)
         report["checkpoint"] = t.key
         summary["defenses"][name] = report
-        if "blockwise" in report:
-            blockwise[name] = report["blockwise"]
-    if blockwise:
-        from defenses._diagnostics import plot_blockwise
-
-        path = out / f"blockwise_{'_'.join(blockwise)}.png"
-        plot_blockwise(blockwise, noise_sigma, path)
-        summary["blockwise_plot"] = str(path)
+        method = type(t.defense).compare_diagnostics
+        compare.setdefault(method.__qualname__, method)
+    for method in compare.values():
+        summary.update(method(summary["defenses"], out, noise_sigma))
     atomic_write_json(out / "summary.json", summary)
     summary["summary_path"] = str(out / "summary.json")
     return summary

@@ -1,5 +1,5 @@
 """`bench perf`: the attack engine against its limit (a bare forward+backward) and against torchattacks and
-foolbox, plus the model passes that per-point early exit saves (see bench.perf)."""
+foolbox, plus the model passes that per-point early exit saves (see bench.perf.engine)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -59,7 +59,7 @@ def register(app) -> None:
         CPU), (b) torchattacks / ours (>= 1.0) and foolbox / ours (>= 1.4), (c) passes per image of
         PGD-40 x 10 restarts with vs without early exit (~ 40·(1 + 9·robust fraction) with it)."""
         from bench.params import parse_number
-        from bench.perf import format_result, measure
+        from bench.perf.engine import format_result, measure
         from bench.store import atomic_write_json
 
         import torch
@@ -99,7 +99,7 @@ def register(app) -> None:
 
         Prints, per defense x attack, the attack's time without and with the checks, the overhead (target
         <= 10 %) and the model probes' share, and checks both runs fooled the same points."""
-        from bench.perf_checks import check_share, format_share
+        from bench.perf.checks import check_share, format_share
         from bench.store import atomic_write_json
 
         import torch

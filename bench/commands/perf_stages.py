@@ -1,5 +1,5 @@
 """`bench perf-stages`: a defense model's forward and forward+backward cost broken down by stage (e.g. how much
-of an attack step the sparse-coding front end takes), see bench.perf_stages."""
+of an attack step the sparse-coding front end takes), see bench.perf.stages."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -32,7 +32,7 @@ def perf_stages(
     relative to the classifier's. A benchmark, not a test: run it on an otherwise idle machine."""
     import torch
 
-    from ..perf_stages import format_stages, measure_stages
+    from ..perf.stages import format_stages, measure_stages
     from ..runner import _build_defense
     from ..store import atomic_write_json
     from .perf import perf_batch

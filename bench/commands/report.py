@@ -19,7 +19,7 @@ SeedOpt = typer.Option(None, "--seed", help="Seed whose cells to show (default: 
 
 def _context(config, results_dir, dataset=None, profile=None):
     from ..config import load_config
-    from ..tables import Results
+    from ..report.tables import Results
 
     cfg = load_config(config)
     root = Path(results_dir) if results_dir else cfg.resolve_path(cfg.settings.results_dir)
@@ -47,7 +47,7 @@ def table(
     Rows are defenses, columns attacks (accuracy ± 95 % CI, mean norm for minimum-norm attacks), a per-sample
     worst-case column and cost columns. With --spec/--paper, renders the papers' table layouts from bench.toml
     into tables/NAME.md|csv with the published numbers beside the measured ones."""
-    from ..report import render, render_specs
+    from ..report.render import render, render_specs
 
     given_dataset = dataset
     cfg, root, dataset, profile, results = _context(config, results_dir, dataset, profile)
@@ -56,7 +56,7 @@ def table(
     if paper:
         names = [n for n, t in cfg.tables.items() if given_dataset in (None, t.dataset)]
         if not names and not cfg.tables:
-            raise BenchError(f"--paper: {cfg.path} defines no [tables.*] paper layouts (see bench.table_spec).")
+            raise BenchError(f"--paper: {cfg.path} defines no [tables.*] paper layouts (see bench.report.table_spec).")
         if not names:
             raise BenchError(f"No [tables.*] paper layout for dataset {given_dataset} in {cfg.path}; layouts exist "
                              f"for: {', '.join(sorted({t.dataset for t in cfg.tables.values()}))}.")
@@ -70,7 +70,7 @@ def table(
                          f"{'' if seed is None else f', seed {seed}'} in {root / 'results.csv'}. "
                          f"Run `bench run --profile {profile} --dataset {dataset}` first.")
     if html:
-        from .. import html_board
+        from ..report import html_board
 
         page = html_board.write(results, out / "leaderboard.html")
         typer.echo(f"wrote {page}" if page else "no bounded attack in the results: no HTML page written", err=True)
@@ -91,7 +91,7 @@ def plot(
 
     A curve joins the cells whose attack differs only in the plotted parameter (define entries such as
     pgd_linf_eps4 in bench.toml and run them). PNGs go to plots/ and are linked from plots.md."""
-    from ..plots import KINDS, render_plots
+    from ..report.plots import KINDS, render_plots
 
     for k in kind or []:
         if k not in KINDS:
@@ -129,7 +129,7 @@ def regress(
     A cell of the matrix regresses when its clean or robust accuracy moves beyond sampling noise (two-proportion
     z-test) and by at least the baseline's tolerance, when it has no row, or when it stops finishing. A baseline
     that is torn, lacks a column or holds a non-number is an error naming its file and line."""
-    from ..regress import run_regress, write_from_results
+    from ..report.regress import run_regress, write_from_results
 
     cfg, root, _, _, results = _context(config, results_dir)
     if profile is not None:

@@ -42,10 +42,12 @@ def status(
         raise BenchError(f"No matrix '{name}': give --matrix NAME or --defense and --attack.")
     defenses = list(defense or []) or chosen.defenses
     attacks = list(attack or []) or chosen.attacks
+    suites = [] if attack or chosen is None else chosen.suites  # a suite's row is its column `suite:NAME`
     datasets = [dataset] if dataset else (chosen.datasets if chosen else [s.dataset])
     profile = profile or (chosen.profile if chosen else None) or s.profile
     seed = s.seed if seed is None else seed
-    plan = build_plan(env, defenses, attacks, datasets, profile, seed, n_test)
+    plan = build_plan(env, defenses, attacks, datasets, profile, seed, n_test, suites=suites)
+    attacks = attacks + [f"suite:{n}" for n in suites]
     latest = {r["cell"]: r for r in env.store.rows()}  # the last row of a cell is its state
     out = Console()
     counts: dict[str, int] = {}

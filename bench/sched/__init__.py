@@ -35,8 +35,9 @@ def make_backend(kind: str, devices: str | None = None, ray_address: str | None 
 def run_matrix(env: Env, defenses: list[str], attacks: list[str], datasets: list[str] | None = None,
                profile: str | None = None, seed: int | None = None, n_test: int | None = None, force: bool = False,
                devices: str | None = "auto", backend: str = "local", ray_address: str | None = None,
-               shards: int | str = 1, plain: bool = False) -> Summary:
-    """Run every cell of defenses × attacks × datasets; returns what this run wrote (see `Summary`)."""
+               shards: int | str = 1, plain: bool = False, suites: list[str] | None = None) -> Summary:
+    """Run every cell of defenses × attacks × datasets, and each suite of `suites` on every defense × dataset
+    (one job per suite, after its trainings: bench.suite); returns what this run wrote (see `Summary`)."""
     from .. import progress
 
     s = env.cfg.settings
@@ -55,7 +56,8 @@ def run_matrix(env: Env, defenses: list[str], attacks: list[str], datasets: list
         load_split(dataset, "test", str(env.data_root))  # no copy at all: downloaded, or where bench looked
     if backend == "ray" and shards == "auto":
         runner.start(env_spec(env))  # the cluster's size decides the shard count
-    plan = build_plan(env, defenses, attacks, datasets, profile, seed, n_test, shards, runner.slots, force)
+    plan = build_plan(env, defenses, attacks, datasets, profile, seed, n_test, shards, runner.slots, force,
+                      suites=suites or [])
     todo = [j for j in plan if j.state == PENDING and j.kind != "merge"]
     cells = plan.cells()
     progress.log(f"[scheduler] {len(cells)} cells ({sum(c.skipped for c in cells)} finished earlier), "

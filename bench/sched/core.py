@@ -130,6 +130,8 @@ class Scheduler:
             self.durations.setdefault(job.kind, []).append(ev.seconds)
             if job.kind == "cell":
                 self._write_ok(job, [ev.result["part"]])
+            elif job.kind == "suite":
+                self._write_row(job, ev.result["row"], ev.result["manifest"])
             elif job.kind == "shard":
                 atomic_write_json(self.plan.shard_path(job), ev.result["part"])
             elif job.kind == "train":
@@ -168,6 +170,9 @@ class Scheduler:
         except BenchError as e:  # e.g. the attack broke its budget: the cell failed, the matrix goes on
             self._fail(job, str(e), "")
             return
+        self._write_row(job, row, manifest)
+
+    def _write_row(self, job: Job, row: dict, manifest: dict) -> None:
         if job.notes:
             row["warnings"] = " | ".join(filter(None, [row["warnings"], *job.notes]))
         self.env.store.append(row, manifest)
@@ -199,9 +204,10 @@ class Scheduler:
                "warnings": " | ".join([reason, *job.notes]), "git_sha": provenance.git_sha(),
                "versions": json.dumps(provenance.versions(), sort_keys=True),
                "config_hash": content_hash(cfg.path.read_text()), "timestamp": _now()}
+        attacked = ({"suite_entry": cfg.suites[job.spec["suite"]].model_dump()} if job.kind == "suite" else
+                    {"attack_entry": cfg.attack(r["attack"], r["dataset"], r["profile"]).as_dict()})
         manifest = {"defense_entry": cfg.defense(r["defense"], r["dataset"], r["profile"]).as_dict(),
-                    "attack_entry": cfg.attack(r["attack"], r["dataset"], r["profile"]).as_dict(),
-                    "error": reason, "traceback": tb}
+                    **attacked, "error": reason, "traceback": tb}
         self.env.store.append(row, manifest)
         self._release(job)
         self.summary.rows.append(row)

@@ -83,6 +83,16 @@ def execute(env, spec: dict) -> dict:
             raise BenchError(f"cell key {part['cell']} differs from the planned {spec['cell']}: bench.toml changed "
                              f"during the run; run the command again.")
         return {"part": part}
+    if kind == "suite":
+        from ..suite import compute, plan_suite
+
+        sp = plan_suite(env, spec["defense"], spec["suite"], spec["dataset"], spec["profile"], spec["seed"],
+                        spec["n_test"])
+        if sp.cell != spec["cell"]:
+            raise BenchError(f"suite cell key {sp.cell} differs from the planned {spec['cell']}: bench.toml changed "
+                             f"during the run; run the command again.")
+        row, manifest = compute(env, sp, force=spec.get("force", False))
+        return {"row": row, "manifest": manifest}
     if kind == "noop":  # the scheduler-overhead benchmark
         time.sleep(spec.get("seconds", 0.0))
         return {}

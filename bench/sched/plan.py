@@ -19,7 +19,7 @@ PENDING, RUNNING, DONE, FAILED, BLOCKED = "pending", "running", "done", "failed"
 @dataclass
 class Job:
     id: str
-    kind: str  # train | cell | shard | merge | noop
+    kind: str  # train | cell | shard | merge | suite | noop
     label: str
     spec: dict  # what a worker needs to run it (JSON-able)
     deps: list[str] = field(default_factory=list)
@@ -106,8 +106,10 @@ def shard_count(shards: int | str, n_test: int, slots: int) -> int:
 
 
 def build_plan(env: Env, defenses: list[str], attacks: list[str], datasets: list[str], profile: str, seed: int,
-               n_test: int | None = None, shards: int | str = 1, slots: int = 1, force: bool = False) -> Plan:
-    """Cross defenses × attacks × datasets into jobs; finished cells and cached checkpoints are marked done."""
+               n_test: int | None = None, shards: int | str = 1, slots: int = 1, force: bool = False,
+               suites: list[str] = ()) -> Plan:
+    """Cross defenses × attacks × datasets into jobs, plus one job per suite × defense × dataset; finished cells
+    and cached checkpoints are marked done."""
     finished = Counter(r["cell"] for r in env.store.rows() if r["status"] == "ok")
     plan = Plan({}, env.cache.root / "shards", finished)
     jobs = plan.jobs
@@ -142,9 +144,32 @@ def build_plan(env: Env, defenses: list[str], attacks: list[str], datasets: list
                                   [p.id for p in parts], row=row))
                 if done:
                     job.state, job.skipped = DONE, True
+        for name in suites:
+            for defense in defenses:
+                _add_suite_job(env, plan, add, defense, name, dataset, profile, seed, n_test, finished, force,
+                               multi=len(datasets) > 1)
     _skip_unneeded_trainings(plan)
     _verify_checkpoints(env, plan)
     return plan
+
+
+def _add_suite_job(env: Env, plan: Plan, add, defense: str, name: str, dataset: str, profile: str, seed: int,
+                   n_test: int | None, finished: Counter, force: bool, multi: bool) -> None:
+    # one job runs the suite's stages in turn (each needs the one before it); its saved stage states make a
+    # killed job resume at the stage in flight (bench.suite)
+    from ..suite import plan_suite
+
+    sp = plan_suite(env, defense, name, dataset, profile, seed, n_test)
+    deps = [add(_train_job(env, d, dataset, profile, seed)).id
+            for d in dict.fromkeys([defense, *(x for st in sp.stages for x in surrogate_defenses(env, st.resolved))])]
+    spec = {"kind": "suite", "defense": defense, "suite": name, "dataset": dataset, "profile": profile,
+            "seed": seed, "n_test": sp.n_test, "cell": sp.cell, "force": force}
+    row = {"cell": sp.cell, "dataset": dataset, "defense": defense, "attack": sp.attack, "profile": profile,
+           "seed": seed, "norm": sp.norm, "eps": sp.eps, "defense_ckpt": deps[0].split(":", 1)[1]}
+    job = add(Job(f"suite:{sp.cell}", "suite", f"{defense} × {sp.attack}" + (f" ({dataset})" if multi else ""),
+                  spec, deps, row=row))
+    if sp.cell in finished and not force:
+        job.state, job.skipped = DONE, True
 
 
 def _verify_checkpoints(env: Env, plan: Plan) -> None:

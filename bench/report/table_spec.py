@@ -1,0 +1,102 @@
+"""[tables.NAME] in bench.toml: a paper's table layout as data, with the published numbers beside each row.
+
+A cell reference is "clean", "worst" (per-sample worst case over `worst_of`), the name of an [attacks.*] entry,
+"success:NAME" (that attack's success rate on the points it attacked, as the papers' query-attack tables give it),
+or "pending:NAME" for an entry that bench.toml does not have yet (rendered as "pending", never as a number).
+A row names its [defenses.*] entry, or `pending` when that entry does not exist yet. Every name that is not
+marked pending must exist: a typo is an error at load, like everywhere else in bench.toml."""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from ..errors import ConfigError, did_you_mean
+from ..params import StrictModel
+
+PENDING = "pending:"
+SUCCESS = "success:"
+SPECIAL_CELLS = ("clean", "worst")
+
+
+class TableColumn(StrictModel):
+    label: str
+    cell: str = Field(description="clean | worst | an [attacks.*] entry | success:NAME | pending:NAME")
+    dataset: str | None = Field(None, description="default: the table's dataset")
+
+
+class TableRow(StrictModel):
+    label: str
+    defense: str | None = Field(None, description="the [defenses.*] entry measured in this row")
+    pending: str = Field("", description="the entry this row waits for when `defense` is not set")
+    cells: list[str] | None = Field(None, description="per-row cell references (replace the columns' `cell`)")
+    worst_of: list[str] | None = Field(None, description="attacks whose per-sample worst case fills 'worst' cells")
+    paper: list[float | Literal["-"]] = Field(default_factory=list, description="published numbers, '-' = not reported")
+    note: str = ""
+
+    @model_validator(mode="after")
+    def _defense_or_pending(self):
+        if (self.defense is None) == (not self.pending):
+            raise ValueError(f"row '{self.label}' needs exactly one of `defense` (an entry) or `pending` "
+                             f"(the entry it waits for)")
+        return self
+
+
+class TableSpec(StrictModel):
+    title: str
+    source: str = Field(description="where the published numbers come from")
+    dataset: str
+    columns: list[TableColumn] = Field(min_length=1)
+    rows: list[TableRow] = Field(min_length=1)
+    worst_of: list[str] | None = None
+    note: str = ""
+
+    def row_cells(self, row: TableRow) -> list[str]:
+        return row.cells if row.cells is not None else [c.cell for c in self.columns]
+
+    def worst_attacks(self, row: TableRow) -> list[str]:
+        """'worst' = the row's `worst_of`, else the table's, else every attack the row shows."""
+        if row.worst_of is not None:
+            return row.worst_of
+        if self.worst_of is not None:
+            return self.worst_of
+        return [c for c in self.row_cells(row)
+                if c not in SPECIAL_CELLS and not c.startswith(PENDING) and not c.startswith(SUCCESS)]
+
+    def column_dataset(self, i: int) -> str:
+        return self.columns[i].dataset or self.dataset
+
+
+def check_table(cfg, name: str, spec: TableSpec) -> None:
+    """Names in a table spec must exist in bench.toml unless marked pending (called by load_config)."""
+    where = f"tables.{name}"
+    for ds in {spec.dataset, *(c.dataset for c in spec.columns if c.dataset)}:
+        cfg.check_choice(f"dataset in {where}", ds, cfg.datasets)
+    for row in spec.rows:
+        at = f"{where}, row '{row.label}'"
+        if row.defense is not None:
+            _check_entry(cfg, "defense", row.defense, at)
+        cells = spec.row_cells(row)
+        if len(cells) != len(spec.columns):
+            raise ConfigError(f"Invalid config: {at}: `cells` has {len(cells)} entries, the table has "
+                              f"{len(spec.columns)} columns.")
+        if row.paper and len(row.paper) != len(spec.columns):
+            raise ConfigError(f"Invalid config: {at}: `paper` has {len(row.paper)} numbers, the table has "
+                              f"{len(spec.columns)} columns (write \"-\" where the paper reports none).")
+        for ref in [*cells, *(row.worst_of or []), *(spec.worst_of or [])]:
+            if ref.startswith(PENDING):
+                if not ref[len(PENDING):]:
+                    raise ConfigError(f"Invalid config: {at}: 'pending:' must name the entry it waits for.")
+            elif ref not in SPECIAL_CELLS:
+                _check_entry(cfg, "attack", ref.removeprefix(SUCCESS), at)
+        if "worst" in cells and row.defense is not None and not spec.worst_attacks(row):
+            raise ConfigError(f"Invalid config: {at} has a 'worst' cell but no attacks to take it over; "
+                              f"set `worst_of` on the row or the table.")
+
+
+def _check_entry(cfg, kind: str, name: str, at: str) -> None:
+    if not cfg.has(kind, name):
+        table = "defenses" if kind == "defense" else "attacks"
+        raise ConfigError(f"Invalid config: {at} names unknown {kind} '{name}' (no [{table}.{name}] entry). "
+                          f"{did_you_mean(name, cfg.names(kind))} Write 'pending:{name}' "
+                          f"(or `pending = \"{name}\"` for a row) if the entry is still being written.")

@@ -1,0 +1,76 @@
+"""What is committed re-renders as committed (issue 21, part 5): each committed quick snapshot under results/measured/
+(results.csv, the run manifests it keeps under runs/) rendered by `bench table` into a scratch folder gives every
+committed table byte for byte (leaderboard.md|csv|html, the per-threat-model leaderboards with their exports and
+model cards, the paper tables), and no committed rendering is missing from or stale beside a fresh one.
+
+Fast (a few seconds, no model), so CI runs it with the other fast tests; marked `ci` as well to say it is a check
+CI must run. To refresh the committed files after a change to the rendering, run the same commands in place:
+`bench table --profile quick --dataset D --html --results-dir results/measured/quick_D` (and `--paper` for the
+folders with tables/), then `git status results/` shows what changed."""
+import shutil
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from bench.cli import app
+
+ROOT = Path(__file__).resolve().parents[1]
+MEASURED = ROOT / "results" / "measured"
+# (folder, dataset, renders paper tables too); the inputs of each: results.csv, runs/ and plots.md (bench plot's
+# page, which the leaderboard links; its plots need per-sample norms this snapshot does not keep)
+SNAPSHOTS = [("quick_cifar10", "cifar10", True), ("quick_fashion_mnist", "fashion_mnist", True),
+             ("quick_mnist", "mnist", False)]
+RENDERED = ("leaderboard.md", "leaderboard.csv", "leaderboard.html", "leaderboards", "tables")
+
+
+def _rendered_files(folder: Path) -> dict[str, bytes]:
+    out = {}
+    for name in RENDERED:
+        p = folder / name
+        for f in ([p] if p.is_file() else sorted(p.rglob("*")) if p.is_dir() else []):
+            if f.is_file():
+                out[str(f.relative_to(folder))] = f.read_bytes()
+    return out
+
+
+@pytest.mark.ci
+@pytest.mark.parametrize("folder, dataset, paper", SNAPSHOTS)
+def test_committed_snapshot_rerenders_byte_for_byte(tmp_path, monkeypatch, folder, dataset, paper):
+    src = MEASURED / folder
+    assert (src / "results.csv").is_file(), f"{src} has no results.csv: nothing to re-render from"
+    work = tmp_path / folder
+    work.mkdir()
+    shutil.copy(src / "results.csv", work / "results.csv")
+    for extra in ("runs", "plots.md"):
+        if (src / extra).is_dir():
+            shutil.copytree(src / extra, work / extra)
+        elif (src / extra).is_file():
+            shutil.copy(src / extra, work / extra)
+    monkeypatch.setenv("BENCH_PROGRESS", "0")
+    monkeypatch.chdir(ROOT)  # bench.toml of the repository
+    runs = [["table", "--profile", "quick", "--dataset", dataset, "--html", "--results-dir", str(work)]]
+    if paper:
+        runs.append(["table", "--profile", "quick", "--paper", "--dataset", dataset, "--results-dir", str(work)])
+    for args in runs:
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 0, (args, result.output)
+    fresh, committed = _rendered_files(work), _rendered_files(src)
+    assert "leaderboard.md" in fresh and any(k.startswith("leaderboards/") for k in fresh)
+    assert sorted(set(committed) - set(fresh)) == [], "committed renderings the snapshot no longer produces (stale)"
+    assert sorted(set(fresh) - set(committed)) == [], "renderings of the snapshot that are not committed"
+    changed = [name for name in fresh if fresh[name] != committed[name]]
+    assert changed == [], f"re-rendering {folder} changed {changed}: refresh them (see this module's docstring)"
+    # nothing of this machine in them: no absolute path, no scratch folder
+    for name, data in fresh.items():
+        assert str(tmp_path).encode() not in data and str(ROOT).encode() not in data, name
+
+
+def test_rows_without_per_sample_data_say_so(tmp_path):
+    """A snapshot that keeps no run manifests (quick_cifar10) bounds each worst case by its strongest single attack
+    and says why: the per-sample data are not committed."""
+    text = (MEASURED / "quick_cifar10" / "leaderboards" / "cifar10-quick" / "linf-8_255.md").read_text()
+    assert "per-sample data not committed" in text and "≤ " in text
+    mnist = (MEASURED / "quick_mnist" / "leaderboards" / "mnist-quick" / "linf-0.3.md").read_text()
+    natural = next(line for line in mnist.splitlines() if "| natural" in line)
+    assert "≤" not in natural  # its manifests are committed: a per-sample worst case
