@@ -71,18 +71,19 @@ def run(
     suites = list(suite or []) or ([] if attack or matrix is None else chosen.suites)
     datasets = [dataset] if dataset else (chosen.datasets if matrix is not None else [s.dataset])
     profile = profile or (chosen.profile if matrix is not None else None) or s.profile
+    seed = s.seed if seed is None else seed  # the settings' seed, once for every path below
     scheduled = (matrix is not None or devices or backend or ray_address or shards or plain
                  or len(defenses) * (len(attacks) + len(suites)) > 1) and model is None  # --model's lives here
     for ds in datasets if model is None else []:  # (--model's was checked in _model_env)
         for name in defenses:  # a ready-made model's wrong file fails here, before a job writes a failed row
-            check_ready_made(env, name, ds, profile, s.seed if seed is None else seed)
+            check_ready_made(env, name, ds, profile, seed)
     if not scheduled:
         rows = run_cells(defenses, attacks, dataset=datasets[0], profile=profile, seed=seed, n_test=n_test,
                          force=force, env=env) if attacks else []
         for name in suites:
             from .suite import run_suite
 
-            rows.append(run_suite(env, defenses[0], name, datasets[0], profile, s.seed if seed is None else seed,
+            rows.append(run_suite(env, defenses[0], name, datasets[0], profile, seed,
                                   n_test, force))
         done = {(rows[0]["dataset"], rows[0]["profile"])}
     else:
@@ -97,7 +98,7 @@ def run(
 
         failed = {(r["dataset"], r["defense"]) for r in summary.problems} if scheduled else set()
         audit_matrix(env, defenses, attacks, sorted({d for d, _ in done}), profile,
-                     s.seed if seed is None else seed, n_test, force, skip=failed)
+                     seed, n_test, force, skip=failed)
     for ds, prof in sorted(done):
         path = render(env.store.rows(), ds, prof, env.store.root)
         if path:
@@ -132,12 +133,12 @@ def _model_env(model, weights, defense, attack, matrix, devices, backend, ray_ad
     env = Env.create(config=config, data_root=data_root, device=device, results_dir=results_dir)
     progress.log(f"config {env.cfg.path} · results {env.store.root} · data {env.data_root}")
     s = env.cfg.settings
-    ds, prof = dataset or s.dataset, profile or s.profile
+    ds, prof, seed = s.choose(dataset, profile, seed)
     for n in suites or []:
         env.cfg.check_choice("suite", n, env.cfg.suites)
     attacks = list(attack or []) or [a for n in suites for a in env.cfg.suites[n].attacks]
     name = add_model_entry(env.cfg, model, weights, attacks, ds, prof)
-    check_ready_made(env, name, ds, prof, s.seed if seed is None else seed)
+    check_ready_made(env, name, ds, prof, seed)
     ensure_writable_dir(env.store.root, "results folder")
     ensure_writable_dir(env.cache.root, "cache folder")
     return env, [name]

@@ -37,6 +37,11 @@ class Settings(StrictModel):
     device: str = "auto"
     matrix: str = "default"
 
+    def choose(self, dataset: str | None = None, profile: str | None = None,
+               seed: int | None = None) -> tuple[str, str, int]:
+        """(dataset, profile, seed): each the one given, else these settings' default (seed 0 is a choice)."""
+        return dataset or self.dataset, profile or self.profile, self.seed if seed is None else seed
+
 
 class Profile(StrictModel):
     description: str

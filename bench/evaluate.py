@@ -111,7 +111,7 @@ def evaluate(model: nn.Module | str, attacks: str | list[str] = "pgd_linf", data
 
     env = _env(config, data_root, device)
     s = env.cfg.settings
-    profile, seed = profile or s.profile, s.seed if seed is None else seed
+    _, profile, seed = s.choose(None, profile, seed)
     attacks = [attacks] if isinstance(attacks, str) else list(attacks)
     if not attacks:
         raise BenchError("evaluate() got no attacks: give attack entries of bench.toml, e.g. attacks=['pgd_linf'].")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-LIBRARIES = ("torch", "torchvision", "numpy", "foolbox", "torchattacks", "pyautoattack", "scikit-learn", "pandas")
+LIBRARIES = ("torch", "torchvision", "numpy", "foolbox", "torchattacks", "pyautoattack", "scikit-learn")
 
 
 @functools.lru_cache(maxsize=1)

@@ -84,8 +84,7 @@ def train(defense: str, dataset: str | None = None, profile: str | None = None, 
     keep_freed_memory()
     env = env or Env.create(**env_kwargs)
     s = env.cfg.settings
-    dataset, profile = dataset or s.dataset, profile or s.profile
-    seed = s.seed if seed is None else seed
+    dataset, profile, seed = s.choose(dataset, profile, seed)
     resolved, d = _build_defense(env, defense, dataset, profile)
     key = checkpoint_key(resolved, dataset, seed)
     with torch.random.fork_rng(devices=[]):  # initial weights from the seed, not from what ran before in this process
@@ -494,8 +493,7 @@ def run(defense="natural", attack="pgd_linf", dataset=None, profile=None, seed=N
     s = env.cfg.settings
     defenses = [defense] if isinstance(defense, str) else list(defense)
     attacks = [attack] if isinstance(attack, str) else list(attack)
-    dataset, profile = dataset or s.dataset, profile or s.profile
-    seed = s.seed if seed is None else seed
+    dataset, profile, seed = s.choose(dataset, profile, seed)
     for name in defenses:  # fail on any bad name before any work starts
         env.cfg.defense(name, dataset, profile)
     for name in attacks:

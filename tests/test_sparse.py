@@ -18,6 +18,7 @@ from bench.attack import AttackContext
 from bench.data import dataset_info
 from bench.nets import build_classifier
 from bench.store import ArtifactCache
+from bench.runner import harness_services
 from defenses import _dictionary
 from defenses._sparse_frontend import (Backward, Decoder, SoftmaxEnsemble, SparseCodingNet, SparseEncoder,
                                        _Quantize, backward_mode, parse_backward, quantize)
@@ -380,7 +381,8 @@ def _attack(name, env, profile="smoke", **overrides):
 
 def _ctx(trained, env, eval_model=None):
     return AttackContext(defense=trained.defense, device=torch.device("cpu"), seed=0, batch_size=100,
-                         eval_model=eval_model, dataset="cifar10", profile="smoke", env=env)
+                         eval_model=eval_model, dataset="cifar10", profile="smoke",
+                         **harness_services(env, "cifar10", "smoke", 0))
 
 
 @pytest.mark.slow

@@ -59,7 +59,7 @@ def test_cells_of_different_n_combine_on_their_common_test_points(tmp_path):
 
 
 def test_a_failed_check_makes_the_worst_case_unreliable_and_exports_are_numbers(tmp_path):
-    pd = pytest.importorskip("pandas")
+    import pandas as pd  # a test dependency (pyproject [test]): never skipped
     ok = [True] * N
     cells = [cell("masked", "pgd_linf", ok, fooling(N, range(2)),
                   checks={"gradient_health": check("fail", "zero gradients", "all dead", 0.9, 0.2)}),
@@ -152,7 +152,7 @@ def test_model_cards_in_robustbench_format_match_the_leaderboard(tmp_path):
     """model_info/<threat model>/<defense>.json: the fields RobustBench's cards have and its leaderboard code reads
     (template.py sorts by float(autoattack_acc); leaderboard.html.j2 shows link, name, footnote, clean_acc, the
     accuracy, external, flags, additional_data, architecture, venue), consistent with <tm>.csv."""
-    pd = pytest.importorskip("pandas")
+    import pandas as pd  # a test dependency (pyproject [test]): never skipped
     ok = [True] * N
     sparse = cell("sparse", "pgd_linf", ok, fooling(N, range(20)))
     sparse[1]["defense_entry"] = {"name": "sparse", "plugin": "sparse", "params": {"arch": "resnet32", "ensemble": 10}}

@@ -33,7 +33,7 @@ def audit(
 
     env = make_env(config, data_root, device, results_dir)
     s = env.cfg.settings
-    report = run_audit(env, defense, dataset or s.dataset, profile or s.profile, s.seed if seed is None else seed,
+    report = run_audit(env, defense, *s.choose(dataset, profile, seed),
                        attack=attack, threat_model=threat_model, n_test=n_test)
     summary(report)
     path = write(report, env.store.root)

@@ -71,8 +71,7 @@ def register(app) -> None:
         for all models given)."""
         env = _env(config, data_root, device, results_dir)
         s = env.cfg.settings
-        summary = run_diagnostics(env, list(defense), dataset or s.dataset, profile or s.profile,
-                                  s.seed if seed is None else seed, n, noise_sigma)
+        summary = run_diagnostics(env, list(defense), *s.choose(dataset, profile, seed), n, noise_sigma)
         for name, report in summary["defenses"].items():
             numbers = {k: v for k, v in report.items() if k not in ("files", "checkpoint")}
             progress.log(f"[{name}] {numbers}")

@@ -68,8 +68,7 @@ def register(app) -> None:
             torch.set_num_threads(threads)
         env = _env(config, data_root, device, results_dir)
         s = env.cfg.settings
-        dataset, profile = dataset or s.dataset, profile or s.profile
-        seed = s.seed if seed is None else seed
+        dataset, profile, seed = s.choose(dataset, profile, seed)
         model, x, y = perf_batch(env, defense, dataset, profile, seed, n, random_init)
         res = measure(model, x, y, eps=parse_number(eps), steps=steps, repeats=repeats, c_steps=c_steps,
                       c_restarts=c_restarts, skip_c=skip_c)
@@ -108,8 +107,7 @@ def register(app) -> None:
             torch.set_num_threads(threads)
         env = _env(config, data_root, device, results_dir)
         s = env.cfg.settings
-        dataset, profile = dataset or s.dataset, profile or s.profile
-        seed = s.seed if seed is None else seed
+        dataset, profile, seed = s.choose(dataset, profile, seed)
         for d in defense:
             env.cfg.defense(d, dataset, profile)
         for a in attack:

@@ -41,8 +41,7 @@ def perf_stages(
         torch.set_num_threads(threads)
     env = make_env(config, data_root, device, results_dir)
     s = env.cfg.settings
-    dataset, profile = dataset or s.dataset, profile or s.profile
-    seed = s.seed if seed is None else seed
+    dataset, profile, seed = s.choose(dataset, profile, seed)
     _, d = _build_defense(env, defense, dataset, profile)
     model, x, y = perf_batch(env, defense, dataset, profile, seed, n, random_init)
     spec = surrogate if surrogate is not None else (d.surrogates[0] if d.surrogates else "autograd")

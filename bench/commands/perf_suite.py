@@ -100,8 +100,7 @@ def register(app) -> None:
         env = _env(config, data_root, device, results_dir)
         s = env.cfg.settings
         env.cfg.check_choice("suite", suite, env.cfg.suites)
-        out = compare(env, defense, suite, dataset or s.dataset, profile or s.profile,
-                      s.seed if seed is None else seed, n_test)
+        out = compare(env, defense, suite, *s.choose(dataset, profile, seed), n_test)
         typer.echo(f"{defense} × suite:{suite} ({out['dataset']}/{out['profile']}, n = {out['n']}, "
                    f"{out['norm']} eps {out['eps']:.6g}, {out['device']})")
         for st in out["stages"]:

@@ -35,7 +35,7 @@ def add(
 
     env = Env.create(config=config, data_root=data_root, device="cpu", results_dir=results_dir)
     s = env.cfg.settings
-    dataset, profile, seed = dataset or s.dataset, profile or s.profile, s.seed if seed is None else seed
+    dataset, profile, seed = s.choose(dataset, profile, seed)
     resolved = env.cfg.defense(defense, dataset, profile)
     if getattr(resolved.cls, "evaluation_only", False):
         raise BenchError(f"'{defense}' is a ready-made model (plugin '{resolved.plugin}'): its weights are already "

@@ -42,8 +42,7 @@ def run_matrix(env: Env, defenses: list[str], attacks: list[str], datasets: list
 
     s = env.cfg.settings
     datasets = datasets or [s.dataset]
-    profile = profile or s.profile
-    seed = s.seed if seed is None else seed
+    _, profile, seed = s.choose(None, profile, seed)
     shards = parse_shards(shards)
     view_plain = plain or not progress.enabled()
     runner = make_backend(backend, devices, ray_address, None if view_plain else env.store.root / "logs")
