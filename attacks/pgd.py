@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from typing import Literal
 
 import torch
@@ -32,11 +33,13 @@ class PGDParams(AttackParams):
     channels_last: bool = Field(False, description="channels-last (NHWC) memory format in the attack loop")
 
     def settings(self) -> PGDSettings:
-        step = step_value(self.step_size, self.eps, self.steps)
-        return PGDSettings(norm=self.norm, eps=self.eps, steps=self.steps, step_size=step, restarts=self.restarts,
-                           batch_restarts=min(self.batch_restarts, self.restarts), loss=self.loss, kappa=self.kappa,
-                           random_start=self.random_start, eot_samples=self.eot_samples, eot_mode=self.eot_mode,
-                           early_stop=self.early_stop, l1_sparsity=self.l1_sparsity, l1_step=self.l1_step, amp=self.amp)
+        """The engine's settings: every PGDSettings field this model also has, copied by name (so an engine
+        setting is declared once, here as a field), then the two that are computed."""
+        own = type(self).model_fields
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(PGDSettings) if f.name in own}
+        values.update(step_size=step_value(self.step_size, self.eps, self.steps),  # "eps/8" -> a number
+                      batch_restarts=min(self.batch_restarts, self.restarts))  # no more replicas than restarts
+        return PGDSettings(**values)
 
 
 class _PGDBase(Attack):

@@ -10,6 +10,7 @@ from pydantic import Field
 
 from .errors import BenchError
 from .params import Number, StrictModel
+from .pgd import norm_of  # the norm geometry lives with the engine
 
 
 class AttackParams(StrictModel):
@@ -157,14 +158,8 @@ class Attack:
 
 
 def perturbation_norm(delta: torch.Tensor, norm: str) -> torch.Tensor:
-    flat = delta.flatten(1)
-    if norm == "linf":
-        return flat.abs().amax(1)
-    if norm == "l2":
-        return flat.norm(p=2, dim=1)
-    if norm == "l1":
-        return flat.abs().sum(1)
-    raise ValueError(f"unknown norm {norm!r}")
+    """Per-sample norm of a batch of perturbations, as the budget checker measures it."""
+    return norm_of(norm).measure(delta)
 
 
 __all__ = ["Attack", "AttackParams", "AttackContext", "AttackOutput", "PassCounter", "Number", "Field",

@@ -57,7 +57,8 @@ def run(
         env, defense = _model_env(model, weights, defense, attack, matrix, devices, backend, ray_address, shards,
                                   config, data_root, device, results_dir, dataset, profile, seed, suites=suite)
     else:
-        env = _env(config, data_root, device, results_dir)
+        env = _env(config, data_root, device, results_dir,
+                   check=lambda cfg: _check_names(cfg, defense, attack, suite, matrix, dataset, profile))
     cfg, s = env.cfg, env.cfg.settings
     if matrix is not None:
         cfg.check_choice("matrix", matrix or s.matrix, cfg.matrices)
@@ -110,6 +111,22 @@ def run(
                          f"in this run); their rows in results.csv say why, and re-running retries them. {lines}")
 
 
+def _check_names(cfg, defenses, attacks, suites, matrix, dataset, profile) -> None:
+    """The names of a `bench run` checked against bench.toml before any folder is made."""
+    for name in defenses or []:
+        cfg.check_name("defense", name)
+    for name in attacks or []:
+        cfg.check_name("attack", name)
+    for name in suites or []:
+        cfg.check_choice("suite", name, cfg.suites)
+    if matrix:
+        cfg.check_choice("matrix", matrix, cfg.matrices)
+    if dataset:
+        cfg.check_choice("dataset", dataset, cfg.datasets)
+    if profile:
+        cfg.check_choice("profile", profile, cfg.profiles)
+
+
 def _model_env(model, weights, defense, attack, matrix, devices, backend, ray_address, shards, config, data_root,
                device, results_dir, dataset, profile, seed, suites=None):
     """The Env of `bench run --model`, with the model as an in-memory defense entry, loaded and checked before the
@@ -158,9 +175,8 @@ def train(
     """Train defenses into the content-addressed checkpoint cache (reused by later runs; resumes per epoch)."""
     from .runner import train as train_one
 
-    env = _env(config, data_root, device, results_dir)
-    for name in defense:
-        env.cfg.defense(name, dataset or env.cfg.settings.dataset, profile or env.cfg.settings.profile)
+    env = _env(config, data_root, device, results_dir, check=lambda cfg: [
+        cfg.defense(name, dataset or cfg.settings.dataset, profile or cfg.settings.profile) for name in defense])
     for name in defense:
         t = train_one(name, dataset=dataset, profile=profile, seed=seed, env=env)
         last = t.meta.get("history", [{}])[-1] if t.meta.get("history") else {}

@@ -36,15 +36,18 @@ DeviceOpt = typer.Option(None, "--device", help="auto | cpu | cuda | cuda:N (def
 OutOpt = typer.Option(None, "--out", help="Folder for the output (default: the results folder).")
 
 
-def make_env(config, data_root, device, results_dir):
-    """The Env of a command that writes results: names the config file in use (the first log line) and checks,
-    before any work, that the results and cache folders can be written."""
+def make_env(config, data_root, device, results_dir, check=None):
+    """The Env of a command that writes results: names the config file in use (the first log line), runs
+    `check(cfg)` (the command's names and choices), and only then creates the results and cache folders and checks
+    that they can be written, so a bad name leaves no folder behind."""
     from . import progress
     from .runner import Env
     from .store import ensure_writable_dir
 
     env = Env.create(config=config, data_root=data_root, device=device, results_dir=results_dir)
     progress.log(f"config {env.cfg.path} · results {env.store.root} · data {env.data_root}")
+    if check is not None:
+        check(env.cfg)
     ensure_writable_dir(env.store.root, "results folder")
     ensure_writable_dir(env.cache.root, "cache folder")
     return env

@@ -21,7 +21,7 @@ from .errors import ConfigError, did_you_mean
 from .params import Number, StrictModel
 from .report.table_spec import TableSpec, check_table
 
-RESERVED = {"plugin", "description", "dataset", "profile", "extends"}
+RESERVED = {"plugin", "description", "dataset", "profile", "extends", "abstract"}
 DATASET_NAMES = ("cifar10", "mnist", "fashion_mnist")
 
 
@@ -166,6 +166,9 @@ class Config:
     datasets: dict[str, DatasetEntry]
     entries: dict[str, dict[str, dict]]
     matrices: dict[str, Matrix]
+    # [defenses.X] / [attacks.X] tables with `abstract = true`: settings several entries share (e.g. the per-dataset
+    # Linf budgets of every Linf attack), reached only through `extends`; not runnable, not listed
+    bases: dict[str, dict[str, dict]] = field(default_factory=lambda: {"defense": {}, "attack": {}})
     tables: dict[str, TableSpec] = field(default_factory=dict)  # [tables.*]: paper layouts (bench.report.table_spec)
     verdicts: Any = None  # [verdicts]: thresholds of the attack-failure checks (bench.verdicts.VerdictSettings)
     regress: Any = None  # [regress]: thresholds of `bench regress`, per matrix (RegressSettings)
@@ -195,6 +198,11 @@ class Config:
 
     def check_name(self, kind: str, name: str) -> None:
         table = {"defense": "defenses", "attack": "attacks"}[kind]
+        if name in self.bases[kind] and name not in self.entries[kind]:
+            users = [n for n, e in self.entries[kind].items() if name in _parents(e)]
+            built = f"Entries built on it: {', '.join(users)}." if users else "No entry extends it yet."
+            raise ConfigError(f"'{name}' is not a runnable {kind}: [{table}.{name}] in {self.path} is an abstract "
+                              f"base (abstract = true) that entries take settings from with `extends`. {built}")
         if not self.has(kind, name):
             raise ConfigError(f"Unknown {kind} '{name}': no [{table}.{name}] entry in {self.path} and no "
                               f"registered plug-in of that name. {did_you_mean(name, self.names(kind))}")
@@ -253,27 +261,55 @@ class Config:
 LAYER_TABLES = ("dataset", "profile")  # sub-tables an `extends` merges key by key (and their own profile tables)
 
 
-def _inherit(cfg: Config, kind: str, name: str, chain: tuple[str, ...]) -> dict:
-    """The entry's table with `extends = "PARENT"` resolved, before the layers: the parent's table (itself resolved)
-    with this entry's keys on top; the dataset.D / profile.P / dataset.D.profile.P sub-tables merge key by key, so
-    a variant states only what differs (a variant of pgd_linf keeps its MNIST eps). `plugin` is inherited too."""
-    raw = cfg.entries[kind][name]
-    parent = raw.get("extends") if isinstance(raw, dict) else None
-    if parent is None:
-        return raw
+def _parents(raw) -> list:
+    parents = raw.get("extends") if isinstance(raw, dict) else None
+    return [] if parents is None else parents if isinstance(parents, list) else [parents]
+
+
+def _inherit(cfg: Config, kind: str, name: str, chain: tuple[str, ...], tag: bool = False) -> dict:
+    """The entry's table with `extends` resolved, before the layers. `extends = "PARENT"` starts from the parent's
+    table (itself resolved) with this entry's keys on top; `extends = ["A", "B"]` starts from A, then B on top (a
+    later parent wins), then the entry. The dataset.D / profile.P / dataset.D.profile.P sub-tables merge key by key,
+    so a variant states only what differs (a variant of pgd_linf keeps its MNIST eps). A runnable parent passes on
+    its plug-in; an abstract base (abstract = true) passes on only its settings, so `extends = "linf_budget"` keeps
+    the entry's own plug-in. With `tag`, every setting's value is the name of the entry that states it (where an
+    error must point)."""
     table = {"defense": "defenses", "attack": "attacks"}[kind]
-    path = " -> ".join(f"{table}.{n}" for n in (*chain, name, parent))
-    if not isinstance(parent, str) or not parent:
-        raise ConfigError(f"Invalid config: '{table}.{name}.extends' = {parent!r}: give the name of another "
-                          f"[{table}.*] entry.")
-    if parent in (*chain, name):
-        raise ConfigError(f"Invalid config: `extends` makes a cycle: {path}.")
-    if parent not in cfg.entries[kind]:
-        raise ConfigError(f"Invalid config: '{table}.{name}.extends' = {parent!r} ({path}): no [{table}.{parent}] "
-                          f"entry in {cfg.path}. {did_you_mean(parent, sorted(cfg.entries[kind]))}")
-    base = _inherit(cfg, kind, parent, (*chain, name))
-    base = {"plugin": parent, **base}  # an entry without `plugin` is the plug-in of its own name
-    return _merge_layers(base, {k: v for k, v in raw.items() if k != "extends"})
+    raw = cfg.entries[kind].get(name, cfg.bases[kind].get(name))
+    parents = raw.get("extends") if isinstance(raw, dict) else None
+    own = _tagged(raw, name) if tag and isinstance(raw, dict) else raw
+    if parents is None:
+        return own
+    listed = parents if isinstance(parents, list) and parents else [parents]
+    known = sorted({*cfg.entries[kind], *cfg.bases[kind]})
+    out: dict = {}
+    for parent in listed:
+        path = " -> ".join(f"{table}.{n}" for n in (*chain, name, parent))
+        if not isinstance(parent, str) or not parent:
+            raise ConfigError(f"Invalid config: '{table}.{name}.extends' = {parents!r}: give the name of another "
+                              f"[{table}.*] entry, or a list of names.")
+        if parent in (*chain, name):
+            raise ConfigError(f"Invalid config: `extends` makes a cycle: {path}.")
+        if parent not in known:
+            raise ConfigError(f"Invalid config: '{table}.{name}.extends' = {parent!r} ({path}): no [{table}.{parent}] "
+                              f"entry in {cfg.path}. {did_you_mean(parent, known)}")
+        base = {k: v for k, v in _inherit(cfg, kind, parent, (*chain, name), tag).items() if k != "abstract"}
+        if parent not in cfg.bases[kind]:
+            base = {"plugin": parent, **base}  # an entry without `plugin` is the plug-in of its own name
+        out = _merge_layers(out, base)
+    return _merge_layers(out, {k: v for k, v in own.items() if k != "extends"})
+
+
+def _tagged(table: dict, name: str) -> dict:
+    return {k: ({sub: _tagged(t, name) if isinstance(t, dict) else name for sub, t in v.items()}
+                if k in LAYER_TABLES and isinstance(v, dict) else name) for k, v in table.items()}
+
+
+def _inherited_from(origin: str, prefix: str) -> str:
+    """' ([attacks.pgd_linf] takes it through `extends`)' where a setting lives in a parent of the entry."""
+    if origin == prefix or origin.startswith(prefix + ".") or not origin.startswith(("attacks.", "defenses.")):
+        return ""
+    return f" ([{prefix}] takes it through `extends`)"
 
 
 def _merge_layers(base: dict, top: dict) -> dict:
@@ -298,13 +334,14 @@ def _format_validation(err: ValidationError, prefix: str, layers: list[tuple[str
             if key in layer:
                 origin = path
         where = ".".join([origin, *loc]) if loc else origin
+        via = _inherited_from(origin, prefix)
         if e["type"] == "extra_forbidden":
             allowed = sorted(model.model_fields) if model is not None else []
-            lines.append(f"unknown key '{where}' (value {e['input']!r}). {did_you_mean(key, allowed)}")
+            lines.append(f"unknown key '{where}' (value {e['input']!r}){via}. {did_you_mean(key, allowed)}")
         elif e["type"] == "missing":
             lines.append(f"missing required key '{where}'.")
         else:
-            lines.append(f"'{where}' = {e.get('input')!r}: {e['msg']}.")
+            lines.append(f"'{where}' = {e.get('input')!r}{via}: {e['msg']}.")
     return " ".join(lines)
 
 
@@ -346,13 +383,26 @@ def _resolve_entry(cfg: Config, kind: str, name: str, dataset: str, profile: str
     cls = plugins[plugin_name]
     base, by_dataset, by_profile = _split(raw)
     defaults = cfg.profiles[profile].defense_defaults if kind == "defense" else {}
+    origins = _inherit(cfg, kind, name, (), tag=True) if name in cfg.entries[kind] else {}
+    o_dataset = origins.get("dataset", {}).get(dataset, {})
+
+    def by_origin(suffix: str, params: dict, tags: dict) -> list[tuple[str, dict]]:
+        # one layer per entry the settings come from (disjoint keys: the merge is unchanged), so an error names
+        # the [attacks.BASE] table the user must edit, not the entry that extends it
+        groups: dict[str, dict] = {}
+        for k, v in params.items():
+            groups.setdefault(tags.get(k, name), {})[k] = v
+        return [(f"{table_name}.{o}{suffix}", g) for o, g in groups.items()] or [(f"{prefix}{suffix}", {})]
+
     layers = [(f"profiles.{profile}.defense_defaults", {k: v for k, v in defaults.items() if k in cls.Params.model_fields}),
-              (prefix, base)]
+              *by_origin("", base, origins)]
     ds_table = by_dataset.get(dataset, {})
     ds_params, _, ds_profiles = _split(ds_table)
-    layers.append((f"{prefix}.dataset.{dataset}", ds_params))
-    layers.append((f"{prefix}.profile.{profile}", _split(by_profile.get(profile, {}))[0]))
-    layers.append((f"{prefix}.dataset.{dataset}.profile.{profile}", _split(ds_profiles.get(profile, {}))[0]))
+    layers += by_origin(f".dataset.{dataset}", ds_params, o_dataset)
+    layers += by_origin(f".profile.{profile}", _split(by_profile.get(profile, {}))[0],
+                        origins.get("profile", {}).get(profile, {}))
+    layers += by_origin(f".dataset.{dataset}.profile.{profile}", _split(ds_profiles.get(profile, {}))[0],
+                        o_dataset.get("profile", {}).get(profile, {}) if isinstance(o_dataset, dict) else {})
     merged: dict = {}
     for _, layer in layers:
         merged.update(layer)
@@ -373,7 +423,8 @@ def _check_budget(params, dataset: str, prefix: str, layers, default_norm=None) 
         for path, layer in layers:
             if "eps" in layer:
                 origin = path
-        raise ConfigError(f"Invalid config: '{origin}.eps' = {params.eps!r}: {problem}.")
+        raise ConfigError(f"Invalid config: '{origin}.eps' = {params.eps!r}{_inherited_from(origin, prefix)}: "
+                          f"{problem}.")
 
 
 def _check_table_keys(raw: dict, allowed: set[str], where: str) -> None:
@@ -451,14 +502,21 @@ def load_config(path: str | os.PathLike | None = None) -> Config:
         raise ConfigError(f"{p} defines no [profiles.*]; at least one (e.g. smoke) is required.")
     matrices = {k: _validate(Matrix, v, f"matrices.{k}") for k, v in raw.get("matrices", {}).items()}
     suites = {k: _validate(SuiteSpec, v, f"suites.{k}") for k, v in raw.get("suites", {}).items()}
-    entries = {"defense": raw.get("defenses", {}), "attack": raw.get("attacks", {})}
+    entries, bases = {"defense": {}, "attack": {}}, {"defense": {}, "attack": {}}
+    for kind, table_name in (("defense", "defenses"), ("attack", "attacks")):
+        for name, entry in raw.get(table_name, {}).items():
+            flag = entry.get("abstract", False) if isinstance(entry, dict) else False
+            if not isinstance(flag, bool):
+                raise ConfigError(f"Invalid config: '{table_name}.{name}.abstract' = {flag!r}: give true (a base that "
+                                  f"entries extend) or false.")
+            (bases if flag else entries)[kind][name] = entry
     tables = {k: _validate(TableSpec, v, f"tables.{k}") for k, v in raw.get("tables", {}).items()}
     from .verdicts import VerdictSettings
 
     verdicts = _validate(VerdictSettings, raw.get("verdicts", {}), "verdicts")
     regress = _validate(RegressSettings, raw.get("regress", {}), "regress")
     cfg = Config(path=p, settings=settings, profiles=profiles, datasets=datasets, entries=entries, matrices=matrices,
-                 tables=tables, verdicts=verdicts, regress=regress, suites=suites)
+                 tables=tables, verdicts=verdicts, regress=regress, suites=suites, bases=bases)
 
     cfg.check_choice("settings.profile", settings.profile, profiles)
     cfg.check_choice("settings.dataset", settings.dataset, datasets)
@@ -468,6 +526,9 @@ def load_config(path: str | os.PathLike | None = None) -> Config:
             if key not in declared:  # a typo here would otherwise be skipped by every defense in silence
                 raise ConfigError(f"Invalid config: unknown key 'profiles.{pname}.defense_defaults.{key}': no "
                                   f"registered defense declares it. {did_you_mean(key, declared)}")
+    for kind, table in bases.items():
+        for name in table:  # a base's keys are validated in each entry that extends it
+            _check_override_names(cfg, kind, name, _inherit(cfg, kind, name, ()))
     for kind, table in entries.items():
         for name, entry in table.items():
             if not isinstance(entry, dict):

@@ -19,7 +19,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .attack import perturbation_norm
 
 @dataclass(frozen=True)
 class PGDSettings:
@@ -94,6 +93,129 @@ def dead_gradients(g: torch.Tensor, vanishing: float) -> torch.Tensor:
     return ~finite | (l1 <= vanishing * flat.shape[1])
 
 
+class Norm:
+    """A threat model's geometry, split as Foolbox splits it: a random start, an ascent step, a projection
+    (onto the ball ∩ the image box [lo, hi] = [-x, 1 - x]), plus the norm a checker measures."""
+
+    name = ""
+    sums = True  # a sum over coordinates: the float rounding of x + delta can push the measured norm over eps
+
+    def measure(self, delta: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def ball_draw(self, shape, eps: float, gen: torch.Generator) -> torch.Tensor:
+        """Uniform in the ball: a uniform direction on the sphere, then a radius with density ∝ r^(dim-1)."""
+        direction = self.sphere(shape, gen)
+        radius = torch.rand(shape[0], generator=gen) ** (1.0 / math.prod(shape[1:])) * eps
+        return direction * _view(radius, direction)
+
+    def sphere(self, shape, gen: torch.Generator) -> torch.Tensor:
+        raise NotImplementedError
+
+    def ascent(self, delta, grad, lo, hi, s: PGDSettings) -> torch.Tensor:
+        raise NotImplementedError
+
+    def project(self, d, lo, hi, s: PGDSettings) -> torch.Tensor:
+        raise NotImplementedError
+
+    def step(self, delta, grad, x, s: PGDSettings) -> torch.Tensor:
+        lo, hi = -x, 1 - x
+        return self.project(self.ascent(delta, grad, lo, hi, s), lo, hi, s)
+
+
+def _radius(s: PGDSettings) -> float:
+    # L2/L1: project onto a ball smaller by 1e-6 (relative) so the rounding of x + delta, summed over
+    # thousands of coordinates, does not push the measured norm over eps
+    return s.eps * (1 - 1e-6)
+
+
+def _rescale(d, n, radius):
+    """d shrunk per sample (never grown) to size `radius`, n being its size."""
+    return d * _view((radius / n.clamp_min(1e-30)).clamp(max=1.0), d)
+
+
+class LinfNorm(Norm):
+    name, sums = "linf", False  # a coordinate's rounding error (< 1e-7) cannot accumulate in the max
+
+    def measure(self, delta):
+        return delta.flatten(1).abs().amax(1)
+
+    def ball_draw(self, shape, eps, gen):  # the cube: uniform per coordinate
+        return (torch.rand(shape, generator=gen) * 2 - 1) * eps
+
+    def ascent(self, delta, grad, lo, hi, s):
+        return delta + s.step_size * grad.sign()
+
+    def project(self, d, lo, hi, s):  # the ball and the box are both boxes: one clamp
+        return torch.minimum(torch.maximum(d, lo.clamp(min=-s.eps)), hi.clamp(max=s.eps))
+
+
+class L2Norm(Norm):
+    name = "l2"
+
+    def measure(self, delta):
+        return delta.flatten(1).norm(p=2, dim=1)
+
+    @staticmethod
+    def size(v):  # the engine's spelling (p="fro"), kept so its results stay bitwise what they were
+        return v.flatten(1).norm(dim=1)
+
+    def sphere(self, shape, gen):  # an isotropic Gaussian's direction is uniform on the sphere
+        direction = torch.randn(shape, generator=gen)
+        return direction / _view(self.size(direction), direction)
+
+    def ascent(self, delta, grad, lo, hi, s):
+        return delta + s.step_size * (grad / _view(self.size(grad).clamp_min(1e-30), grad))
+
+    def project(self, d, lo, hi, s):
+        # rescale, then clip: coordinate clipping only shrinks the L2 norm, so the result stays feasible
+        return _rescale(d, self.size(d), _radius(s)).clamp(lo, hi)
+
+
+class L1Norm(Norm):
+    """SLIDE step with the exact projection onto the L1 ball ∩ box; s.l1_step == "dense" selects the authors'
+    weaker variant (L1-normalised gradient, rescale then clip), kept for comparison only."""
+
+    name = "l1"
+
+    def measure(self, delta):
+        return delta.flatten(1).abs().sum(1)
+
+    size = measure
+
+    def sphere(self, shape, gen):  # i.i.d. Laplace coordinates normalised onto the L1 sphere are uniform on it
+        sign = torch.where(torch.rand(shape, generator=gen) < 0.5, -1.0, 1.0)
+        direction = sign * torch.empty(shape).exponential_(generator=gen)
+        return direction / _view(self.size(direction), direction)
+
+    def ascent(self, delta, grad, lo, hi, s):
+        if s.l1_step == "dense":
+            return delta + s.step_size * (grad / _view(self.size(grad).clamp_min(1e-30), grad))
+        # SLIDE: move only the top (1 - sparsity) fraction of the coordinates that can still move
+        at_edge = ((grad > 0) & (delta >= hi - 1e-7)) | ((grad < 0) & (delta <= lo + 1e-7))
+        g = grad.masked_fill(at_edge, 0.0)
+        a = g.flatten(1).abs()
+        k = max(1, int(round((1 - s.l1_sparsity) * a.shape[1])))
+        thresh = a.topk(k, dim=1).values[:, -1:]
+        e = (g.sign().flatten(1) * (a >= thresh)).view_as(g)
+        return delta + s.step_size * (e / _view(self.size(e).clamp_min(1e-30), e))
+
+    def project(self, d, lo, hi, s):
+        if s.l1_step == "dense":
+            return _rescale(d, self.size(d), _radius(s)).clamp(lo, hi)
+        return project_l1_box(d, _radius(s), lo, hi)
+
+
+NORMS: dict[str, Norm] = {n.name: n for n in (LinfNorm(), L2Norm(), L1Norm())}
+
+
+def norm_of(name: str) -> Norm:
+    try:
+        return NORMS[name]
+    except KeyError:
+        raise ValueError(f"unknown norm {name!r}") from None
+
+
 def random_start(x: torch.Tensor, norm: str, eps: float, gen: torch.Generator,
                  row_seeds: list[int] | None = None) -> torch.Tensor:
     """A uniform draw from the norm ball (clipped to the image box), from the seeded CPU generator; with
@@ -108,68 +230,30 @@ def random_start(x: torch.Tensor, norm: str, eps: float, gen: torch.Generator,
 
 
 def _ball_draw(shape, norm: str, eps: float, gen: torch.Generator) -> torch.Tensor:
-    dim = math.prod(shape[1:])
-    if norm == "linf":
-        return (torch.rand(shape, generator=gen) * 2 - 1) * eps
-    if norm == "l2":
-        direction = torch.randn(shape, generator=gen)
-        direction = direction / _view(direction.flatten(1).norm(dim=1), direction)
-    else:  # l1: i.i.d. Laplace coordinates normalised onto the L1 sphere are uniform on it
-        sign = torch.where(torch.rand(shape, generator=gen) < 0.5, -1.0, 1.0)
-        direction = sign * torch.empty(shape).exponential_(generator=gen)
-        direction = direction / _view(direction.flatten(1).abs().sum(1), direction)
-    radius = torch.rand(shape[0], generator=gen) ** (1.0 / dim) * eps
-    return direction * _view(radius, direction)
+    return norm_of(norm).ball_draw(shape, eps, gen)
 
 
 def step(delta: torch.Tensor, grad: torch.Tensor, x: torch.Tensor, s: PGDSettings) -> torch.Tensor:
     """One ascent step followed by the projection onto the norm ball ∩ the image box."""
-    lo, hi = -x, 1 - x
-    if s.norm == "linf":
-        return torch.minimum(torch.maximum(delta + s.step_size * grad.sign(), lo.clamp(min=-s.eps)),
-                             hi.clamp(max=s.eps))
-    # L2/L1: project onto a ball smaller by 1e-6 (relative) so the rounding of x + delta, summed over
-    # thousands of coordinates, does not push the measured norm over eps
-    radius = s.eps * (1 - 1e-6)
-    if s.norm == "l2":
-        g = grad / _view(grad.flatten(1).norm(dim=1).clamp_min(1e-30), grad)
-        d = delta + s.step_size * g
-        n = d.flatten(1).norm(dim=1)
-        d = d * _view((radius / n.clamp_min(1e-30)).clamp(max=1.0), d)
-        return d.clamp(lo, hi)  # coordinate clipping only shrinks the L2 norm: stays feasible
-    if s.norm == "l1":
-        if s.l1_step == "dense":  # the authors' weaker variant, kept for comparison only
-            g = grad / _view(grad.flatten(1).abs().sum(1).clamp_min(1e-30), grad)
-            d = delta + s.step_size * g
-            n = d.flatten(1).abs().sum(1)
-            return (d * _view((radius / n.clamp_min(1e-30)).clamp(max=1.0), d)).clamp(lo, hi)
-        # SLIDE: move only the top (1 - sparsity) fraction of the coordinates that can still move
-        at_edge = ((grad > 0) & (delta >= hi - 1e-7)) | ((grad < 0) & (delta <= lo + 1e-7))
-        g = grad.masked_fill(at_edge, 0.0)
-        a = g.flatten(1).abs()
-        k = max(1, int(round((1 - s.l1_sparsity) * a.shape[1])))
-        thresh = a.topk(k, dim=1).values[:, -1:]
-        e = (g.sign().flatten(1) * (a >= thresh)).view_as(g)
-        e = e / _view(e.flatten(1).abs().sum(1).clamp_min(1e-30), e)
-        return project_l1_box(delta + s.step_size * e, radius, lo, hi)
-    raise ValueError(f"unknown norm {s.norm!r}")
+    return norm_of(s.norm).step(delta, grad, x, s)
 
 
 def enforce_budget(x_adv: torch.Tensor, x: torch.Tensor, norm: str, eps: float) -> torch.Tensor:
     """In place: clip to the box and shrink the rare rows whose *measured* L2/L1 norm ||x_adv - x|| exceeds eps
     by the float rounding of x + delta summed over many coordinates, so box and budget hold exactly as any
     checker computes them. Returns a bool mask of the rows that changed."""
+    nrm = norm_of(norm)
     boxed = x_adv.clamp(0, 1)  # x + (1 - x) may round above 1
     changed = (boxed != x_adv).flatten(1).any(1)
     x_adv.copy_(boxed)
-    if norm == "linf":  # a coordinate's rounding error (< 1e-7) cannot accumulate in the max
+    if not nrm.sums:
         return changed
     for _ in range(8):
         delta = x_adv - x
-        over = perturbation_norm(delta, norm) > eps
+        over = nrm.measure(delta) > eps
         if not over.any():
             break
-        n = perturbation_norm(delta[over], norm)
+        n = nrm.measure(delta[over])
         x_adv[over] = (x[over] + delta[over] * _view(eps / n * (1 - 1e-6), delta[over])).clamp(0, 1)
         changed |= over
     return changed

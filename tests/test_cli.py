@@ -35,9 +35,11 @@ def test_misspelled_key_in_config(config_copy, tmp_path):
 
 
 def test_negative_eps(config_copy, tmp_path):
-    config_copy.write_text(config_copy.read_text().replace('eps = "8/255"\nsteps = 40', 'eps = "-8/255"\nsteps = 40', 1))
+    text = config_copy.read_text()
+    assert 'abstract = true\neps = "8/255"' in text  # [attacks.linf_budget], every Linf attack's budget
+    config_copy.write_text(text.replace('abstract = true\neps = "8/255"', 'abstract = true\neps = "-8/255"', 1))
     p = bench("list", "--config", str(config_copy))
-    _assert_clean_error(p, "attacks.pgd_linf.eps", "greater than or equal to 0")
+    _assert_clean_error(p, "attacks.linf_budget.eps", "greater than or equal to 0", "takes it through `extends`")
 
 
 def test_error_messages_print_bracketed_config_names_literally(tmp_path):

@@ -30,18 +30,26 @@ def test_fractions_and_steps_parse():
 
 
 def test_misspelled_key_names_key_and_suggestion(config_copy):
-    _edit(config_copy, "restarts = 100\nloss = \"ce\"", "restart = 100\nloss = \"ce\"")
+    text = config_copy.read_text()
+    _edit(config_copy, "step_size = \"eps/8\"\nloss = \"ce\"", "step_size = \"eps/8\"\nrestart = 1\nloss = \"ce\"")
     with pytest.raises(ConfigError) as e:
         load_config(config_copy)
     msg = str(e.value)
-    assert "attacks.pgd_linf.restart" in msg and "restarts" in msg
+    assert "attacks.pgd_linf.restart" in msg and "restarts" in msg and "extends" not in msg
+    # in an abstract base, the error names the base's table (where to edit) and the entry that takes it
+    config_copy.write_text(text)
+    _edit(config_copy, "abstract = true\nsteps = 40\nrestarts = 100", "abstract = true\nsteps = 40\nrestart = 100")
+    with pytest.raises(ConfigError) as e:
+        load_config(config_copy)
+    msg = str(e.value)
+    assert "'attacks.pgd_cuts.restart'" in msg and "takes it through `extends`" in msg and "restarts" in msg
 
 
 def test_negative_eps_is_rejected_with_key_and_value(config_copy):
-    _edit(config_copy, 'eps = "8/255"\nsteps = 40', 'eps = -0.1\nsteps = 40')
+    _edit(config_copy, 'abstract = true\neps = "8/255"', 'abstract = true\neps = -0.1')
     with pytest.raises(ConfigError) as e:
         load_config(config_copy)
-    assert "attacks.pgd_linf.eps" in str(e.value) and "-0.1" in str(e.value)
+    assert "attacks.linf_budget.eps" in str(e.value) and "-0.1" in str(e.value)
 
 
 def test_wrong_type_in_profile_override_points_at_override(config_copy):

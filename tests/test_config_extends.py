@@ -38,7 +38,7 @@ steps = 3
             child = cfg.attack("pgd_linf_3steps", dataset, profile).params.model_dump()
             expected = dict(parent)
             # the variant's own keys, where no more specific layer of the parent sets them
-            raw = cfg.entries["attack"]["pgd_linf"]
+            raw = cfg.entry("attack", "pgd_linf")  # its bases resolved
             more_specific = {**raw.get("profile", {}).get(profile, {}),
                              **raw.get("dataset", {}).get(dataset, {}),
                              **raw.get("dataset", {}).get(dataset, {}).get("profile", {}).get(profile, {})}
@@ -71,6 +71,12 @@ restarts = 3
     ('[attacks.a]\nextends = "a"\n', ["cycle", "attacks.a -> attacks.a"]),
     ('[attacks.a]\nextends = "pgd_linnf"\n', ["attacks.a.extends", "'pgd_linnf'", "pgd_linf"]),
     ('[defenses.d]\nextends = 3\n', ["defenses.d.extends", "3"]),
+    ('[attacks.a]\nextends = ["linf_budget", "pgd_cutz"]\n', ["attacks.a.extends", "'pgd_cutz'", "pgd_cuts"]),
+    ('[attacks.a]\nextends = ["linf_budget", "a"]\n', ["cycle", "attacks.a -> attacks.a"]),
+    ('[attacks.b]\nabstract = "yes"\n', ["attacks.b.abstract", "'yes'"]),
+    ('[attacks.b]\nabstract = true\n[attacks.b.dataset.mnits]\neps = 0.3\n', ["attacks.b.dataset.mnits", "mnist"]),
+    ('[attacks.b]\nabstract = true\nstepz = 3\n[attacks.a]\nextends = "b"\nplugin = "pgd_linf"\n',
+     ["stepz", "attacks.a"]),
 ])
 def test_cycles_and_unknown_parents_are_errors_naming_the_chain(tmp_path, extra, words):
     path = _config(tmp_path, extra)
@@ -80,3 +86,46 @@ def test_cycles_and_unknown_parents_are_errors_naming_the_chain(tmp_path, extra,
     p = subprocess.run([sys.executable, "-m", "bench.cli", "list", "--config", str(path)], capture_output=True,
                        text=True, env={**os.environ, "BENCH_PROGRESS": "0"}, timeout=120)
     assert p.returncode == 2 and "Traceback" not in p.stderr and words[0] in p.stderr, p.stderr
+
+
+def test_an_abstract_base_lends_its_settings_and_not_its_name(tmp_path):
+    cfg = load_config(_config(tmp_path, """
+[attacks.tiny_budget]
+abstract = true
+eps = 0.01
+[attacks.tiny_budget.dataset.mnist]
+eps = 0.05
+[attacks.fgsm_tiny]
+extends = "tiny_budget"
+plugin = "fgsm"
+[attacks.pgd_tiny]
+extends = ["pgd_linf", "tiny_budget"]
+[attacks.tiny_then_pgd]
+extends = ["tiny_budget", "pgd_linf"]
+"""))
+    assert cfg.attack("fgsm_tiny", "cifar10", "smoke").params.eps == 0.01
+    assert cfg.attack("fgsm_tiny", "mnist", "smoke").params.eps == 0.05
+    # a later parent wins, key by key: pgd_linf's steps stay, the base's budgets replace pgd_linf's
+    tiny = cfg.attack("pgd_tiny", "mnist", "smoke").params
+    pgd = cfg.attack("pgd_linf", "mnist", "smoke").params
+    assert tiny.eps == 0.05 and tiny.steps == pgd.steps and cfg.entry("attack", "pgd_tiny")["plugin"] == "pgd_linf"
+    assert cfg.attack("tiny_then_pgd", "mnist", "smoke").params == pgd
+    assert "tiny_budget" not in cfg.names("attack")
+    with pytest.raises(ConfigError, match="abstract base"):
+        cfg.attack("tiny_budget", "cifar10", "smoke")
+
+
+def test_a_base_keeps_the_entrys_own_plugin(tmp_path):
+    # bench.toml's fgsm extends the Linf budget base and is still the fgsm plug-in (listed as plain "fgsm")
+    cfg = load_config(REPO / "bench.toml")
+    assert cfg.entries["attack"]["fgsm"]["extends"] == "linf_budget"
+    assert "plugin" not in cfg.entry("attack", "fgsm") and cfg.attack("fgsm", "mnist", "smoke").plugin == "fgsm"
+    assert cfg.attack("fgsm", "mnist", "smoke").params.eps == 0.3
+
+
+def test_running_a_base_is_refused_with_exit_2(tmp_path):
+    p = subprocess.run([sys.executable, "-m", "bench.cli", "run", "-d", "natural", "-a", "linf_budget",
+                        "--results-dir", str(tmp_path / "r")], capture_output=True, text=True, cwd=REPO,
+                       env={**os.environ, "BENCH_PROGRESS": "0"}, timeout=120)
+    assert p.returncode == 2 and "Traceback" not in p.stderr and "abstract base" in p.stderr, p.stderr
+    assert not (tmp_path / "r").exists()

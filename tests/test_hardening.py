@@ -140,11 +140,13 @@ def test_n_test_beyond_the_test_set_from_bench_toml(more, tmp_path):
 # ------------------------------------------------------------------ bench.toml: strict and finite values
 
 @pytest.mark.parametrize("edit, needles", [
-    (in_attack("pgd_linf", "steps = 40", "steps = true"), ["attacks.pgd_linf.steps", "boolean"]),
-    (in_attack("pgd_linf", 'eps = "8/255"', "eps = inf"), ["attacks.pgd_linf.eps", "inf", "finite"]),
-    (in_attack("pgd_linf", 'eps = "8/255"', "eps = 1e9"), ["attacks.pgd_linf.eps", "Allowed: 0 to 1"]),
+    (in_attack("pgd_linf", "loss = \"ce\"", "steps = true\nloss = \"ce\""), ["attacks.pgd_linf.steps", "boolean"]),
+    # in the abstract bases pgd_linf extends: the error names the base's table, where the value is
+    (in_attack("pgd_cuts", "steps = 40", "steps = true"), ["attacks.pgd_cuts.steps", "boolean", "[attacks.pgd_linf]"]),
+    (in_attack("linf_budget", 'eps = "8/255"', "eps = inf"), ["attacks.linf_budget.eps", "inf", "finite"]),
+    (in_attack("linf_budget", 'eps = "8/255"', "eps = 1e9"), ["attacks.linf_budget.eps", "Allowed: 0 to 1"]),
     (lambda t: t.replace("seed = 0", "seed = -1", 1), ["settings.seed", "-1"]),
-], ids=["bool-for-int", "inf", "eps-beyond-the-image-space", "negative-seed"])
+], ids=["bool-for-int", "bool-for-int-in-a-base", "inf", "eps-beyond-the-image-space", "negative-seed"])
 def test_bad_config_values_are_refused_before_any_work(edit, needles, tmp_path):
     cfg = make_config(tmp_path, edit=edit)
     p = bench(*CELL, "--config", cfg, "--results-dir", tmp_path / "r")
