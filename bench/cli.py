@@ -1,17 +1,14 @@
-"""`bench` command line: a thin layer over the library API in bench.runner / bench.report."""
+"""`bench` command line: the app, its sub-commands (one module each in bench/commands/) and the one place that
+turns errors, usage mistakes and Ctrl-C into a message and an exit status."""
 from __future__ import annotations
 
 import sys
-from pathlib import Path
-from typing import List, Optional
 
 import typer
 from rich.markup import escape
 
 from . import progress
 from .cpu_memory import keep_freed_memory
-from .cli_options import ConfigOpt, DataOpt, DatasetOpt, DeviceOpt, ProfileOpt, ResultsOpt, SeedOpt, check_n_test
-from .cli_options import make_env as _env
 from .errors import BenchError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None, pretty_exceptions_enable=False,
@@ -19,210 +16,17 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=N
                        "settings in bench.toml, results with full provenance in results/.")
 
 
-@app.command()
-def run(
-    defense: List[str] = typer.Option(None, "--defense", "-d", help="Defense entry of bench.toml; repeat for several (default: the matrix's)."),
-    attack: List[str] = typer.Option(None, "--attack", "-a", help="Attack entry of bench.toml; repeat for several (default: the matrix's)."),
-    suite: List[str] = typer.Option(None, "--suite", help="A [suites.NAME] of bench.toml: its attacks in turn on one threat model, each on the points the previous ones left robust (one row per stage in suite_stages.csv, the worst case as attack suite:NAME); repeat for several."),
-    model: Optional[str] = typer.Option(None, "--model", help="Evaluate a ready-made model, no training (instead of --defense): FILE.py:FACTORY, MODULE:FACTORY or robustbench:NAME. The factory takes no arguments and returns an nn.Module taking images in [0, 1] (normalization inside the model) and returning logits."),
-    weights: Optional[str] = typer.Option(None, "--weights", help="With --model: the state_dict file, loaded with torch.load(weights_only=True); for robustbench:NAME, RobustBench's model_dir (default ./models)."),
-    profile: Optional[str] = ProfileOpt,
-    dataset: Optional[str] = DatasetOpt,
-    n_test: Optional[int] = typer.Option(None, "--n-test", callback=check_n_test, help="Test images to evaluate: 1 to the test set's size, 10000 (default: the profile's n_test)."),
-    seed: Optional[int] = SeedOpt,
-    device: Optional[str] = DeviceOpt,
-    force: bool = typer.Option(False, "--force", help="Recompute cells that already have a finished row."),
-    matrix: Optional[str] = typer.Option(None, "--matrix", "-m", help="Run a [matrices.NAME] of bench.toml on the scheduler (bare --matrix: settings.matrix); --defense/--attack/--dataset/--profile narrow or override it."),
-    devices: Optional[str] = typer.Option(None, "--devices", help="Scheduler workers: auto (one per visible GPU, else one CPU worker) | cpu | GPU indices such as 0,1."),
-    backend: Optional[str] = typer.Option(None, "--backend", help="Scheduler backend: local (default: worker processes here) | ray (each job a Ray task; pip install 'bench[ray]')."),
-    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Ray cluster to join (default: start a local Ray instance); implies --backend ray."),
-    shards: Optional[str] = typer.Option(None, "--shards", help="Split each attack cell over this many jobs merged exactly (default 1; auto = one per worker for cells of >= 2000 test points)."),
-    plain: bool = typer.Option(False, "--plain", help="Plain log lines instead of the live progress view (CI)."),
-    config: Optional[Path] = ConfigOpt,
-    data_root: Optional[Path] = DataOpt,
-    results_dir: Optional[Path] = ResultsOpt,
-):
-    """Train (or reuse) each defense, attack it, append one row per cell to results.csv, refresh the leaderboard.
-
-    Several cells, --matrix or any scheduler option run the cells as a cached DAG on worker processes (one per
-    GPU) or on Ray: a failed training blocks only its own cells, and the rest go on. Finished cells are skipped
-    on re-run, so an interrupted run (Ctrl-C or kill -9) resumes where it stopped. Under a profile with
-    `audit = true` each defense is then audited (bench audit) once per threat model of the attacks, and the
-    leaderboard shows the adapted numbers."""
-    from .report.render import render
-    from .runner import check_ready_made
-    from .runner import run as run_cells
-
-    if model is not None or weights is not None:
-        env, defense = _model_env(model, weights, defense, attack, matrix, devices, backend, ray_address, shards,
-                                  config, data_root, device, results_dir, dataset, profile, seed, suites=suite)
-    else:
-        env = _env(config, data_root, device, results_dir,
-                   check=lambda cfg: _check_names(cfg, defense, attack, suite, matrix, dataset, profile))
-    cfg, s = env.cfg, env.cfg.settings
-    if matrix is not None:
-        cfg.check_choice("matrix", matrix or s.matrix, cfg.matrices)
-    chosen = cfg.matrices.get(matrix or s.matrix)
-    if (not defense or not (attack or suite)) and chosen is None:
-        raise BenchError("Give --defense and --attack or --suite (no default [matrices] entry to take them from).")
-    for name in suite or []:
-        cfg.check_choice("suite", name, cfg.suites)
-    defenses = list(defense or []) or chosen.defenses
-    attacks = list(attack or []) or ([] if suite else chosen.attacks)
-    suites = list(suite or []) or ([] if attack or matrix is None else chosen.suites)
-    datasets = [dataset] if dataset else (chosen.datasets if matrix is not None else [s.dataset])
-    profile = profile or (chosen.profile if matrix is not None else None) or s.profile
-    seed = s.seed if seed is None else seed  # the settings' seed, once for every path below
-    scheduled = (matrix is not None or devices or backend or ray_address or shards or plain
-                 or len(defenses) * (len(attacks) + len(suites)) > 1) and model is None  # --model's lives here
-    for ds in datasets if model is None else []:  # (--model's was checked in _model_env)
-        for name in defenses:  # a ready-made model's wrong file fails here, before a job writes a failed row
-            check_ready_made(env, name, ds, profile, seed)
-    if not scheduled:
-        rows = run_cells(defenses, attacks, dataset=datasets[0], profile=profile, seed=seed, n_test=n_test,
-                         force=force, env=env) if attacks else []
-        for name in suites:
-            from .suite import run_suite
-
-            rows.append(run_suite(env, defenses[0], name, datasets[0], profile, seed,
-                                  n_test, force))
-        done = {(rows[0]["dataset"], rows[0]["profile"])}
-    else:
-        from .sched import run_matrix
-
-        summary = run_matrix(env, defenses, attacks, datasets, profile, seed, n_test, force,
-                             devices=devices or device or "auto", backend=backend or ("ray" if ray_address else "local"),
-                             ray_address=ray_address, shards=shards or 1, plain=plain, suites=suites)
-        done = {(d, profile) for d in datasets}
-    if cfg.profiles[profile].audit:  # the profile's audit switch: after the cells, before the tables that show it
-        from .audit import audit_matrix
-
-        failed = {(r["dataset"], r["defense"]) for r in summary.problems} if scheduled else set()
-        audit_matrix(env, defenses, attacks, sorted({d for d, _ in done}), profile,
-                     seed, n_test, force, skip=failed)
-    for ds, prof in sorted(done):
-        path = render(env.store.rows(), ds, prof, env.store.root)
-        if path:
-            progress.log(f"leaderboard: {path}")
-    if scheduled and summary.problems:
-        lines = "; ".join(f"{r['defense']} × {r['attack']} ({r['dataset']}) {r['status']}: {r['warnings']}"
-                          for r in summary.problems)
-        raise BenchError(f"{summary.failed} cell(s) failed and {summary.blocked} blocked ({summary.ok} finished "
-                         f"in this run); their rows in results.csv say why, and re-running retries them. {lines}")
-
-
-def _check_names(cfg, defenses, attacks, suites, matrix, dataset, profile) -> None:
-    """The names of a `bench run` checked against bench.toml before any folder is made."""
-    for name in defenses or []:
-        cfg.check_name("defense", name)
-    for name in attacks or []:
-        cfg.check_name("attack", name)
-    for name in suites or []:
-        cfg.check_choice("suite", name, cfg.suites)
-    if matrix:
-        cfg.check_choice("matrix", matrix, cfg.matrices)
-    if dataset:
-        cfg.check_choice("dataset", dataset, cfg.datasets)
-    if profile:
-        cfg.check_choice("profile", profile, cfg.profiles)
-
-
-def _model_env(model, weights, defense, attack, matrix, devices, backend, ray_address, shards, config, data_root,
-               device, results_dir, dataset, profile, seed, suites=None):
-    """The Env of `bench run --model`, with the model as an in-memory defense entry, loaded and checked before the
-    results folder is touched: a wrong factory, weights file or output shape leaves nothing behind."""
-    from .runner import Env, check_ready_made
-    from .store import ensure_writable_dir
-    from .user_model import add_model_entry
-
-    if model is None:
-        raise BenchError("--weights goes with --model (the model whose state_dict it is); a bench.toml defense "
-                         "names its weights in its entry.")
-    if defense:
-        raise BenchError("Give --model or --defense, not both: --model evaluates one ready-made model.")
-    others = [o for o, v in (("--matrix", matrix), ("--devices", devices), ("--backend", backend),
-                             ("--ray-address", ray_address), ("--shards", shards)) if v is not None]
-    if others:
-        raise BenchError(f"--model runs its cells in this process and takes no {', '.join(others)}: for the "
-                         f"scheduler, add the model to bench.toml as an entry with plugin = \"pretrained\".")
-    if not attack and not suites:
-        raise BenchError("--model needs --attack (an attack entry of bench.toml; repeat for several) or --suite.")
-    env = Env.create(config=config, data_root=data_root, device=device, results_dir=results_dir)
-    progress.log(f"config {env.cfg.path} · results {env.store.root} · data {env.data_root}")
-    s = env.cfg.settings
-    ds, prof, seed = s.choose(dataset, profile, seed)
-    for n in suites or []:
-        env.cfg.check_choice("suite", n, env.cfg.suites)
-    attacks = list(attack or []) or [a for n in suites for a in env.cfg.suites[n].attacks]
-    name = add_model_entry(env.cfg, model, weights, attacks, ds, prof)
-    check_ready_made(env, name, ds, prof, seed)
-    ensure_writable_dir(env.store.root, "results folder")
-    ensure_writable_dir(env.cache.root, "cache folder")
-    return env, [name]
-
-
-@app.command()
-def train(
-    defense: List[str] = typer.Option(..., "--defense", "-d", help="Defense entry of bench.toml; repeat for several."),
-    profile: Optional[str] = ProfileOpt,
-    dataset: Optional[str] = DatasetOpt,
-    seed: Optional[int] = SeedOpt,
-    device: Optional[str] = DeviceOpt,
-    config: Optional[Path] = ConfigOpt,
-    data_root: Optional[Path] = DataOpt,
-    results_dir: Optional[Path] = ResultsOpt,
-):
-    """Train defenses into the content-addressed checkpoint cache (reused by later runs; resumes per epoch)."""
-    from .runner import train as train_one
-
-    env = _env(config, data_root, device, results_dir, check=lambda cfg: [
-        cfg.defense(name, dataset or cfg.settings.dataset, profile or cfg.settings.profile) for name in defense])
-    for name in defense:
-        t = train_one(name, dataset=dataset, profile=profile, seed=seed, env=env)
-        last = t.meta.get("history", [{}])[-1] if t.meta.get("history") else {}
-        progress.log(f"[{name}] checkpoint {t.key}: test_acc (monitor) {last.get('test_acc', float('nan')):.4f}, "
-                     f"flags {t.meta.get('flags', {})}")
-
-
-@app.command("list")
-def list_(config: Optional[Path] = ConfigOpt):
-    """Show every registered defense and attack (one line each, with parameters) and the bench.toml entries."""
-    from .config import load_config
-    from .registry import plugins
-
-    cfg = load_config(config)
-    for kind, title in (("defense", "Defenses"), ("attack", "Attacks")):
-        typer.echo(f"{title} (registered plug-ins):")
-        for name, cls in plugins(kind).items():
-            typer.echo(f"  {name:14s} {cls.describe()}")
-            params = ", ".join(f"{k}={_show(f.default)}" for k, f in cls.Params.model_fields.items())
-            typer.echo(f"  {'':14s} params: {params}")
-        entries = ", ".join(f"{n}" + (f" ({cfg.entry(kind, n)['plugin']})" if "plugin" in cfg.entry(kind, n) else "")
-                            for n in cfg.names(kind))
-        typer.echo(f"  names for --{kind} ({cfg.path.name} entries, and plug-ins without one): {entries}\n")
-    typer.echo(f"Profiles: {', '.join(f'{k} ({v.description})' for k, v in cfg.profiles.items())}")
-    typer.echo(f"Datasets: {', '.join(cfg.datasets)}; matrices: {', '.join(cfg.matrices) or '(none)'}")
-    typer.echo("Suites (--suite; each attack on what the previous ones left robust):" if cfg.suites else "Suites: (none)")
-    for name, spec in cfg.suites.items():
-        eps = f" eps {spec.eps:.6g}" if spec.eps is not None else ""
-        typer.echo(f"  {name:14s} {spec.norm}{eps}: {' -> '.join(spec.attacks)}  ({spec.description})")
-
-
-def _show(v):
-    from pydantic_core import PydanticUndefined
-
-    return "[]" if v is PydanticUndefined else repr(v)
-
-
 def _register_command_modules() -> None:
-    """Each module in bench/commands/ adds its sub-commands with `register(app)` (no edits here)."""
+    """Every sub-command lives in a module of bench/commands/ that adds it with `register(app)` (no edits here),
+    listed in `bench --help` by the module's ORDER (default 100), then by name."""
     import importlib
     import pkgutil
 
     from . import commands
 
-    for info in pkgutil.iter_modules(commands.__path__):
-        importlib.import_module(f"{commands.__name__}.{info.name}").register(app)
+    modules = [importlib.import_module(f"{commands.__name__}.{info.name}") for info in pkgutil.iter_modules(commands.__path__)]
+    for module in sorted(modules, key=lambda m: (getattr(m, "ORDER", 100), m.__name__)):
+        module.register(app)
 
 
 _register_command_modules()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -33,6 +33,8 @@ class Env:
     cache: ArtifactCache
     store: ResultsStore
     device: torch.device
+    # ready-made models (bench.user_model) built in this process, by key: one build per command, not one per cell
+    ready_made: dict = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def create(cls, config=None, data_root=None, device=None, results_dir=None) -> "Env":
@@ -87,6 +89,8 @@ def train(defense: str, dataset: str | None = None, profile: str | None = None, 
     dataset, profile, seed = s.choose(dataset, profile, seed)
     resolved, d = _build_defense(env, defense, dataset, profile)
     key = checkpoint_key(resolved, dataset, seed)
+    if key in env.ready_made:  # its files' digests are in the key: a changed file is another model
+        return env.ready_made[key]
     with torch.random.fork_rng(devices=[]):  # initial weights from the seed, not from what ran before in this process
         torch.manual_seed(seed)
         model = d.build_model()
@@ -99,7 +103,8 @@ def train(defense: str, dataset: str | None = None, profile: str | None = None, 
                 "git_sha": provenance.git_sha(), "versions": provenance.versions(),
                 "device": provenance.device_name(env.device), "created": _now()}
         progress.log(f"[{defense}] evaluating the model as given, no training (key {key})")
-        return TrainedDefense(d, model.to(env.device).eval(), meta, key)
+        env.ready_made[key] = TrainedDefense(d, model.to(env.device).eval(), meta, key)
+        return env.ready_made[key]
     from .zoo import restore_from_zoo
 
     restore_from_zoo(env, key, defense)  # a committed checkpoint enters the cache (verified) instead of training
@@ -279,7 +284,8 @@ def attack_trained(env: Env, trained: TrainedDefense, ares, dataset: str, profil
             "clean_passes": clean_passes, "forward_passes": counter.forward_images - clean_passes,
             "backward_passes": counter.backward_images, "wall_s": time.time() - t0,
             "device": provenance.device_name(env.device), "warnings": sorted(set(ctx.warnings)), "info": ctx.info,
-            "probe": res.probe, "checks_s": res.check_s}
+            "probe": res.probe, "checks_s": res.check_s,
+            "architecture": getattr(trained.defense, "arch", "")}  # as resolved by this run's [datasets.D]
 
 
 @dataclass
@@ -430,6 +436,7 @@ def merge_parts(env: Env, parts: list[dict]) -> tuple[dict, dict]:
     manifest = {"defense_entry": dres.as_dict(), "attack_entry": ares.as_dict(),
                 "profile": cfg.profiles[profile].model_dump(), "config_file": str(cfg.path),
                 "data_root": str(env.data_root), "checkpoint": first["checkpoint"],
+                "architecture": first.get("architecture", ""),
                 "training": {key: v for key, v in trained_meta.items() if key != "history"},
                 "training_history": trained_meta.get("history", []),
                 # attack-specific counters cannot be summed blindly, so a sharded cell keeps each shard's
@@ -510,7 +517,7 @@ def check_ready_made(env: Env, name: str, dataset: str, profile: str, seed: int)
     resolved = env.cfg.defense(name, dataset, profile)
     if getattr(resolved.cls, "evaluation_only", False):
         checkpoint_key(resolved, dataset, seed)  # its files' digests: a missing file is named here
-        _build_defense(env, name, dataset, profile)[1].build_model()
+        train(name, dataset, profile, seed, env=env)  # built once here, kept for the cells (Env.ready_made)
 
 
 INT_COLUMNS = ("seed", "n", "n_fooled", "forward_passes", "backward_passes")

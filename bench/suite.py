@@ -337,6 +337,7 @@ def _row(env: Env, plan: SuitePlan, trained, target, alive, fooled_by, norms, su
                           "entry": cfg.suites[plan.name].model_dump(), "stages": summaries},
                 "profile": cfg.profiles[plan.profile].model_dump(), "config_file": str(cfg.path),
                 "data_root": str(env.data_root), "checkpoint": trained.key,
+                "architecture": getattr(trained.defense, "arch", ""),
                 "training": {k: v for k, v in trained.meta.items() if k != "history"},
                 "checks": checks,
                 "per_sample": {"correct": correct.tolist(), "fooled": fooled.tolist(),

@@ -142,11 +142,71 @@ def file_digests(params: ModelParams, root: Path | None) -> dict[str, str]:
                                                   params.threat_model)
         return {"robustbench": robustbench_shim.version(),
                 **{f"weights:{p.name}": sha256_file(p) if p.is_file() else "missing" for p in files}}
-    out = {"factory": sha256_file(_factory_file(kind, target, root, params.model))}
+    factory = _factory_file(kind, target, root, params.model)
+    out = {"factory": sha256_file(factory)}
+    imported = local_imports(factory, target if kind == "module" else None)
+    if imported:  # absent when the factory imports nothing of its own, so such models keep their keys
+        listing = "".join(f"{rel}\0{sha256_file(path)}\n" for rel, path in imported)
+        out["imports"] = hashlib.sha256(listing.encode()).hexdigest()
     w = weights_path(params, root)
     if w is not None:
         out["weights"] = sha256_file(w)
     return out
+
+
+def local_imports(path: Path, module: str | None = None) -> list[tuple[str, Path]]:
+    """The user's own source files the factory file imports, transitively: (path relative to the import root,
+    path), sorted. Found statically (ast, nothing executed) and only under the import root: the file's folder, or
+    for MODULE:FACTORY the sys.path folder its top package is in. Installed packages are versioned in every row's
+    provenance and are left out; so is what cannot be resolved to a file there (the standard library, torch)."""
+    import ast
+    import site
+    import sysconfig
+
+    path = Path(path).resolve()
+    parts = module.split(".") if module else []
+    package = parts[:-1] if parts and path.name != "__init__.py" else parts
+    root = path.parent
+    for _ in range(len(parts) - (0 if path.name == "__init__.py" else 1)):
+        root = root.parent
+    installed = {Path(p).resolve() for p in (*site.getsitepackages(), site.getusersitepackages(),
+                                             sysconfig.get_paths()["stdlib"]) if p}
+    if any(root == d or d in root.parents for d in installed):
+        return []
+
+    def find(dotted: list[str]) -> Path | None:
+        base = root.joinpath(*dotted)
+        for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+            if dotted and candidate.is_file():
+                return candidate.resolve()
+        return None
+
+    found: dict[Path, None] = {}
+    todo = [(path, package)]
+    while todo:
+        file, pkg = todo.pop()
+        try:
+            tree = ast.parse(file.read_bytes(), filename=str(file))
+        except (OSError, SyntaxError, ValueError):
+            continue  # the import itself reports a broken file, with its line
+        for node in ast.walk(tree):
+            names: list[list[str]] = []
+            if isinstance(node, ast.Import):
+                names = [a.name.split(".") for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                if node.level and len(pkg) < node.level - 1:
+                    continue
+                base = (pkg[:len(pkg) - node.level + 1] if node.level else []) + (node.module.split(".")
+                                                                                   if node.module else [])
+                names = [base] + [base + [a.name] for a in node.names if a.name != "*"]
+            for dotted in names:
+                for k in range(1, len(dotted) + 1):  # a.b.c imports a, a.b and a.b.c
+                    hit = find(dotted[:k])
+                    if hit is not None and hit != path and hit not in found:
+                        found[hit] = None
+                        sub = dotted[:k] if hit.name == "__init__.py" else dotted[:k - 1]
+                        todo.append((hit, sub))
+    return sorted((str(f.relative_to(root)), f) for f in found)
 
 
 def robustbench_model_dir(params: ModelParams, root: Path | None) -> Path:
@@ -164,7 +224,8 @@ def load_factory(spec: str, root: Path | None = None):
             loader_spec = importlib.util.spec_from_file_location(mod_name, path)
             module = importlib.util.module_from_spec(loader_spec)
             sys.modules[mod_name] = module
-            loader_spec.loader.exec_module(module)
+            with _own_folder_importable(path.resolve().parent):
+                loader_spec.loader.exec_module(module)
         else:
             module = importlib.import_module(target)
     except Exception as e:  # the user's code: its error, one line, and where
@@ -179,6 +240,23 @@ def load_factory(spec: str, root: Path | None = None):
         raise BenchError(f"{name!r} in {path} {what} (from model = {spec!r}). Callables defined there: "
                          f"{did_you_mean(name, names)}")
     return factory
+
+
+@contextlib.contextmanager
+def _own_folder_importable(folder: Path):
+    """The file's folder first on sys.path while it runs, as `python FILE.py` has it, so it can import the modules
+    beside it (which local_imports hashes into its key); those modules leave sys.modules afterwards, so the next
+    load reads them afresh, as it does the file."""
+    before = set(sys.modules)
+    sys.path.insert(0, str(folder))
+    try:
+        yield
+    finally:
+        sys.path.remove(str(folder))
+        for name in set(sys.modules) - before:
+            file = getattr(sys.modules[name], "__file__", None) or ""
+            if file and Path(file).resolve().is_relative_to(folder):
+                sys.modules.pop(name, None)
 
 
 def build_from_factory(spec: str, root: Path | None = None) -> nn.Module:

@@ -115,6 +115,40 @@ def test_changed_weights_or_factory_file_gets_a_new_key(tmp_path):
     assert third[0] != second[0] and third[1] != second[1]
 
 
+def test_a_module_the_factory_imports_is_part_of_its_key(tmp_path):
+    """A factory file that imports its own helpers (a sibling module, a package with a relative import): editing
+    a helper is a new model, as editing the file is; the file runs with its folder importable."""
+    from bench.config import load_config
+    from bench.runner import checkpoint_key
+    from bench.user_model import build_from_factory, local_imports
+
+    (tmp_path / "nets").mkdir()
+    (tmp_path / "nets" / "__init__.py").write_text("")
+    (tmp_path / "nets" / "blocks.py").write_text("from . import widths\n")
+    (tmp_path / "nets" / "widths.py").write_text("HIDDEN = 16\n")
+    (tmp_path / "helpers.py").write_text("from nets import blocks\n")
+    (tmp_path / "unrelated.py").write_text("x = 1\n")
+    (tmp_path / "net.py").write_text("import torch.nn as nn\nimport helpers\nfrom nets.widths import HIDDEN\n\n\n"
+                                     "def make():\n    return nn.Sequential(nn.Flatten(), nn.Linear(3072, HIDDEN), "
+                                     "nn.Linear(HIDDEN, 10))\n")
+    assert [r for r, _ in local_imports(tmp_path / "net.py")] == \
+        ["helpers.py", "nets/__init__.py", "nets/blocks.py", "nets/widths.py"]
+    assert build_from_factory(f"{tmp_path / 'net.py'}:make")[1].out_features == 16
+    cfg_path = _config(tmp_path, '[defenses.mine]\nplugin = "pretrained"\nmodel = "net.py:make"\n')
+
+    def key():
+        return checkpoint_key(load_config(cfg_path).defense("mine", "cifar10", "smoke"), "cifar10", 0)
+
+    first = key()
+    (tmp_path / "unrelated.py").write_text("x = 2\n")
+    assert key() == first  # a file the factory does not import is not part of the model
+    time.sleep(0.01)
+    (tmp_path / "nets" / "widths.py").write_text("HIDDEN = 32\n")
+    assert key() != first
+    assert build_from_factory(f"{tmp_path / 'net.py'}:make")[1].out_features == 32  # read afresh, not the cached 16
+    assert local_imports(EXAMPLE) == []  # the example imports only torch: its committed keys stay what they were
+
+
 def test_evaluation_only_train_loads_no_training_split_and_caches_nothing(tmp_path, data_root, monkeypatch):
     import bench.runner as runner
     from bench import progress
@@ -292,14 +326,14 @@ def test_own_model_cli_equals_the_plugin_entry_and_evaluate(tmp_path, data_root)
     t0 = time.time()
     p = bench_cli("run", "--config", str(cfg), "--data-root", str(data_root), "--results-dir", str(results),
                   "--model", f"{EXAMPLE}:small_cnn", "--weights", str(weights), "--attack", "pgd_linf",
-                  "--n-test", "500", "--device", "cpu")
+                  "--attack", "fgsm", "--n-test", "500", "--device", "cpu")
     wall = time.time() - t0
     out = p.stdout + p.stderr
     assert p.returncode == 0, out
-    assert "training on" not in out and "no training" in out, out
+    assert "training on" not in out and out.count("no training") == 1, out  # built once for its two cells
     assert wall < 60, f"{wall:.1f}s"
     env = _env(cfg, data_root, tmp_path)
-    (cli_row,) = [typed for typed in map(bench.runner.typed_row, env.store.rows())]
+    (cli_row,) = [typed for typed in map(bench.runner.typed_row, env.store.rows()) if typed["attack"] == "pgd_linf"]
     (entry_row,) = bench.run(defense="mine", attack="pgd_linf", dataset="cifar10", profile="smoke", n_test=500,
                              env=env)
     assert cli_row["cell"] != entry_row["cell"]  # two cells (other names), computed independently
@@ -324,7 +358,7 @@ def test_own_model_cli_equals_the_plugin_entry_and_evaluate(tmp_path, data_root)
     (again,) = bench.run(defense="mine", attack="pgd_linf", dataset="cifar10", profile="smoke", n_test=500, env=env)
     assert again["cell"] != entry_row["cell"] and again["defense_ckpt"] != entry_row["defense_ckpt"]
     assert again["clean_acc"] != entry_row["clean_acc"]
-    assert len(env.store.rows()) == 3
+    assert len(env.store.rows()) == 4  # the two --model cells, the entry cell and the new weights
 
 
 @pytest.mark.slow

@@ -97,6 +97,9 @@ def test_suite_worst_case_equals_independent_cells_exactly(suite_env):
         independent = _manifest(env, cell)["per_sample"]["fooled"]
         assert state["fooled"] == [independent[p] for p in state["given"]], cell["attack"]
     assert row["attack"] == "suite:s3" and row["norm"] == "linf" and float(row["eps"]) == pytest.approx(0.1)
+    # the network the run's own [datasets.mnist] resolved "auto" to, in the cell's and the suite's manifest
+    assert _manifest(env, row)["architecture"] == _manifest(env, cells[0])["architecture"] == \
+        suite_env.cfg.datasets["mnist"].arch
     stages = _manifest(env, row)["suite"]["stages"]
     assert [s["attack"] for s in stages] == ["s_weak", "s_pgd", "s_cw"]
     # not a trivial case: something survives, and a later stage fools what the first one left

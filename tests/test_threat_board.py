@@ -158,7 +158,11 @@ def test_model_cards_in_robustbench_format_match_the_leaderboard(tmp_path):
     sparse[1]["defense_entry"] = {"name": "sparse", "plugin": "sparse", "params": {"arch": "resnet32", "ensemble": 10}}
     natural = cell("natural", "pgd_linf", ok, fooling(N, range(N - 1)))
     natural[1]["defense_entry"] = {"name": "natural", "plugin": "natural", "params": {"arch": "auto"}}
-    cells = [natural, cell("natural", "cw_linf", ok, fooling(N, range(N))), sparse,
+    # a run whose own config resolved "auto" to another network records it; the card shows that, not the default
+    other = cell("other_config", "pgd_linf", ok, fooling(N, range(5)))
+    other[1].update(defense_entry={"name": "other_config", "plugin": "natural", "params": {"arch": "auto"}},
+                    architecture="wrn28_10")
+    cells = [natural, other, cell("natural", "cw_linf", ok, fooling(N, range(N))), sparse,
              cell("masked", "pgd_linf", ok, fooling(N, range(2)),
                   checks={"gradient_health": check("fail", "zero gradients", "all dead", 0.9, 0.2)})]
     index = threat_board.write(_results(tmp_path, cells), "cifar10", "quick", tmp_path)
@@ -180,7 +184,8 @@ def test_model_cards_in_robustbench_format_match_the_leaderboard(tmp_path):
         assert c["unreliable"] == bool(r["unreliable"]) and c["bench"]["rank"] == r["rank"]
         assert (c["bench"]["worst_case"]["k"], c["bench"]["worst_case"]["n"]) == (r["robust_k"], r["robust_n"])
     assert cards["natural"]["autoattack_acc"] == "0.00" and "cw_linf, pgd_linf" in cards["natural"]["footnote"]
-    assert cards["natural"]["architecture"] == "resnet32"  # "auto": bench.toml's [datasets.cifar10] arch
+    assert cards["natural"]["architecture"] == "resnet32"  # "auto" in a manifest without it: bench.toml's default
+    assert cards["other_config"]["architecture"] == "wrn28_10"
     assert cards["natural"]["number_forward_passes"] == 1 and cards["sparse"]["number_forward_passes"] == 10
     assert cards["masked"]["unreliable"] is True and cards["masked"]["flags"] == ["pgd_linf: fail"]
     assert "model_info/<threat model>/<defense>.json" in index.read_text()

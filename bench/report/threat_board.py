@@ -153,7 +153,8 @@ def entry(sl: Slice, defense: str, rows: list[dict]) -> Entry | None:
 
 
 def _default_arch(dataset: str) -> str:
-    """[datasets.D] arch of the bench.toml beside the package (what an entry's arch = "auto" resolves to)."""
+    """[datasets.D] arch of the bench.toml beside the package: what arch = "auto" meant for a manifest written
+    before manifests recorded the run's resolved `architecture` (the committed snapshots)."""
     import tomllib
 
     try:
@@ -165,13 +166,18 @@ def _default_arch(dataset: str) -> str:
 
 def _model_facts(sl: Slice, rows: list[dict]) -> tuple[str, int]:
     """(architecture, forward passes per prediction) from the rows' manifests: the defense entry's arch (its
-    dataset's default for "auto") and its `ensemble` of E stochastic passes (1 without one); ("", 1) unknown."""
+    dataset's default for "auto", as the run resolved it) and its `ensemble` of E stochastic passes (1 without
+    one); ("", 1) unknown."""
     for r in rows:
         m = sl.results.manifest(r)
         params = ((m or {}).get("defense_entry") or {}).get("params") or {}
         if params:
             arch = str(params.get("arch") or "auto")
-            return (_default_arch(sl.dataset) if arch == "auto" else arch), max(1, int(params.get("ensemble", 1)))
+            if "architecture" in m:  # the run's own config resolved it (a ready-made model's is "")
+                arch = m["architecture"]
+            elif arch == "auto":
+                arch = _default_arch(sl.dataset)
+            return arch, max(1, int(params.get("ensemble", 1)))
     return "", 1
 
 
