@@ -294,7 +294,9 @@ def _inherit(cfg: Config, kind: str, name: str, chain: tuple[str, ...], tag: boo
             raise ConfigError(f"Invalid config: '{table}.{name}.extends' = {parent!r} ({path}): no [{table}.{parent}] "
                               f"entry in {cfg.path}. {did_you_mean(parent, known)}")
         base = {k: v for k, v in _inherit(cfg, kind, parent, (*chain, name), tag).items() if k != "abstract"}
-        if parent not in cfg.bases[kind]:
+        if parent in cfg.bases[kind]:
+            base.pop("plugin", None)  # settings only: not even a plug-in the base took from its own parent
+        else:
             base = {"plugin": parent, **base}  # an entry without `plugin` is the plug-in of its own name
         out = _merge_layers(out, base)
     return _merge_layers(out, {k: v for k, v in own.items() if k != "extends"})
@@ -433,6 +435,34 @@ def _check_table_keys(raw: dict, allowed: set[str], where: str) -> None:
             raise ConfigError(f"Invalid config: unknown key '{where}{key}' in bench.toml. {did_you_mean(key, allowed)}")
 
 
+def _check_base(cfg: Config, kind: str, name: str) -> None:
+    """An abstract base: its dataset / profile names, no `plugin` (a base lends settings, the entry keeps its
+    plug-in), and every key one that some registered plug-in of its kind declares (a typo in a base no entry
+    extends yet would otherwise wait there unseen)."""
+    table_name = {"defense": "defenses", "attack": "attacks"}[kind]
+    resolved = _inherit(cfg, kind, name, ())
+    _check_override_names(cfg, kind, name, resolved)
+    if name in registry.plugins(kind):
+        raise ConfigError(f"Invalid config: [{table_name}.{name}] is an abstract base named like the registered {kind} "
+                          f"plug-in '{name}', which it would hide; give the base another name.")
+    if "plugin" in cfg.bases[kind][name]:
+        raise ConfigError(f"Invalid config: '{table_name}.{name}.plugin': [{table_name}.{name}] is an abstract base, "
+                          f"which lends settings and no plug-in; set `plugin` in the entries that extend it.")
+    declared = {k for cls in registry.plugins(kind).values() for k in cls.Params.model_fields}
+
+    def check(table: dict, where: str) -> None:
+        for key, value in table.items():
+            if key in ("dataset", "profile") and isinstance(value, dict):
+                for sub, inner in value.items():
+                    if isinstance(inner, dict):
+                        check(inner, f"{where}.{key}.{sub}")
+            elif key not in RESERVED and key not in declared:
+                raise ConfigError(f"Invalid config: unknown key '{where}.{key}' (value {value!r}): no registered "
+                                  f"{kind} declares it. {did_you_mean(key, declared)}")
+
+    check(cfg.bases[kind][name], f"{table_name}.{name}")
+
+
 def _check_override_names(cfg: Config, kind: str, name: str, raw: dict) -> None:
     prefix = f"{'defenses' if kind == 'defense' else 'attacks'}.{name}"
     for sub, allowed in (("dataset", cfg.datasets), ("profile", cfg.profiles)):
@@ -527,8 +557,8 @@ def load_config(path: str | os.PathLike | None = None) -> Config:
                 raise ConfigError(f"Invalid config: unknown key 'profiles.{pname}.defense_defaults.{key}': no "
                                   f"registered defense declares it. {did_you_mean(key, declared)}")
     for kind, table in bases.items():
-        for name in table:  # a base's keys are validated in each entry that extends it
-            _check_override_names(cfg, kind, name, _inherit(cfg, kind, name, ()))
+        for name in table:  # values are validated in each entry that extends it; names here, used or not
+            _check_base(cfg, kind, name)
     for kind, table in entries.items():
         for name, entry in table.items():
             if not isinstance(entry, dict):

@@ -33,7 +33,8 @@ class Env:
     cache: ArtifactCache
     store: ResultsStore
     device: torch.device
-    # ready-made models (bench.user_model) built in this process, by key: one build per command, not one per cell
+    # the ready-made model (bench.user_model) last built in this process, by key: one build for a command's cells,
+    # not one per cell; one model only, so a scheduler worker's many jobs do not pile models up on its device
     ready_made: dict = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
@@ -103,6 +104,7 @@ def train(defense: str, dataset: str | None = None, profile: str | None = None, 
                 "git_sha": provenance.git_sha(), "versions": provenance.versions(),
                 "device": provenance.device_name(env.device), "created": _now()}
         progress.log(f"[{defense}] evaluating the model as given, no training (key {key})")
+        env.ready_made.clear()
         env.ready_made[key] = TrainedDefense(d, model.to(env.device).eval(), meta, key)
         return env.ready_made[key]
     from .zoo import restore_from_zoo
@@ -511,13 +513,18 @@ def run(defense="natural", attack="pgd_linf", dataset=None, profile=None, seed=N
     return [typed_row(r) for r in rows]
 
 
-def check_ready_made(env: Env, name: str, dataset: str, profile: str, seed: int) -> None:
+def check_ready_made(env: Env, name: str, dataset: str, profile: str, seed: int, keep: bool = False) -> None:
     """Build a ready-made model (bench.user_model) once before any cell: a wrong factory, weights or output
-    shape then fails before anything is written under the results folder (a trained defense is left alone)."""
+    shape then fails before anything is written under the results folder (a trained defense is left alone).
+    `keep`: the cells run in this process, which then uses this build (Env.ready_made); otherwise (the
+    scheduler's workers build their own) it is built on the CPU and dropped."""
     resolved = env.cfg.defense(name, dataset, profile)
     if getattr(resolved.cls, "evaluation_only", False):
         checkpoint_key(resolved, dataset, seed)  # its files' digests: a missing file is named here
-        train(name, dataset, profile, seed, env=env)  # built once here, kept for the cells (Env.ready_made)
+        if keep:
+            train(name, dataset, profile, seed, env=env)
+        else:
+            _build_defense(env, name, dataset, profile)[1].build_model()
 
 
 INT_COLUMNS = ("seed", "n", "n_fooled", "forward_passes", "backward_passes")

@@ -158,12 +158,15 @@ def local_imports(path: Path, module: str | None = None) -> list[tuple[str, Path
     """The user's own source files the factory file imports, transitively: (path relative to the import root,
     path), sorted. Found statically (ast, nothing executed) and only under the import root: the file's folder, or
     for MODULE:FACTORY the sys.path folder its top package is in. Installed packages are versioned in every row's
-    provenance and are left out; so is what cannot be resolved to a file there (the standard library, torch)."""
+    provenance and are left out (bench itself, whose git SHA every row records, is one), as is what cannot be
+    resolved to a file there (the standard library, torch)."""
     import ast
+    import importlib.metadata
     import site
     import sysconfig
 
-    path = Path(path).resolve()
+    path = Path(os.path.abspath(path))  # not resolved: a symlinked helper is hashed where the import finds it
+    distributed = set(importlib.metadata.packages_distributions()) | {"bench"}
     parts = module.split(".") if module else []
     package = parts[:-1] if parts and path.name != "__init__.py" else parts
     root = path.parent
@@ -175,10 +178,12 @@ def local_imports(path: Path, module: str | None = None) -> list[tuple[str, Path
         return []
 
     def find(dotted: list[str]) -> Path | None:
+        if not dotted or dotted[0] in distributed:
+            return None
         base = root.joinpath(*dotted)
         for candidate in (base.with_suffix(".py"), base / "__init__.py"):
-            if dotted and candidate.is_file():
-                return candidate.resolve()
+            if candidate.is_file():
+                return candidate
         return None
 
     found: dict[Path, None] = {}
@@ -224,7 +229,7 @@ def load_factory(spec: str, root: Path | None = None):
             loader_spec = importlib.util.spec_from_file_location(mod_name, path)
             module = importlib.util.module_from_spec(loader_spec)
             sys.modules[mod_name] = module
-            with _own_folder_importable(path.resolve().parent):
+            with _own_folder_importable(path):
                 loader_spec.loader.exec_module(module)
         else:
             module = importlib.import_module(target)
@@ -243,19 +248,22 @@ def load_factory(spec: str, root: Path | None = None):
 
 
 @contextlib.contextmanager
-def _own_folder_importable(folder: Path):
-    """The file's folder first on sys.path while it runs, as `python FILE.py` has it, so it can import the modules
-    beside it (which local_imports hashes into its key); those modules leave sys.modules afterwards, so the next
-    load reads them afresh, as it does the file."""
+def _own_folder_importable(path: Path):
+    """The file's folder first on sys.path, as `python FILE.py` has it, so it can import the modules beside it,
+    also lazily from its forward (the folder stays on the path). The modules of its own that it imported while it
+    ran (those local_imports hashes into its key) leave sys.modules afterwards, so the next load reads them afresh,
+    as it does the file; nothing else (e.g. a virtualenv inside that folder) is touched."""
+    folder = str(path.parent)
     before = set(sys.modules)
-    sys.path.insert(0, str(folder))
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
     try:
         yield
     finally:
-        sys.path.remove(str(folder))
+        own = {f.resolve() for _, f in local_imports(path)}
         for name in set(sys.modules) - before:
-            file = getattr(sys.modules[name], "__file__", None) or ""
-            if file and Path(file).resolve().is_relative_to(folder):
+            file = getattr(sys.modules.get(name), "__file__", None)
+            if file and Path(file).resolve() in own:
                 sys.modules.pop(name, None)
 
 

@@ -76,7 +76,11 @@ restarts = 3
     ('[attacks.b]\nabstract = "yes"\n', ["attacks.b.abstract", "'yes'"]),
     ('[attacks.b]\nabstract = true\n[attacks.b.dataset.mnits]\neps = 0.3\n', ["attacks.b.dataset.mnits", "mnist"]),
     ('[attacks.b]\nabstract = true\nstepz = 3\n[attacks.a]\nextends = "b"\nplugin = "pgd_linf"\n',
-     ["stepz", "attacks.a"]),
+     ["attacks.b.stepz", "steps"]),
+    # a base nothing extends yet is checked too: a typo does not wait there unseen
+    ('[attacks.b]\nabstract = true\n[attacks.b.profile.smoke]\nrestartz = 3\n', ["attacks.b.profile.smoke.restartz", "restarts"]),
+    ('[attacks.b]\nabstract = true\nplugin = "fgsm"\n', ["attacks.b.plugin", "no plug-in"]),
+    ('[defenses.pretrained]\nabstract = true\n', ["defenses.pretrained", "registered defense plug-in 'pretrained'"]),
 ])
 def test_cycles_and_unknown_parents_are_errors_naming_the_chain(tmp_path, extra, words):
     path = _config(tmp_path, extra)
@@ -113,6 +117,17 @@ extends = ["tiny_budget", "pgd_linf"]
     assert "tiny_budget" not in cfg.names("attack")
     with pytest.raises(ConfigError, match="abstract base"):
         cfg.attack("tiny_budget", "cifar10", "smoke")
+
+
+def test_a_base_passes_on_no_plugin_even_one_it_took_from_its_own_parent(tmp_path):
+    cfg = load_config(_config(tmp_path, """
+[attacks.fgsm_settings]
+abstract = true
+extends = "fgsm"
+[attacks.x]
+extends = ["pgd_linf", "fgsm_settings"]
+"""))
+    assert cfg.attack("x", "mnist", "smoke").plugin == "pgd_linf"
 
 
 def test_a_base_keeps_the_entrys_own_plugin(tmp_path):

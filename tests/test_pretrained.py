@@ -147,6 +147,25 @@ def test_a_module_the_factory_imports_is_part_of_its_key(tmp_path):
     assert key() != first
     assert build_from_factory(f"{tmp_path / 'net.py'}:make")[1].out_features == 32  # read afresh, not the cached 16
     assert local_imports(EXAMPLE) == []  # the example imports only torch: its committed keys stay what they were
+    # MODULE:FACTORY of the same file: bench's own modules (versioned by the git SHA) are not the model's
+    assert local_imports(EXAMPLE, "examples.my_model") == []
+
+
+def test_a_factory_file_imports_lazily_and_through_symlinks(tmp_path):
+    from bench.user_model import build_from_factory, local_imports
+
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "shared.py").write_text("SCALE = 2.0\n")
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "shared.py").symlink_to(tmp_path / "elsewhere" / "shared.py")
+    (tmp_path / "models" / "late.py").write_text("def double(x):\n    return 2 * x\n")
+    (tmp_path / "models" / "net.py").write_text(
+        "import torch.nn as nn\nimport shared\n\n\nclass Net(nn.Module):\n    def forward(self, x):\n"
+        "        from late import double  # imported when called, after the file has run\n"
+        "        return double(x.flatten(1)[:, :10]) * shared.SCALE\n\n\ndef make():\n    return Net()\n")
+    assert [r for r, _ in local_imports(tmp_path / "models" / "net.py")] == ["late.py", "shared.py"]
+    model = build_from_factory(f"{tmp_path / 'models' / 'net.py'}:make")
+    assert model(torch.ones(2, 3, 32, 32)).tolist() == [[4.0] * 10] * 2
 
 
 def test_evaluation_only_train_loads_no_training_split_and_caches_nothing(tmp_path, data_root, monkeypatch):

@@ -149,7 +149,7 @@ def _model_env(model, weights, defense, attack, matrix, devices, backend, ray_ad
         env.cfg.check_choice("suite", n, env.cfg.suites)
     attacks = list(attack or []) or [a for n in suites for a in env.cfg.suites[n].attacks]
     name = add_model_entry(env.cfg, model, weights, attacks, ds, prof)
-    check_ready_made(env, name, ds, prof, seed)
+    check_ready_made(env, name, ds, prof, seed, keep=True)  # --model's cells run in this process
     ensure_writable_dir(env.store.root, "results folder")
     ensure_writable_dir(env.cache.root, "cache folder")
     return env, [name]
