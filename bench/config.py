@@ -199,7 +199,7 @@ class Config:
     def check_name(self, kind: str, name: str) -> None:
         table = {"defense": "defenses", "attack": "attacks"}[kind]
         if name in self.bases[kind] and name not in self.entries[kind]:
-            users = [n for n, e in self.entries[kind].items() if name in _parents(e)]
+            users = _takers(self, kind, name)
             built = f"Entries built on it: {', '.join(users)}." if users else "No entry extends it yet."
             raise ConfigError(f"'{name}' is not a runnable {kind}: [{table}.{name}] in {self.path} is an abstract "
                               f"base (abstract = true) that entries take settings from with `extends`. {built}")
@@ -264,6 +264,17 @@ LAYER_TABLES = ("dataset", "profile")  # sub-tables an `extends` merges key by k
 def _parents(raw) -> list:
     parents = raw.get("extends") if isinstance(raw, dict) else None
     return [] if parents is None else parents if isinstance(parents, list) else [parents]
+
+
+def _takers(cfg: Config, kind: str, base: str) -> list[str]:
+    """The runnable entries that take `base`'s settings through `extends`, directly or through other bases."""
+    tables = {**cfg.bases[kind], **cfg.entries[kind]}
+
+    def reaches(name: str, seen: frozenset) -> bool:
+        parents = [p for p in _parents(tables.get(name)) if isinstance(p, str) and p not in seen]
+        return base in parents or any(reaches(p, seen | {p}) for p in parents)
+
+    return [n for n in cfg.entries[kind] if reaches(n, frozenset({n}))]
 
 
 def _inherit(cfg: Config, kind: str, name: str, chain: tuple[str, ...], tag: bool = False) -> dict:
@@ -449,6 +460,9 @@ def _check_base(cfg: Config, kind: str, name: str) -> None:
         raise ConfigError(f"Invalid config: '{table_name}.{name}.plugin': [{table_name}.{name}] is an abstract base, "
                           f"which lends settings and no plug-in; set `plugin` in the entries that extend it.")
     declared = {k for cls in registry.plugins(kind).values() for k in cls.Params.model_fields}
+    takers = _takers(cfg, kind, name)
+    shown = ", ".join(f"[{table_name}.{t}]" for t in takers[:3]) + (f" and {len(takers) - 3} more" if len(takers) > 3 else "")
+    taken = f" ({shown} {'takes' if len(takers) == 1 else 'take'} it through `extends`)" if takers else ""
 
     def check(table: dict, where: str) -> None:
         for key, value in table.items():
@@ -457,8 +471,8 @@ def _check_base(cfg: Config, kind: str, name: str) -> None:
                     if isinstance(inner, dict):
                         check(inner, f"{where}.{key}.{sub}")
             elif key not in RESERVED and key not in declared:
-                raise ConfigError(f"Invalid config: unknown key '{where}.{key}' (value {value!r}): no registered "
-                                  f"{kind} declares it. {did_you_mean(key, declared)}")
+                raise ConfigError(f"Invalid config: unknown key '{where}.{key}' (value {value!r}){taken}: no "
+                                  f"registered {kind} declares it. {did_you_mean(key, declared)}")
 
     check(cfg.bases[kind][name], f"{table_name}.{name}")
 

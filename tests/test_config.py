@@ -42,7 +42,8 @@ def test_misspelled_key_names_key_and_suggestion(config_copy):
     with pytest.raises(ConfigError) as e:
         load_config(config_copy)
     msg = str(e.value)
-    assert "'attacks.pgd_cuts.restart'" in msg and "takes it through `extends`" in msg and "restarts" in msg
+    assert "'attacks.pgd_cuts.restart'" in msg and "restarts" in msg
+    assert "[attacks.pgd_linf]" in msg and "more take it through `extends`" in msg
 
 
 def test_negative_eps_is_rejected_with_key_and_value(config_copy):
