@@ -16,7 +16,9 @@ test_import_graph.py checks both directions: the harness imports no plug-in, plu
                       cache, data root, config root), ModelDefense / ModelParams (a ready-made model),
                       set_on_modules (backward surrogates); register_attack, register_defense
     parameters        StrictModel, Field, Number, StepSize, step_value
-    PGD engine        PGDSettings, run_pgd, step, random_start, enforce_budget (bench.pgd)
+    PGD engine        PGDSettings, run_pgd, step, random_start, enforce_budget; Norm (a threat model's random
+                      start, ascent step and projection, Foolbox's split) and norm_of("linf" | "l2" | "l1")
+                      (bench.pgd)
     training          fit (the shared trainer, bench.training)
     data              load_split, subset_indices, to_float, resolve_data_root (bench.data); Normalize,
                       build_classifier (bench.nets)
@@ -31,7 +33,7 @@ from .errors import BenchError, ConfigError, DataError
 from .evaluate import AttackResult, Evaluation, evaluate
 from .nets import Normalize, build_classifier
 from .params import Number, StepSize, StrictModel, step_value
-from .pgd import PGDSettings, enforce_budget, random_start, run_pgd, step
+from .pgd import Norm, PGDSettings, enforce_budget, norm_of, random_start, run_pgd, step
 from .provenance import versions
 from .registry import register_attack, register_defense
 from .store import ArtifactCache, atomic_write_bytes, content_hash
@@ -58,7 +60,7 @@ __all__ = ["Attack", "AttackContext", "AttackOutput", "AttackParams", "PassCount
            "Defense", "DefenseContext", "DefenseParams", "TrainParams", "set_on_modules", "ModelDefense",
            "ModelParams", "register_attack", "register_defense",
            "StrictModel", "Field", "Number", "StepSize", "step_value",
-           "PGDSettings", "run_pgd", "step", "random_start", "enforce_budget", "fit",
+           "PGDSettings", "run_pgd", "step", "random_start", "enforce_budget", "Norm", "norm_of", "fit",
            "load_split", "subset_indices", "to_float", "resolve_data_root", "Normalize", "build_classifier",
            "ArtifactCache", "content_hash", "atomic_write_bytes", "versions",
            "BenchError", "ConfigError", "DataError", "progress",

@@ -228,3 +228,15 @@ def test_settings_by_hand_for_a_few_attacks():
                              l1_step="dense")
     eot = get_plugin("attack", "pgd_eot").Params(step_size="1/255").settings()
     assert eot == PGDSettings(step_size=1 / 255, eot_samples=40, eot_mode="normalized")
+
+
+def test_norm_objects_are_public_api():
+    """Plug-ins reach a threat model's geometry through `bench` (the public API), the same objects the engine uses."""
+    import bench
+
+    delta = torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    for name in ("linf", "l2", "l1"):
+        assert isinstance(bench.norm_of(name), bench.Norm) and bench.norm_of(name) is NORMS[name]
+        _same(bench.norm_of(name).measure(delta), bench.perturbation_norm(delta, name))
+    with pytest.raises(ValueError, match="unknown norm 'l3'"):
+        bench.norm_of("l3")

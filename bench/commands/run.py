@@ -10,6 +10,7 @@ from .. import progress
 from ..cli_options import ConfigOpt, DataOpt, DatasetOpt, DeviceOpt, ProfileOpt, ResultsOpt, SeedOpt, check_n_test
 from ..cli_options import make_env as _env
 from ..errors import BenchError
+from ..sched.selection import check_names, select_cells
 
 ORDER = 0  # first in `bench --help`: the command a newcomer needs
 
@@ -52,21 +53,11 @@ def run(
                                   config, data_root, device, results_dir, dataset, profile, seed, suites=suite)
     else:
         env = _env(config, data_root, device, results_dir,
-                   check=lambda cfg: _check_names(cfg, defense, attack, suite, matrix, dataset, profile))
-    cfg, s = env.cfg, env.cfg.settings
-    if matrix is not None:
-        cfg.check_choice("matrix", matrix or s.matrix, cfg.matrices)
-    chosen = cfg.matrices.get(matrix or s.matrix)
-    if (not defense or not (attack or suite)) and chosen is None:
-        raise BenchError("Give --defense and --attack or --suite (no default [matrices] entry to take them from).")
-    for name in suite or []:
-        cfg.check_choice("suite", name, cfg.suites)
-    defenses = list(defense or []) or chosen.defenses
-    attacks = list(attack or []) or ([] if suite else chosen.attacks)
-    suites = list(suite or []) or ([] if attack or matrix is None else chosen.suites)
-    datasets = [dataset] if dataset else (chosen.datasets if matrix is not None else [s.dataset])
-    profile = profile or (chosen.profile if matrix is not None else None) or s.profile
-    seed = s.seed if seed is None else seed  # the settings' seed, once for every path below
+                   check=lambda cfg: check_names(cfg, defense, attack, suite, matrix, dataset, profile))
+    cfg = env.cfg
+    sel = select_cells(cfg, matrix, defense, attack, suite, dataset, profile, seed)  # the cells `bench status` shows
+    defenses, attacks, suites, datasets, profile, seed = (sel.defenses, sel.attacks, sel.suites, sel.datasets,
+                                                          sel.profile, sel.seed)
     scheduled = (matrix is not None or devices or backend or ray_address or shards or plain
                  or len(defenses) * (len(attacks) + len(suites)) > 1) and model is None  # --model's lives here
     for ds in datasets if model is None else []:  # (--model's was checked in _model_env)
@@ -103,22 +94,6 @@ def run(
                           for r in summary.problems)
         raise BenchError(f"{summary.failed} cell(s) failed and {summary.blocked} blocked ({summary.ok} finished "
                          f"in this run); their rows in results.csv say why, and re-running retries them. {lines}")
-
-
-def _check_names(cfg, defenses, attacks, suites, matrix, dataset, profile) -> None:
-    """The names of a `bench run` checked against bench.toml before any folder is made."""
-    for name in defenses or []:
-        cfg.check_name("defense", name)
-    for name in attacks or []:
-        cfg.check_name("attack", name)
-    for name in suites or []:
-        cfg.check_choice("suite", name, cfg.suites)
-    if matrix:
-        cfg.check_choice("matrix", matrix, cfg.matrices)
-    if dataset:
-        cfg.check_choice("dataset", dataset, cfg.datasets)
-    if profile:
-        cfg.check_choice("profile", profile, cfg.profiles)
 
 
 def _model_env(model, weights, defense, attack, matrix, devices, backend, ray_address, shards, config, data_root,

@@ -6,8 +6,8 @@ from typing import List, Optional
 
 import typer
 
-from ..errors import BenchError
-from ..cli_options import ConfigOpt, ResultsOpt
+from ..sched.selection import select_cells
+from ..cli_options import ConfigOpt, ResultsOpt, SeedOpt
 
 STYLE = {"ok": "green", "failed": "bold red", "blocked": "red", "queued": "yellow", "untrained": "dim",
          "training": "cyan"}
@@ -17,15 +17,17 @@ def status(
     matrix: Optional[str] = typer.Option(None, "--matrix", "-m", help="[matrices.NAME] to show (default: settings.matrix)."),
     defense: List[str] = typer.Option(None, "--defense", "-d", help="Show these defenses instead of the matrix's."),
     attack: List[str] = typer.Option(None, "--attack", "-a", help="Show these attacks instead of the matrix's."),
-    dataset: Optional[str] = typer.Option(None, "--dataset", help="Only this dataset (default: the matrix's)."),
-    profile: Optional[str] = typer.Option(None, "--profile", "-p", help="Profile (default: the matrix's, else [settings])."),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Seed (default from [settings])."),
+    suite: List[str] = typer.Option(None, "--suite", help="Show this [suites.NAME]'s worst-case cell (column suite:NAME); repeat for several."),
+    dataset: Optional[str] = typer.Option(None, "--dataset", help="Only this dataset (default: the matrix's with --matrix or no --defense/--attack/--suite, else [settings]')."),
+    profile: Optional[str] = typer.Option(None, "--profile", "-p", help="Profile (default: as for --dataset)."),
+    seed: Optional[int] = SeedOpt,
     n_test: Optional[int] = typer.Option(None, "--n-test", min=1, help="The --n-test the matrix was run with (default: the profile's)."),
     config: Optional[Path] = ConfigOpt,
     results_dir: Optional[Path] = ResultsOpt,
 ):
     """Show every cell of a matrix (ok with robust accuracy, failed, blocked, queued, untrained) and the
-    state of its checkpoints, read from results.csv and the artifact cache."""
+    state of its checkpoints, read from results.csv and the artifact cache. It takes the same cell options as
+    `bench run` and shows the cells that `bench run` with them runs."""
     from rich.console import Console
     from rich.table import Table
 
@@ -34,25 +36,17 @@ def status(
     from ..store import safe_torch_load
 
     env = Env.create(config=config, results_dir=results_dir, device="cpu")
-    cfg, s = env.cfg, env.cfg.settings
-    name = matrix or s.matrix
-    chosen = cfg.matrices.get(name)
-    if chosen is None and (matrix or not defense or not attack):
-        cfg.check_choice("matrix", name, cfg.matrices)
-        raise BenchError(f"No matrix '{name}': give --matrix NAME or --defense and --attack.")
-    defenses = list(defense or []) or chosen.defenses
-    attacks = list(attack or []) or chosen.attacks
-    suites = [] if attack or chosen is None else chosen.suites  # a suite's row is its column `suite:NAME`
-    datasets = [dataset] if dataset else (chosen.datasets if chosen else [s.dataset])
-    profile = profile or (chosen.profile if chosen else None) or s.profile
-    seed = s.seed if seed is None else seed
+    cfg = env.cfg
+    sel = select_cells(cfg, matrix, defense, attack, suite, dataset, profile, seed)  # the cells `bench run` runs
+    defenses, attacks, suites, datasets, profile, seed = (sel.defenses, sel.attacks, sel.suites, sel.datasets,
+                                                          sel.profile, sel.seed)
     plan = build_plan(env, defenses, attacks, datasets, profile, seed, n_test, suites=suites)
     attacks = attacks + [f"suite:{n}" for n in suites]
     latest = {r["cell"]: r for r in env.store.rows()}  # the last row of a cell is its state
     out = Console()
     counts: dict[str, int] = {}
     for ds in datasets:
-        table = Table(title=f"{name if chosen and not (defense or attack) else 'cells'} · {ds} · {profile} · seed {seed}",
+        table = Table(title=f"{sel.matrix if sel.whole_matrix else 'cells'} · {ds} · {profile} · seed {seed}",
                       title_justify="left")
         table.add_column("defense \\ attack")
         for a in attacks:
