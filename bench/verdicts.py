@@ -54,7 +54,7 @@ class VerdictSettings(StrictModel):
     incomplete_window: Number = Field(0.1, gt=0, lt=1, description="the last fraction of steps watched")
     incomplete_min_steps: int = Field(5, ge=2, description="attacks with fewer steps are single-shot: skipped")
     incomplete_gain: Number = Field(0.05, ge=0, description="late gain of the running-best loss, relative to the total gain")
-    incomplete_warn: Number = Field(0.2, ge=0, le=1)
+    incomplete_warn: Number = Field(0.05, ge=0, le=1)
     incomplete_min_points: int = Field(10, ge=1, description="fewer surviving points than this: no verdict")
     silent_warn: Number = Field(0.01, ge=0, le=1)
     audit: AuditSettings = Field(default_factory=AuditSettings)
