@@ -137,3 +137,26 @@ def test_paired_excess_needs_significance_and_size():
     assert paired_excess(30, 2, 200, 0.05, 0.02)
     assert not paired_excess(3, 1, 200, 0.05, 0.02)  # too few to tell
     assert not paired_excess(2, 30, 200, 0.05, 0.02)  # the other way round
+
+
+def test_shipped_incomplete_threshold_separates_the_measured_quick_cells():
+    """bench.toml's incomplete_warn judged against what was measured on the zoo's quick models
+    (results/measured/incomplete_threshold_quick.json): every cell whose 5x-steps rerun fooled more points and none
+    back must warn (0.2 passed HaH's 14.8 %), and every cell with at most 1 % of its survivors rising must pass."""
+    import json
+    from pathlib import Path
+
+    from bench.config import load_config
+
+    root = Path(__file__).resolve().parents[1]
+    s = load_config(root / "bench.toml").verdicts
+    cells = json.loads((root / "results/measured/incomplete_threshold_quick.json").read_text())["cells"]
+    real = [c for c in cells if c.get("steps_x5_rerun", {}).get("more_fooled_by_x5", 0) > 0
+            and c["steps_x5_rerun"]["fooled_by_base_only"] == 0]
+    quiet = [c for c in cells if c["still_rising"] <= 0.01]
+    assert len(real) >= 6 and len(quiet) >= 8, (len(real), len(quiet))
+    for c in real + quiet:
+        n = c["survivors"]
+        state = {"incomplete": [round(c["still_rising"] * n), n], "steps": 40}
+        verdict = finalize(state, s, PGD)["incomplete_optimization"]["verdict"]
+        assert verdict == ("warn" if c in real else "pass"), (c["defense"], c["attack"], c["still_rising"], verdict)
