@@ -9,12 +9,15 @@ target's robustness. They are cached per image (content hash of image and label)
 and the attack config, so one surrogate run serves every target whatever subset of points it attacks."""
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+from typing import ClassVar, Literal
 
 import torch
+from pydantic import model_serializer
 
-from bench import (Attack, AttackOutput, AttackParams, ConfigError, Defense, Field, PassCounter, content_hash,
-                   register_attack, run_pgd)
+from bench import (Attack, AttackOutput, AttackParams, ConfigError, Defense, Field, Number, PassCounter,
+                   content_hash, register_attack, run_pgd)
 
 from ._whitebox import attacked_model, gradient_warnings
 from .pgd import PGDParams
@@ -26,7 +29,23 @@ _SHARDS: dict[str, tuple[list[str], torch.Tensor, torch.Tensor]] = {}  # in-proc
 class TransferParams(AttackParams):
     surrogate: str = Field("pgd_at", description="defense entry whose trained model the examples are made on")
     surrogate_attack: str = Field("pgd_transfer", description="PGD-engine attack entry run on the surrogate "
-                                                              "(its norm and eps are this attack's)")
+                                                              "(its norm and eps are this attack's unless set below)")
+    norm: Literal["linf", "l2", "l1"] | None = Field(None, description="run the surrogate attack in this norm "
+                                                                       "instead of its own (unset = its own)")
+    eps: Number | None = Field(None, ge=0, description="run the surrogate attack at this budget instead of its own, "
+                                                       "its step the same fraction of eps (unset = its own)")
+
+    # options added after transfer results existed: left out of the serialized params while unset, so the keys of
+    # every earlier transfer cell stay valid
+    omit_when_unset: ClassVar[tuple[str, ...]] = ("norm", "eps")
+
+    @model_serializer(mode="wrap")
+    def _omit_unset_overrides(self, handler):
+        data = handler(self)
+        for key in self.omit_when_unset:
+            if data.get(key, 0) is None:
+                data.pop(key)
+        return data
 
 
 @register_attack("transfer")
@@ -55,6 +74,7 @@ class Transfer(Attack):
             raise ConfigError(f"attack '{self.name}': surrogate_attack = '{p.surrogate_attack}' uses plug-in "
                               f"'{inner.plugin}', which does not run on the PGD engine. Allowed: an entry whose "
                               f"plug-in is pgd_linf, pgd_l2, pgd_l1, cw_linf, pgd_eot, fgsm or bim.")
+        inner = rebudgeted(inner, p.norm, p.eps)
         self._inner = inner
         where = (ctx.dataset, ctx.profile, ctx.seed)
         if where not in self._surrogates:
@@ -101,6 +121,18 @@ class PseudoWhiteBoxTransfer(Transfer):
     class Params(TransferParams):
         surrogate: str = Field("sparse_ae", description="the unsupervised-autoencoder defense entry (SPEC §1)")
         surrogate_attack: str = Field("pgd_eot_pwt", description="PGD-EOT entry with backward = 'frontend_identity'")
+
+
+def rebudgeted(entry, norm: str | None, eps: float | None):
+    """The resolved PGD-engine entry at another norm and/or eps, its step the same fraction of eps as before (an
+    absolute step tuned for 8/255 would be far too long at 2/255 and far too short at an L2 budget of 0.5)."""
+    p = entry.params
+    if (norm is None or norm == p.norm) and (eps is None or eps == p.eps):
+        return entry
+    new_eps = p.eps if eps is None else float(eps)
+    step = p.settings().step_size * new_eps / p.eps if p.eps > 0 else "2.5*eps/steps"  # no old eps to scale from
+    params = type(p).model_validate({**p.model_dump(), "norm": norm or p.norm, "eps": new_eps, "step_size": step})
+    return dataclasses.replace(entry, params=params)
 
 
 def sample_ids(x: torch.Tensor, y: torch.Tensor) -> list[str]:

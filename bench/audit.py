@@ -30,6 +30,18 @@ from .stats import wilson_interval
 from .store import atomic_write_json, content_hash
 
 DEFAULT_ATTACK = {"linf": "pgd_linf", "l2": "pgd_l2", "l1": "pgd_l1"}
+# the variant roles `--only` can pick (the base attack always runs: every check compares against it)
+ROLES = ("unbounded", "budget", "effort", "loss", "single_step", "black_box", "adapted")
+
+
+def parse_only(text: str | None) -> tuple[str, ...]:
+    """'effort,black_box' -> ('black_box', 'effort'); None or '' -> () (every role)."""
+    roles = tuple(sorted({r.strip() for r in (text or "").split(",") if r.strip()}))
+    bad = [r for r in roles if r not in ROLES]
+    if bad:
+        raise BenchError(f"--only {text!r}: unknown role {', '.join(map(repr, bad))}; allowed: {', '.join(ROLES)} "
+                         f"(comma-separated).")
+    return roles
 
 
 def parse_threat_model(text: str) -> tuple[str, float]:
@@ -103,10 +115,9 @@ def variants(env: Env, base, defense, dataset: str, profile: str, norm: str, eps
         out.append(Variant(f"loss {other.upper()}", "loss", _with(base, loss=other)))
     for name, role in [(a.single_step_attack, "single_step"), *[(n, "black_box") for n in a.black_box]]:
         res = cfg.attack(name, dataset, profile)
-        atk = res.cls(res.params)
-        if "eps" in type(atk.params).model_fields:
-            atk = _with(atk, eps=eps)
-        out.append(Variant(name, role, atk))
+        # the audited threat model, whatever the entry's own: _with sets only the fields the attack has (a transfer
+        # attack passes them on to its surrogate-side PGD, which keeps its step the same fraction of eps)
+        out.append(Variant(name, role, _with(res.cls(res.params), eps=eps, norm=norm)))
     if "eot_samples" in type(p).model_fields:
         out.append(Variant(f"EOT x{a.eot_samples}", "adapted:randomness",
                            _with(base, eot_samples=a.eot_samples, eot_mode="normalized")))
@@ -142,8 +153,11 @@ def _paired(a: torch.Tensor, b: torch.Tensor, n: int, s) -> tuple[bool, int, int
 
 
 def audit(env: Env, defense: str, dataset: str, profile: str, seed: int, attack: str | None = None,
-          threat_model: str | None = None, n_test: int | None = None) -> dict:
+          threat_model: str | None = None, n_test: int | None = None, only: tuple[str, ...] | str = ()) -> dict:
+    """only: the variant roles to run besides the base attack (empty = all); a partial audit's checks cover
+    those roles only, so its report is kept apart and never shown on the leaderboard."""
     cfg = env.cfg
+    only = parse_only(only if isinstance(only, str) else ",".join(only))
     s = verdict_settings(cfg).audit
     prof = cfg.profiles[profile]
     if threat_model:
@@ -169,7 +183,8 @@ def audit(env: Env, defense: str, dataset: str, profile: str, seed: int, attack:
     x, y = load_subset(dataset, "test", env.data_root, n_test, seed)
     counter = PassCounter(model).eval()
     eval_model = d.evaluation_model(counter)
-    plan = variants(env, base, d, dataset, profile, norm, eps, x[0].numel())
+    plan = [v for v in variants(env, base, d, dataset, profile, norm, eps, x[0].numel())
+            if not only or v.role == "base" or v.role.split(":")[0] in only]
     batch = attack_batch_size(env, ares, profile)  # the cell's batches, so the base run is the cell's run
     results: dict[str, dict] = {}
     t_all = time.time()
@@ -201,8 +216,10 @@ def audit(env: Env, defense: str, dataset: str, profile: str, seed: int, attack:
             if res.fooled:
                 fooled[positions] = torch.cat(res.fooled)
             ran_eps = v.atk.eps
-            if ran_eps is None or (v.role in ("single_step", "black_box") and abs(ran_eps - eps) > 1e-9 * max(1, eps)):
-                results[v.label] = {"role": v.role, "skipped": f"its {v.atk.norm} eps is {ran_eps}, not {eps:.6g}"}
+            if ran_eps is None or (v.role in ("single_step", "black_box") and (
+                    abs(ran_eps - eps) > 1e-9 * max(1, eps) or v.atk.norm != norm)):
+                results[v.label] = {"role": v.role, "skipped": f"it ran at {v.atk.norm} eps {ran_eps}, not {norm} "
+                                                               f"{eps:.6g}"}
                 continue
             if res.norms:  # the same budget check as a cell's (merge_parts)
                 worst_norm = float(torch.cat(res.norms).max())
@@ -222,6 +239,7 @@ def audit(env: Env, defense: str, dataset: str, profile: str, seed: int, attack:
     report = _verdicts(results, correct, s)
     report.update(audit_key=audit_key(env, defense, dataset, profile, seed, attack, norm, eps, n_test),
                   defense=defense, dataset=dataset, profile=profile, seed=seed, attack=attack, norm=norm, eps=eps,
+                  only=list(only),
                   n=len(y), clean_acc=float(correct.float().mean()), seconds=round(time.time() - t_all, 1),
                   checkpoint=trained.key, git_sha=provenance.git_sha(), versions=provenance.versions(),
                   device=provenance.device_name(env.device), config_hash=content_hash(cfg.path.read_text()))
@@ -253,16 +271,19 @@ def _verdicts(results: dict, correct: torch.Tensor, s) -> dict:
         hit, a_only, b_only = _paired(small, big, n, s)
         if hit:
             bad.append(f"eps x{f_small:g} fools {a_only} points eps x{f_big:g} leaves (reverse {b_only})")
-    checks["budget_monotonicity"] = verdicts._check("fail" if bad else "pass", "accuracy rises with eps" if bad else "ok",
-                                                    "; ".join(bad) or "accuracy does not rise with eps beyond the noise")
+    if by_role("budget"):  # a check is reported only where its attacks ran: never a pass for nothing compared
+        checks["budget_monotonicity"] = verdicts._check(
+            "fail" if bad else "pass", "accuracy rises with eps" if bad else "ok",
+            "; ".join(bad) or "accuracy does not rise with eps beyond the noise")
     bad = []
     for k, v in by_role("effort"):
         hit, a_only, b_only = _paired(v["_fooled"], base, n, s)
         if hit:
             bad.append(f"{k} fools {a_only} more points (reverse {b_only})")
-    checks["effort"] = verdicts._check("warn" if bad else "pass", "not converged" if bad else "ok",
-                                       ("; ".join(bad) + ": more effort lowers the accuracy, use it") if bad
-                                       else "more steps and restarts fool no more points beyond the noise")
+    if by_role("effort"):
+        checks["effort"] = verdicts._check("warn" if bad else "pass", "not converged" if bad else "ok",
+                                           ("; ".join(bad) + ": more effort lowers the accuracy, use it") if bad
+                                           else "more steps and restarts fool no more points beyond the noise")
     for k, v in by_role("loss"):
         hit, a_only, b_only = _paired(v["_fooled"], base, n, s)
         other_weak, _, _ = _paired(base, v["_fooled"], n, s)
@@ -317,26 +338,29 @@ def _verdicts(results: dict, correct: torch.Tensor, s) -> dict:
             "per_sample_adapted_robust": (correct & ~worst).tolist()}
 
 
-def report_path(root, defense: str, dataset: str, profile: str, norm: str, eps: float) -> Path:
-    name = f"{defense}-{dataset}-{profile}-{norm}-{eps:.6g}"
+def report_path(root, defense: str, dataset: str, profile: str, norm: str, eps: float, only=()) -> Path:
+    name = f"{defense}-{dataset}-{profile}-{norm}-{eps:.6g}" + (f"-only-{'+'.join(only)}" if only else "")
     return Path(root) / "audit" / f"{name.replace('/', '_')}.json"
 
 
 def write(report: dict, root) -> Path:
-    path = report_path(root, report["defense"], report["dataset"], report["profile"], report["norm"], report["eps"])
+    path = report_path(root, report["defense"], report["dataset"], report["profile"], report["norm"], report["eps"],
+                       report.get("only") or ())
     atomic_write_json(path, report)
     return path
 
 
 def load_reports(root) -> list[dict]:
-    """Every readable audit report under root/audit (a torn or foreign file is skipped, never fatal)."""
+    """Every readable full audit report under root/audit (a torn or foreign file is skipped, never fatal; so is a
+    partial one, `--only`, whose checks do not cover the whole audit)."""
     out = []
     for path in sorted((Path(root) / "audit").glob("*.json")):
         try:
             r = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             continue
-        if isinstance(r, dict) and {"defense", "dataset", "profile", "norm", "eps", "adapted"} <= r.keys():
+        if isinstance(r, dict) and {"defense", "dataset", "profile", "norm", "eps", "adapted"} <= r.keys() \
+                and not r.get("only"):
             out.append(r)
     return out
 
@@ -402,8 +426,9 @@ def _read(path: Path) -> dict | None:
 
 
 def summary(report: dict) -> str:
+    part = f", only {'+'.join(report['only'])}" if report.get("only") else ""
     lines = [f"audit of {report['defense']} ({report['dataset']}, {report['profile']}, {report['norm']} eps "
-             f"{report['eps']:.6g}, n = {report['n']}, clean {report['clean_acc']:.1%}):"]
+             f"{report['eps']:.6g}, n = {report['n']}, clean {report['clean_acc']:.1%}{part}):"]
     for k, v in report["variants"].items():
         if "skipped" in v:
             lines.append(f"  {k:22s} skipped: {v['skipped']}")

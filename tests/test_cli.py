@@ -84,3 +84,10 @@ def test_without_a_bar_long_work_still_logs_progress_lines(monkeypatch):
     with progress.bar("quiet", 3) as advance:
         advance(3)
     assert lines == []
+
+
+def test_audit_rejects_an_unknown_role_before_loading_anything(tmp_path):
+    p = bench("audit", "--defense", "natural", "--only", "effort,blackbox", "--results-dir", str(tmp_path))
+    assert p.returncode == 2
+    _assert_clean_error(p, "'blackbox'", "black_box", "single_step")
+    assert not any(tmp_path.iterdir())  # nothing written

@@ -133,3 +133,26 @@ def test_sample_ids_address_image_and_label():
     ids = sample_ids(x, y)
     assert len(set(ids)) == 3 and sample_ids(x.clone(), y) == ids
     assert sample_ids(x, torch.tensor([1, 2, 4]))[2] != ids[2]
+
+
+def test_rebudgeted_surrogate_attack_keeps_its_step_the_same_fraction_of_eps(env):
+    """bench audit runs its transfer attack at the audited threat model: the surrogate-side PGD entry (Linf 8/255,
+    absolute step 1/255 at quick) moves to that norm and eps with a step of the same eps/8."""
+    from attacks.transfer import rebudgeted
+
+    entry = env.cfg.attack("pgd_transfer", "cifar10", "quick")
+    assert entry.params.norm == "linf" and abs(entry.params.eps - 8 / 255) < 1e-12
+    assert rebudgeted(entry, None, None) is entry
+    for norm, eps in [("linf", 2 / 255), ("l2", 0.5), ("l1", 12.0)]:
+        moved = rebudgeted(entry, norm, eps).params
+        assert (moved.norm, moved.eps, moved.steps) == (norm, eps, entry.params.steps)
+        assert abs(moved.settings().step_size - eps / 8) < 1e-12, (norm, moved.settings().step_size)
+    assert entry.params.eps == 8 / 255  # the resolved entry itself is left as it was
+
+
+def test_unset_transfer_overrides_leave_the_serialized_params_and_so_every_cell_key_as_they_were():
+    plain = Transfer.Params().model_dump(mode="json")
+    assert "eps" not in plain and "norm" not in plain
+    set_ = Transfer.Params(eps="2/255", norm="l2").model_dump(mode="json")
+    assert set_["norm"] == "l2" and abs(set_["eps"] - 2 / 255) < 1e-12
+    assert Transfer.Params.model_validate(plain) == Transfer.Params()

@@ -194,12 +194,14 @@ def test_spec_tables_mark_cells_and_the_worst_route(tmp_path):
     assert "cw_linf" not in notes.split("natural worst case unreliable")[1]  # a warn does not make it unreliable
 
 
-def _audit_report(root, defense="natural", checkpoint="ckpt", original=0.49, adapted=0.03, failed=("black_box",)):
+def _audit_report(root, defense="natural", checkpoint="ckpt", original=0.49, adapted=0.03, failed=("black_box",),
+                  only=()):
     """A bench audit report as bench.audit.write leaves it (only the fields the tables read)."""
     from bench.audit import write as write_report
 
     checks = {k: check("fail" if k in failed else "pass", "x", "why") for k in ("black_box", "unbounded")}
     return write_report({"defense": defense, "dataset": "cifar10", "profile": "quick", "seed": 0, "norm": "linf",
+                         "only": list(only),
                          "eps": 8 / 255, "n": N, "checkpoint": checkpoint, "checks": checks,
                          "original": {"robust_acc": original}, "adapted": {"robust_acc": adapted,
                                                                            "attacks": ["base", "transfer_natural"]}},
@@ -228,3 +230,15 @@ def test_no_audit_no_column_and_an_audit_of_another_checkpoint_is_not_shown(tmp_
     assert "audited (adapted)" in table.header
     assert _row_of(table, "natural")["audited (adapted)"] == ""
     assert any("checkpoint an-older-one" in n and "re-run bench audit" in n for n in table.notes)
+
+
+def test_a_partial_audit_is_written_apart_and_never_shown_on_the_leaderboard(tmp_path):
+    """`bench audit --only ROLES` checks part of what an audit checks: its adapted number is not the audit's."""
+    write(tmp_path, [cell("natural", "pgd_linf", CORRECT, fooling(N, range(10, 59)))])
+    partial = _audit_report(tmp_path, adapted=0.2, only=("black_box",))
+    assert partial.name.endswith("-only-black_box.json")
+    assert "audited (adapted)" not in leaderboard(Results.load(tmp_path), "cifar10", "quick").header
+    full = _audit_report(tmp_path)
+    assert full != partial and partial.exists()
+    audited = _row_of(leaderboard(Results.load(tmp_path), "cifar10", "quick"), "natural")["audited (adapted)"]
+    assert audited.startswith("Linf 8/255: 3.0 (was 49.0)")

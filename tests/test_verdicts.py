@@ -94,15 +94,16 @@ def test_weak_old_smoke_step_is_not_converged_and_the_default_is(planted_env, na
     assert out["default"]["verdict"] == "pass", out
 
 
-def _truth(planted_env, natural_smoke, defense, n):
-    """Robust accuracy of the planted model on the natural network's own PGD (CW loss, 20 steps) examples."""
+def _truth(planted_env, natural_smoke, defense, n, norm="linf", eps=8 / 255):
+    """Robust accuracy of the planted model on the natural network's own PGD (CW loss, 20 steps of eps/8)
+    examples in the given norm and eps."""
     from attacks.pgd import CWLinf
     from bench.runner import train
 
     planted = train(defense, "cifar10", "smoke", 0, env=planted_env)
     x, y = load_subset("cifar10", "test", planted_env.data_root, n, 0)
     nat = natural_smoke.model.eval()
-    atk = CWLinf(CWLinf.Params(eps=8 / 255, steps=20, step_size="1/255"))
+    atk = CWLinf(CWLinf.Params(norm=norm, eps=eps, steps=20, step_size="eps/8"))
     ctx = AttackContext(defense=natural_smoke.defense, device=torch.device("cpu"), seed=0, batch_size=n, eval_model=nat)
     x_adv = atk.run(nat, x, y, ctx).x_adv
     torch.manual_seed(0)
@@ -126,6 +127,31 @@ def test_audit_finds_the_masking_and_reports_an_adapted_number_near_the_truth(pl
     assert original - adapted >= 0.05, (original, adapted, truth)  # the adaptation found what the base attack missed
     if defense == "planted_misleading_backward":  # healthy-looking gradients: only the BPDA adaptation sees it
         assert report["checks"]["adaptation"]["verdict"] == "fail", report["checks"]
+
+
+@pytest.mark.parametrize("threat_model", ["l2:0.5", "linf:2/255"])
+def test_audit_off_the_transfer_entrys_budget_still_finds_zero_gradient_masking(planted_env, natural_smoke,
+                                                                                threat_model):
+    """A rounded input has no gradient, so only the audit's black-box attack sees through it. Its transfer
+    attack's surrogate-side PGD is a Linf 8/255 entry: it must run at the audited threat model, not be skipped
+    (it was until stop 35, and planted_round audited at L2 0.5 kept its masked number)."""
+    from bench.audit import audit, parse_threat_model
+
+    n = 100
+    norm, eps = parse_threat_model(threat_model)
+    # the black-box role alone (`bench audit --only black_box`): the full audit is the test above, at 8/255
+    report = audit(planted_env, "planted_round", "cifar10", "smoke", 0, threat_model=threat_model, n_test=n,
+                   only=("black_box",))
+    assert set(report["variants"]) == {"base", "transfer_natural"}, report["variants"].keys()
+    assert set(report["checks"]) == {"black_box"}, report["checks"]  # no check claims a pass it did not run
+    transfer = report["variants"]["transfer_natural"]
+    assert "skipped" not in transfer, transfer
+    assert abs(transfer["eps"] - eps) < 1e-9, transfer
+    truth = _truth(planted_env, natural_smoke, "planted_round", n, norm, eps)
+    original, adapted = report["original"]["robust_acc"], report["adapted"]["robust_acc"]
+    assert report["checks"]["black_box"]["verdict"] == "fail", report["checks"]
+    assert adapted <= truth + 0.05, (original, adapted, truth)
+    assert original - adapted >= 0.05, (original, adapted, truth)
 
 
 def test_profile_audit_switch_audits_each_defense_after_its_cells_and_the_leaderboard_shows_it(planted_env):

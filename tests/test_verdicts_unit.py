@@ -160,3 +160,23 @@ def test_shipped_incomplete_threshold_separates_the_measured_quick_cells():
         state = {"incomplete": [round(c["still_rising"] * n), n], "steps": 40}
         verdict = finalize(state, s, PGD)["incomplete_optimization"]["verdict"]
         assert verdict == ("warn" if c in real else "pass"), (c["defense"], c["attack"], c["still_rising"], verdict)
+
+
+def test_audit_runs_its_single_step_and_black_box_attacks_at_the_audited_threat_model(tmp_path):
+    """Whatever the entries' own budgets (fgsm, square and transfer_natural are Linf 8/255 entries), the audit's
+    check 9 and 10 attacks run at the audited norm and eps; they used to be skipped off Linf 8/255, which left
+    a zero-gradient defense audited at L2 with no attack that needs no gradient."""
+    from pathlib import Path
+
+    from bench.audit import variants
+    from bench.runner import Env
+
+    repo = Path(__file__).resolve().parent.parent
+    env = Env.create(config=repo / "bench.toml", data_root=repo, device="cpu", results_dir=tmp_path)
+    for norm, eps, base_name in [("l2", 0.5, "pgd_l2"), ("linf", 2 / 255, "pgd_linf"), ("l1", 12.0, "pgd_l1")]:
+        res = env.cfg.attack(base_name, "cifar10", "quick")
+        base = res.cls(type(res.params).model_validate({**res.params.model_dump(), "eps": eps}))
+        plan = {v.label: v for v in variants(env, base, None, "cifar10", "quick", norm, eps, 3 * 32 * 32)}
+        for name in ("fgsm", "square", "transfer_natural"):
+            p = plan[name].atk.params
+            assert (p.norm, p.eps) == (norm, eps), (name, norm, p.norm, p.eps)

@@ -16,6 +16,10 @@ def audit(
     profile: Optional[str] = ProfileOpt,
     dataset: Optional[str] = DatasetOpt,
     n_test: Optional[int] = typer.Option(None, "--n-test", min=1, help="Test images (default: the profile's n_test)."),
+    only: Optional[str] = typer.Option(None, "--only", help="Run only these variant roles besides the base attack, "
+                                       "comma-separated: unbounded, budget, effort, loss, single_step, black_box, "
+                                       "adapted (default: all). A partial report is written apart (…-only-ROLES.json) "
+                                       "and never shown on the leaderboard."),
     seed: Optional[int] = SeedOpt,
     device: Optional[str] = DeviceOpt,
     config: Optional[Path] = ConfigOpt,
@@ -28,13 +32,14 @@ def audit(
     and the defense's BPDA surrogates. Prints each check's verdict, the original and the adapted number (the
     per-point worst case over all of them) and writes results/audit/<defense>-<dataset>-<profile>-<norm>-<eps>.json.
     Exit status 0 when no check failed, 1 when one did."""
-    from ..audit import audit as run_audit, summary, write
+    from ..audit import audit as run_audit, parse_only, summary, write
     from .. import progress
 
+    roles = parse_only(only)  # a bad role is an error before anything is loaded
     env = make_env(config, data_root, device, results_dir)
     s = env.cfg.settings
     report = run_audit(env, defense, *s.choose(dataset, profile, seed),
-                       attack=attack, threat_model=threat_model, n_test=n_test)
+                       attack=attack, threat_model=threat_model, n_test=n_test, only=roles)
     summary(report)
     path = write(report, env.store.root)
     progress.log(f"audit report: {path}")
