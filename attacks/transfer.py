@@ -14,7 +14,6 @@ import hashlib
 from typing import ClassVar, Literal
 
 import torch
-from pydantic import model_serializer
 
 from bench import (Attack, AttackOutput, AttackParams, ConfigError, Defense, Field, Number, PassCounter,
                    content_hash, register_attack, run_pgd)
@@ -35,17 +34,9 @@ class TransferParams(AttackParams):
     eps: Number | None = Field(None, ge=0, description="run the surrogate attack at this budget instead of its own, "
                                                        "its step the same fraction of eps (unset = its own)")
 
-    # options added after transfer results existed: left out of the serialized params while unset, so the keys of
+    # added after transfer results existed: out of the serialized params while unset (StrictModel), so the keys of
     # every earlier transfer cell stay valid
-    omit_when_unset: ClassVar[tuple[str, ...]] = ("norm", "eps")
-
-    @model_serializer(mode="wrap")
-    def _omit_unset_overrides(self, handler):
-        data = handler(self)
-        for key in self.omit_when_unset:
-            if data.get(key, 0) is None:
-                data.pop(key)
-        return data
+    omit_at_default: ClassVar[dict] = {"norm": None, "eps": None}
 
 
 @register_attack("transfer")

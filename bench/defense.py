@@ -10,7 +10,7 @@ from typing import Any, ClassVar, Literal
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from pydantic import Field, model_serializer
+from pydantic import Field
 
 from .nets import build_classifier
 from .params import Number, StrictModel
@@ -66,17 +66,8 @@ class TrainParams(StrictModel):
     amp: bool = Field(False, description="CUDA only: bfloat16 autocast for the training step (ignored on CPU)")
     channels_last: bool = Field(False, description="channels-last memory format for model and batches (faster convs on GPU)")
 
-    # options added after checkpoints existed: left out of the serialized recipe while at these values, so every
-    # earlier checkpoint key stays valid
+    # added after checkpoints existed: out of the serialized recipe while at these values (StrictModel)
     omit_at_default: ClassVar[dict] = {"amp": False, "channels_last": False}
-
-    @model_serializer(mode="wrap")
-    def _omit_later_options_at_default(self, handler):
-        data = handler(self)
-        for key, default in self.omit_at_default.items():
-            if key in data and data[key] == default:
-                data.pop(key)
-        return data
 
 
 class DefenseParams(TrainParams):

@@ -3,15 +3,27 @@ from __future__ import annotations
 
 import math
 from fractions import Fraction
-from typing import Annotated
+from typing import Annotated, ClassVar
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict
+from pydantic import BaseModel, BeforeValidator, ConfigDict, model_serializer
 
 
 class StrictModel(BaseModel):
     """Every config table: a misspelled key is an error, never a silent default."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+    # options added after results were keyed by these params: left out of the serialized params while at these
+    # values, so every earlier checkpoint or cell key stays valid (a subclass extends the dict)
+    omit_at_default: ClassVar[dict] = {}
+
+    @model_serializer(mode="wrap")
+    def _omit_later_options_at_default(self, handler):
+        data = handler(self)
+        for key, default in self.omit_at_default.items():
+            if key in data and data[key] == default:
+                data.pop(key)
+        return data
 
 
 def parse_number(value):
