@@ -7,12 +7,13 @@ import contextlib
 import torch
 
 
-def gradient_warnings(ctx, backward: str, eot_samples: int) -> None:
-    """Put the reasons to distrust this attack's gradients into the result row's warnings."""
+def gradient_warnings(ctx, backward: str, eot_samples: int, uses_gradients: bool = True) -> None:
+    """Put the reasons to distrust this attack's gradients into the result row's warnings (the masking one only
+    for an attack that follows gradients: a score-based one, e.g. Square, never reads them)."""
     defense = ctx.defense
     if defense is None:
         return
-    if defense.non_differentiable and backward in ("", "autograd"):
+    if uses_gradients and defense.non_differentiable and backward in ("", "autograd"):
         ctx.warnings.append(f"defense '{defense.name}' declares non-differentiable parts "
                             f"({', '.join(defense.non_differentiable)}) and the attack used plain autograd: "
                             f"possible gradient masking; try backward = one of {list(defense.surrogates)}")

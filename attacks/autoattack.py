@@ -49,7 +49,7 @@ class _AutoAttackBase(Attack):
 
     def run(self, model, x, y, ctx):
         p = self.params
-        gradient_warnings(ctx, p.backward, self.eot_passes())
+        gradient_warnings(ctx, p.backward, self.eot_passes(), uses_gradients=self.gradient_based)
         judge = ensemble_judge(ctx)
         fooled = torch.zeros(len(y), dtype=torch.bool, device=x.device)
         fooled_by = [""] * len(y)

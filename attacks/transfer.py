@@ -47,7 +47,7 @@ class Transfer(Attack):
 
     def __init__(self, params):
         super().__init__(params)
-        self._inner = None  # the resolved surrogate attack entry, known once run() has seen a context
+        self._inner = None  # the resolved surrogate attack entry, known once bound (bind, or run with a context)
         self._surrogates: dict = {}  # (dataset, profile, seed) -> TrainedDefense, loaded once per cell, not per batch
 
     @property
@@ -58,15 +58,20 @@ class Transfer(Attack):
     def eps(self) -> float | None:
         return self._inner.params.eps if self._inner is not None else None
 
-    def run(self, model, x, y, ctx):
+    def bind(self, attack_entry):
+        """The surrogate-side entry (at this attack's norm and eps overrides) decides the threat model."""
         p = self.params
-        inner = ctx.attack_entry(p.surrogate_attack)
+        inner = attack_entry(p.surrogate_attack)
         if not isinstance(inner.params, PGDParams):
             raise ConfigError(f"attack '{self.name}': surrogate_attack = '{p.surrogate_attack}' uses plug-in "
                               f"'{inner.plugin}', which does not run on the PGD engine. Allowed: an entry whose "
                               f"plug-in is pgd_linf, pgd_l2, pgd_l1, cw_linf, pgd_eot, fgsm or bim.")
-        inner = rebudgeted(inner, p.norm, p.eps)
-        self._inner = inner
+        self._inner = rebudgeted(inner, p.norm, p.eps)
+        return self
+
+    def run(self, model, x, y, ctx):
+        p = self.params
+        inner = self.bind(ctx.attack_entry)._inner
         where = (ctx.dataset, ctx.profile, ctx.seed)
         if where not in self._surrogates:
             self._surrogates[where] = ctx.trained_defense(p.surrogate)

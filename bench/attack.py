@@ -134,6 +134,12 @@ class Attack:
     # their own verdict on the target: bench.verdicts then checks those gradients and what the attack returned
     gradient_based: ClassVar[bool] = False
 
+    def bind(self, attack_entry: Callable[[str], Any]) -> "Attack":
+        """Resolve what this attack takes from other attack entries of bench.toml (attack_entry(name) -> resolved
+        entry at the same dataset and profile), so `norm` and `eps` are known before `run`: a suite checks its
+        stages' threat model and the scheduler fills the planned row with them. Default: nothing to resolve."""
+        return self
+
     def eot_passes(self) -> int:
         """Stochastic forward passes averaged per gradient step (EOT); 1 = none."""
         return int(getattr(self.params, "eot_samples", 1))

@@ -230,8 +230,7 @@ class Config:
                               f"(the `datasets` of [suites.{name}]).")
         budgets = {}
         for a in spec.attacks:
-            res = self.attack(a, dataset, profile)
-            atk = res.cls(res.params)
+            atk = self.attack_instance(a, dataset, profile)
             if atk.norm != spec.norm:
                 raise ConfigError(f"Invalid config: [suites.{name}] is a {spec.norm} suite, but its attack '{a}' "
                                   f"attacks in {atk.norm or 'no norm'} on {dataset} ({profile}). Allowed: attacks "
@@ -256,6 +255,20 @@ class Config:
 
     def attack(self, name: str, dataset: str, profile: str) -> Resolved:
         return self.resolve("attack", name, dataset, profile)
+
+    def attack_instance(self, name: str, dataset: str, profile: str, uses: dict | None = None):
+        """Attack entry `name` as its plug-in's instance, bound to the entries it takes settings from
+        (Attack.bind: e.g. a transfer attack's norm and eps are its surrogate-side entry's); each entry it looked
+        up goes into `uses` (name -> resolved entry) when given."""
+        res = self.attack(name, dataset, profile)
+
+        def entry(other: str) -> Resolved:
+            found = self.attack(other, dataset, profile)
+            if uses is not None:
+                uses[other] = found
+            return found
+
+        return res.cls(res.params).bind(entry)
 
 
 LAYER_TABLES = ("dataset", "profile")  # sub-tables an `extends` merges key by key (and their own profile tables)

@@ -154,9 +154,31 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def cell_key(dataset, defense_resolved, attack_resolved, profile, seed, n_test) -> str:
+def cell_key(dataset, defense_resolved, attack_resolved, profile, seed, n_test, uses: dict | None = None) -> str:
+    # `uses` only when the attack depends on other entries, so the keys of every other cell stay as they were
+    extra = {"uses": uses} if uses else {}
     return content_hash({"dataset": dataset, "defense": defense_resolved.as_dict(), "attack": attack_resolved.as_dict(),
-                         "profile": profile, "seed": seed, "n_test": n_test})
+                         "profile": profile, "seed": seed, "n_test": n_test, **extra})
+
+
+def surrogate_defenses(env: Env, ares) -> list[str]:
+    """Defense entries an attack trains or loads for itself (transfer attacks name theirs in a `*surrogate*`
+    parameter): their checkpoints become dependencies of the attack's cells."""
+    return [v for k, v in ares.params.model_dump().items()
+            if "surrogate" in k and isinstance(v, str) and env.cfg.has("defense", v)]
+
+
+def attack_uses(env: Env, attack: str, dataset: str, profile: str) -> dict:
+    """The other bench.toml entries an attack's result depends on: the attack entries it takes settings from
+    (Attack.bind: a transfer attack's surrogate-side PGD) and the defense entries it trains for itself (its
+    surrogate), each as resolved. Part of its cells' keys: editing any of them makes the cells new, instead of
+    a re-run quietly skipping them as finished with numbers the edited config would not give."""
+    cfg, attacks = env.cfg, {}
+    ares = cfg.attack(attack, dataset, profile)
+    cfg.attack_instance(attack, dataset, profile, uses=attacks)
+    out = {f"attack:{k}": v.as_dict() for k, v in sorted(attacks.items())}
+    out.update({f"defense:{d}": cfg.defense(d, dataset, profile).as_dict() for d in surrogate_defenses(env, ares)})
+    return out
 
 
 @torch.no_grad()
@@ -180,7 +202,8 @@ def resolve_cell(env: Env, defense: str, attack: str, dataset: str, profile: str
     if size and n_test > size:  # subset_indices would quietly take the whole test set instead (both run paths)
         raise BenchError(f"n_test = {n_test} for {defense} × {attack} is more than the {size} test images of "
                          f"{dataset}. Allowed: 1 to {size} (--n-test, or n_test in bench.toml).")
-    return dres, ares, n_test, cell_key(dataset, dres, ares, profile, seed, n_test)
+    return dres, ares, n_test, cell_key(dataset, dres, ares, profile, seed, n_test,
+                                        attack_uses(env, attack, dataset, profile))
 
 
 def attack_batch_size(env: Env, ares, profile: str) -> int:

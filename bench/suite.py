@@ -28,8 +28,8 @@ from . import progress, provenance, verdicts
 from .data import TEST_SET_SIZE
 from .errors import BenchError
 from .exact import exact_fp32
-from .runner import (Env, _f, _now, attack_batch_size, attack_context, attack_points, attack_traits, clean_target,
-                     log_row, train)
+from .runner import (Env, _f, _now, attack_batch_size, attack_context, attack_points, attack_traits, attack_uses,
+                     clean_target, log_row, train)
 from .stats import wilson_interval
 from .store import atomic_write_bytes, atomic_write_json, content_hash, file_lock
 
@@ -118,7 +118,8 @@ def plan_suite(env: Env, defense: str, name: str, dataset: str, profile: str, se
         res = cfg.attack(a, dataset, profile)
         # a minimum-norm stage's survivors depend on the suite's eps too (fooled = within it)
         within = {"within_eps": eps} if res.cls(res.params).kind == "min_norm" else {}
-        key = content_hash({"after": key, "attack": res.as_dict(), **within})
+        uses = attack_uses(env, a, dataset, profile)  # as in a cell's key: the entries it depends on, if any
+        key = content_hash({"after": key, "attack": res.as_dict(), **within, **({"uses": uses} if uses else {})})
         stages.append(Stage(a, res, key))
     # the row's key names what is computed, not the order tried: a finished suite stays finished when new
     # measurements would now order it otherwise (the order changes only what a new computation reuses)

@@ -449,8 +449,7 @@ THREAT_MODELS = {"linf": "Linf", "l2": "L2"}  # an attack's norm -> RobustBench'
 
 def threat_model_of(cfg, attacks: list[str], dataset: str, profile: str) -> str:
     """RobustBench's threat model for `robustbench:NAME` on the command line: the attacks' norm."""
-    norms = sorted({getattr(cfg.attack(a, dataset, profile).cls(cfg.attack(a, dataset, profile).params), "norm", "")
-                    or "" for a in attacks})
+    norms = sorted({cfg.attack_instance(a, dataset, profile).norm or "" for a in attacks})
     known = [THREAT_MODELS[n] for n in norms if n in THREAT_MODELS]
     if len(set(known)) > 1:
         raise BenchError(f"--model robustbench:NAME takes its threat model from the attacks' norm, and these attacks "

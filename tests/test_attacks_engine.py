@@ -187,6 +187,24 @@ def test_pgd_plugin_warns_about_masked_gradients_and_missing_eot():
     assert out.x_adv.shape == x.shape
 
 
+def test_a_score_based_attack_gets_no_masked_gradient_warning_but_keeps_the_randomness_one():
+    """Square reads scores only: "the attack used plain autograd: possible gradient masking" would be a false
+    alarm on every defense that declares a non-differentiable part (it was, on the sparse front end's suite)."""
+    from attacks._whitebox import gradient_warnings
+
+    class Masked(_Defense):
+        name = "masked"
+        non_differentiable = ("quantizer",)
+        surrogates = ("identity",)
+        stochastic = True
+
+    for uses_gradients, masking in [(True, True), (False, False)]:
+        ctx = _ctx(Masked())
+        gradient_warnings(ctx, "autograd", 1, uses_gradients=uses_gradients)
+        text = " ".join(ctx.warnings)
+        assert ("possible gradient masking" in text) is masking and "no EOT" in text
+
+
 def test_step_size_relative_to_eps_and_paper_defaults():
     from attacks.pgd import BIM, FGSM, PGDL1
 

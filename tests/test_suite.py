@@ -130,6 +130,39 @@ def test_appended_attack_reuses_the_earlier_stages(suite_env, tmp_path):
     assert int(long["n_fooled"]) >= int(short["n_fooled"])
 
 
+def test_perf_suite_with_a_transfer_stage_at_the_suites_budget(suite_config, data_root, tmp_path):
+    """`bench perf-suite`'s comparison on a suite whose last stage is a transfer attack: its threat model is the
+    surrogate-side entry's moved by the transfer's overrides (pgd_transfer attacks 0.3 on MNIST; here 0.1, the
+    suite's), known before it runs, so the suite accepts it; the numbers carry each cell's flags."""
+    from bench.commands.perf_suite import compare
+
+    path = tmp_path / "bench.toml"
+    path.write_text(suite_config.read_text() + "\n" + tiny_natural("suite_sur", n_train=200) + """
+[attacks.s_transfer]
+plugin = "transfer"
+surrogate = "suite_sur"
+norm = "linf"
+eps = 0.1
+[suites.s_t]
+norm = "linf"
+attacks = ["s_weak", "s_pgd", "s_transfer"]
+order = "listed"
+""")
+    env = Env.create(config=path, data_root=data_root, device="cpu", results_dir=tmp_path / "results")
+    stage = env.cfg.attack_instance("s_transfer", "mnist", "smoke")
+    assert (stage.norm, stage.eps) == ("linf", pytest.approx(0.1))
+    out = compare(env, "suite_net", "s_t", "mnist", "smoke", 0, 60)
+    assert out["order"] == ["s_weak", "s_pgd", "s_transfer"] and out["eps"] == pytest.approx(0.1)
+    assert set(out["cells"]) == {"s_weak", "s_pgd", "s_transfer"}
+    assert all(isinstance(c["flags"], dict) for c in out["cells"].values()) and isinstance(out["suite_flags"], dict)
+    # the transfer stage is given what PGD left and ran at the suite's budget (its points pass the budget check)
+    last = out["stages"][-1]
+    assert last["attack"] == "s_transfer" and last["given"] == out["stages"][1]["robust_after"]
+    # the deterministic PGD-engine stages agree per sample with their cells; the transfer's surrogate-side random
+    # starts are drawn per batch, so the whole worst case agrees only in distribution
+    assert out["worst_case_suite"] <= out["cells"]["s_pgd"]["robust_acc"] + 1e-6  # rows keep 6 digits
+
+
 def test_suite_configuration_errors_name_the_bad_value(suite_config, tmp_path, data_root):
     bad = tmp_path / "bench.toml"
     bad.write_text(suite_config.read_text() + '[suites.mixed]\nnorm = "linf"\nattacks = ["s_weak", "s_pgd_other_eps"]\n')

@@ -156,3 +156,68 @@ def test_unset_transfer_overrides_leave_the_serialized_params_and_so_every_cell_
     set_ = Transfer.Params(eps="2/255", norm="l2").model_dump(mode="json")
     assert set_["norm"] == "l2" and abs(set_["eps"] - 2 / 255) < 1e-12
     assert Transfer.Params.model_validate(plain) == Transfer.Params()
+
+
+def _with_extra(tmp_path, extra: str, edit: tuple[str, str] = ("", "")) -> Env:
+    cfg = tmp_path / "bench.toml"
+    base = (REPO / "bench.toml").read_text()
+    assert edit[0] in base
+    cfg.write_text(base.replace(*edit) + EXTRA + extra)
+    return Env.create(config=cfg, data_root=tmp_path, device="cpu", results_dir=tmp_path / "results")
+
+
+def test_a_transfer_attacks_threat_model_is_known_before_it_runs(tmp_path):
+    """Attack.bind: the surrogate-side entry decides the norm and eps, so a suite can check a transfer stage and
+    the scheduler's planned row carries them; the overrides move them."""
+    env = _with_extra(tmp_path, """
+[attacks.transfer_l2]
+plugin = "transfer"
+surrogate = "natural_surrogate"
+norm = "l2"
+eps = 0.5
+""")
+    for dataset, eps in [("cifar10", 8 / 255), ("mnist", 0.3)]:
+        atk = env.cfg.attack_instance("transfer_test", dataset, "quick")
+        assert (atk.norm, atk.eps) == ("linf", pytest.approx(eps))
+    moved = env.cfg.attack_instance("transfer_l2", "cifar10", "smoke")
+    assert (moved.norm, moved.eps) == ("l2", 0.5)
+    assert env.cfg.suite_eps("linf-bpda", "cifar10", "quick") == pytest.approx(8 / 255)  # its transfer stage agrees
+    with pytest.raises(ConfigError, match="pwt_test"):  # a surrogate attack off the PGD engine, before any work
+        env.cfg.attack_instance("transfer_bad", "cifar10", "smoke")
+
+
+def test_a_suite_rejects_a_transfer_stage_of_another_threat_model(tmp_path):
+    with pytest.raises(ConfigError, match=r"transfer_l2.*attacks in l2"):
+        _with_extra(tmp_path, """
+[attacks.transfer_l2]
+plugin = "transfer"
+surrogate = "natural_surrogate"
+norm = "l2"
+eps = 0.5
+
+[suites.mixed]
+norm = "linf"
+datasets = ["cifar10"]
+attacks = ["pgd_linf", "transfer_l2"]
+""")
+
+
+def test_editing_what_a_transfer_attack_uses_makes_its_cells_new_and_leaves_other_cells_keys(tmp_path):
+    """A transfer cell's number depends on its surrogate-side PGD entry and its surrogate defense's training: editing
+    either must change the cell key (else a re-run skips the cell as finished with the old number), and the keys of
+    cells that depend on nothing else stay what they were before keys knew about dependencies."""
+    from bench.runner import cell_key, resolve_cell
+
+    def keys(extra="", edit=("", "")):
+        env = _with_extra(tmp_path, extra, edit)
+        t = resolve_cell(env, "natural", "transfer_test", "cifar10", "smoke", 0)[3]
+        dres, ares, n, p = resolve_cell(env, "natural", "pgd_linf", "cifar10", "smoke", 0)
+        assert p == cell_key("cifar10", dres, ares, "smoke", 0, n)  # no `uses` part: the key as before
+        return t, p
+
+    base_t, base_p = keys()
+    more_steps_t, more_steps_p = keys(edit=("[attacks.pgd_transfer.profile.smoke]\n",
+                                                "[attacks.pgd_transfer.profile.smoke]\nrestarts = 2\n"))
+    longer_t, longer_p = keys('\n[defenses.natural_surrogate.profile.smoke]\nepochs = 2\n')
+    assert len({base_t, more_steps_t, longer_t}) == 3
+    assert base_p == more_steps_p == longer_p

@@ -13,7 +13,7 @@ def compare(env, defense: str, suite: str, dataset: str, profile: str, seed: int
     import json
     import tempfile
 
-    from bench import provenance
+    from bench import provenance, verdicts
     from bench.runner import Env, run_cell, train
     from bench.store import ArtifactCache, ResultsStore
     from bench.suite import plan_suite, run_suite
@@ -49,11 +49,18 @@ def compare(env, defense: str, suite: str, dataset: str, profile: str, seed: int
     def passes(r) -> int:
         return int(r["forward_passes"]) + int(r["backward_passes"])
 
+    def flags(r) -> dict:
+        """The row's verdict checks that warn or fail, as the tables show them: a benchmark's numbers say whether
+        the attacks they time worked."""
+        return {k: f"{v.get('verdict')}: {v.get('short', '')}" for k, v in verdicts.from_column(r["checks"]).items()
+                if v.get("verdict") in ("warn", "fail")}
+
     cells_s = sum(float(c["wall_s"]) for c in cells)
     return {"defense": defense, "suite": suite, "dataset": dataset, "profile": profile, "seed": seed,
             "n": plan.n_test, "norm": plan.norm, "eps": plan.eps, "order": [s["attack"] for s in stages],
             "cells": {c["attack"]: {"robust_acc": float(c["robust_acc"]), "wall_s": float(c["wall_s"]),
-                                    "passes": passes(c)} for c in cells},
+                                    "passes": passes(c), "flags": flags(c)} for c in cells},
+            "suite_flags": flags(row),
             "stages": [{k: s[k] for k in ("attack", "given", "fooled", "robust_after", "wall_s", "forward_passes",
                                           "backward_passes")} for s in stages],
             "cells_wall_s": cells_s, "suite_wall_s": float(row["wall_s"]),
@@ -112,6 +119,10 @@ def register(app) -> None:
                    f"(ratio {out['time_ratio']:.3f}); passes ratio {out['passes_ratio']:.3f}")
         typer.echo(f"  worst case: suite {out['worst_case_suite']:.2%}, cells {out['worst_case_cells']:.2%}; "
                    f"per-sample equal: {out['per_sample_equal']} ({out['points_differing']} points differ)")
+        for what, found in [*((f"cell {a}", c["flags"]) for a, c in out["cells"].items()),
+                            (f"suite:{suite}", out["suite_flags"])]:
+            for check, text in found.items():
+                typer.echo(f"  ⚠ {what}: {check} {text}")
         if json_out:
             atomic_write_json(json_out, out)
             typer.echo(f"wrote {json_out}")

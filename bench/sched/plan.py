@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ..errors import BenchError
 from ..store import StoreError
-from ..runner import Env, attack_batch_size, checkpoint_key, resolve_cell
+from ..runner import Env, attack_batch_size, checkpoint_key, resolve_cell, surrogate_defenses
 
 AUTO_SHARD_MIN_N = 2000  # `--shards auto` splits a cell over the workers only from this many test points
 
@@ -76,13 +76,6 @@ class Plan:
         return self.shard_dir / job.spec["cell"] / f"{i}of{k}.json"
 
 
-def surrogate_defenses(env: Env, ares) -> list[str]:
-    """Defense entries an attack trains or loads for itself (transfer attacks name theirs in a `*surrogate*`
-    parameter): their checkpoints become dependencies of the attack's cells."""
-    return [v for k, v in ares.params.model_dump().items()
-            if "surrogate" in k and isinstance(v, str) and env.cfg.has("defense", v)]
-
-
 def _train_job(env: Env, name: str, dataset: str, profile: str, seed: int) -> Job:
     from ..zoo import ModelZoo
 
@@ -123,7 +116,7 @@ def build_plan(env: Env, defenses: list[str], attacks: list[str], datasets: list
                 dres, ares, n, cell = resolve_cell(env, defense, attack, dataset, profile, seed, n_test)
                 deps = [add(_train_job(env, name, dataset, profile, seed)).id
                         for name in [defense, *surrogate_defenses(env, ares)]]
-                atk = ares.cls(ares.params)
+                atk = env.cfg.attack_instance(attack, dataset, profile)
                 spec = {"defense": defense, "attack": attack, "dataset": dataset, "profile": profile, "seed": seed,
                         "n_test": n, "cell": cell, "nominal_batch": attack_batch_size(env, ares, profile)}
                 row = {"cell": cell, "dataset": dataset, "defense": defense, "attack": attack, "profile": profile,
