@@ -155,10 +155,9 @@ def _now() -> str:
 
 
 def cell_key(dataset, defense_resolved, attack_resolved, profile, seed, n_test, uses: dict | None = None) -> str:
-    # `uses` only when the attack depends on other entries, so the keys of every other cell stay as they were
-    extra = {"uses": uses} if uses else {}
+    """`uses`: attack_uses' part of the key ({} for an attack that depends on no other entry)."""
     return content_hash({"dataset": dataset, "defense": defense_resolved.as_dict(), "attack": attack_resolved.as_dict(),
-                         "profile": profile, "seed": seed, "n_test": n_test, **extra})
+                         "profile": profile, "seed": seed, "n_test": n_test, **(uses or {})})
 
 
 def surrogate_defenses(env: Env, ares) -> list[str]:
@@ -169,16 +168,17 @@ def surrogate_defenses(env: Env, ares) -> list[str]:
 
 
 def attack_uses(env: Env, attack: str, dataset: str, profile: str) -> dict:
-    """The other bench.toml entries an attack's result depends on: the attack entries it takes settings from
-    (Attack.bind: a transfer attack's surrogate-side PGD) and the defense entries it trains for itself (its
-    surrogate), each as resolved. Part of its cells' keys: editing any of them makes the cells new, instead of
-    a re-run quietly skipping them as finished with numbers the edited config would not give."""
+    """The part of a cell's (and a suite stage's) key for the other bench.toml entries the attack's result depends
+    on: the attack entries it takes settings from (Attack.bind: a transfer attack's surrogate-side PGD) and the
+    defense entries it trains for itself (its surrogate), each as resolved. Editing any of them makes the cells new,
+    instead of a re-run quietly skipping them as finished with numbers the edited config would not give. Empty for
+    an attack that uses no other entry, so the keys of those cells stay what they were before keys knew of this."""
     cfg, attacks = env.cfg, {}
     ares = cfg.attack(attack, dataset, profile)
     cfg.attack_instance(attack, dataset, profile, uses=attacks)
-    out = {f"attack:{k}": v.as_dict() for k, v in sorted(attacks.items())}
-    out.update({f"defense:{d}": cfg.defense(d, dataset, profile).as_dict() for d in surrogate_defenses(env, ares)})
-    return out
+    used = {f"attack:{k}": v.as_dict() for k, v in sorted(attacks.items())}
+    used.update({f"defense:{d}": cfg.defense(d, dataset, profile).as_dict() for d in surrogate_defenses(env, ares)})
+    return {"uses": used} if used else {}
 
 
 @torch.no_grad()

@@ -118,8 +118,7 @@ def plan_suite(env: Env, defense: str, name: str, dataset: str, profile: str, se
         res = cfg.attack(a, dataset, profile)
         # a minimum-norm stage's survivors depend on the suite's eps too (fooled = within it)
         within = {"within_eps": eps} if res.cls(res.params).kind == "min_norm" else {}
-        uses = attack_uses(env, a, dataset, profile)  # as in a cell's key: the entries it depends on, if any
-        key = content_hash({"after": key, "attack": res.as_dict(), **within, **({"uses": uses} if uses else {})})
+        key = content_hash({"after": key, "attack": res.as_dict(), **within, **attack_uses(env, a, dataset, profile)})
         stages.append(Stage(a, res, key))
     # the row's key names what is computed, not the order tried: a finished suite stays finished when new
     # measurements would now order it otherwise (the order changes only what a new computation reuses)

@@ -154,7 +154,7 @@ order = "listed"
     out = compare(env, "suite_net", "s_t", "mnist", "smoke", 0, 60)
     assert out["order"] == ["s_weak", "s_pgd", "s_transfer"] and out["eps"] == pytest.approx(0.1)
     assert set(out["cells"]) == {"s_weak", "s_pgd", "s_transfer"}
-    assert all(isinstance(c["flags"], dict) for c in out["cells"].values()) and isinstance(out["suite_flags"], dict)
+    assert all(isinstance(c["flags"], list) for c in out["cells"].values()) and isinstance(out["suite_flags"], list)
     # the transfer stage is given what PGD left and ran at the suite's budget (its points pass the budget check)
     last = out["stages"][-1]
     assert last["attack"] == "s_transfer" and last["given"] == out["stages"][1]["robust_after"]

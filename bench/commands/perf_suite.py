@@ -49,11 +49,9 @@ def compare(env, defense: str, suite: str, dataset: str, profile: str, seed: int
     def passes(r) -> int:
         return int(r["forward_passes"]) + int(r["backward_passes"])
 
-    def flags(r) -> dict:
-        """The row's verdict checks that warn or fail, as the tables show them: a benchmark's numbers say whether
-        the attacks they time worked."""
-        return {k: f"{v.get('verdict')}: {v.get('short', '')}" for k, v in verdicts.from_column(r["checks"]).items()
-                if v.get("verdict") in ("warn", "fail")}
+    def flags(r) -> list[str]:
+        # the row's warn/fail checks with their reasons: a benchmark's numbers say whether the attacks they time worked
+        return verdicts.warnings_of(verdicts.from_column(r["checks"]))
 
     cells_s = sum(float(c["wall_s"]) for c in cells)
     return {"defense": defense, "suite": suite, "dataset": dataset, "profile": profile, "seed": seed,
@@ -121,8 +119,8 @@ def register(app) -> None:
                    f"per-sample equal: {out['per_sample_equal']} ({out['points_differing']} points differ)")
         for what, found in [*((f"cell {a}", c["flags"]) for a, c in out["cells"].items()),
                             (f"suite:{suite}", out["suite_flags"])]:
-            for check, text in found.items():
-                typer.echo(f"  ⚠ {what}: {check} {text}")
+            for text in found:
+                typer.echo(f"  ⚠ {what}: {text}")
         if json_out:
             atomic_write_json(json_out, out)
             typer.echo(f"wrote {json_out}")
