@@ -97,7 +97,8 @@ def register(app) -> None:
         Both run here, one after the other, each in a fresh temporary results folder (nothing reused; the
         checkpoint comes from the cache or the zoo): prints attack seconds and model passes of both, their
         ratio (the suite's aim: well below 1 on robust models), and whether the per-sample worst cases agree
-        (exactly, for attacks on the PGD engine). A benchmark, not a test: one run, numbers as measured."""
+        (exactly, for attacks on the PGD engine), with each cell's and the suite's warn/fail verdict checks. A
+        benchmark, not a test: one run, numbers as measured."""
         import json
 
         from bench.store import atomic_write_json
