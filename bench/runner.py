@@ -380,7 +380,9 @@ def attack_traits(atk) -> dict:
     """What the verdicts need to know of how an attack works."""
     p = atk.params
     return {"gradient_based": atk.gradient_based, "eot": atk.eot_passes(), "loss": verdicts.attack_loss_kind(atk),
-            "backward": str(getattr(p, "backward", "autograd") or "autograd")}
+            "backward": str(getattr(p, "backward", "autograd") or "autograd"),
+            # FGSM: the leaderboards' "single-step stronger than iterative" compares it with the iterative attacks
+            "single_step": bool(atk.gradient_based and getattr(p, "steps", None) == 1)}
 
 
 def cell_checks(env: Env, ares, parts: list[dict]) -> dict:
@@ -468,6 +470,10 @@ def merge_parts(env: Env, parts: list[dict]) -> tuple[dict, dict]:
                 "attack_info": first["info"] if k == 1 else {"shards": [p["info"] for p in parts]},
                 "attack_batch_size": sorted({p["batch_size"] for p in parts}),
                 "checks": checks, "checks_seconds": sum(p.get("checks_s", 0.0) for p in parts),
+                # what the leaderboards' cross-cell checks (black-box or single-step stronger than the gradient
+                # attacks of the same threat model) need: how the attack works and the audit's paired test
+                "attack_traits": attack_traits(ares.cls(ares.params)),
+                "paired_test": verdict_settings(cfg).audit.model_dump(include={"alpha", "min_points"}),
                 "per_sample": {"correct": correct.tolist(), "fooled": fooled.tolist(),
                                "norm": norms.tolist() if norms is not None else None, **extra_out}}
     if k > 1:

@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 
 import torch
 from pydantic import Field
 
 from .params import Number, StrictModel
+from .stats import paired_excess  # noqa: F401  (the audit's and the suite's paired test: public here too)
 from .pgd import PGDSettings, _grad, dead_gradients  # noqa: F401  (dead_gradients: public here too)
 
 class AuditSettings(StrictModel):
@@ -262,14 +262,3 @@ def from_column(text: str) -> dict:
     except json.JSONDecodeError:
         return {}
     return out if isinstance(out, dict) else {}
-
-
-def paired_excess(a_only: int, b_only: int, n: int, alpha: float, min_points: float) -> bool:
-    """McNemar's one-sided exact test on paired outcomes: does 'a fooled, b not' happen significantly more often
-    than the reverse, and on more than min_points of the n points?"""
-    if a_only - b_only <= min_points * n or a_only == 0:
-        return False
-    m = a_only + b_only
-    # P(X >= a_only) for X ~ Binomial(m, 1/2)
-    tail = sum(math.comb(m, k) for k in range(a_only, m + 1)) / 2 ** m
-    return tail < alpha

@@ -12,9 +12,11 @@ EPS8 = "0.0313725"
 def cell(defense: str, attack: str, correct: list[bool], fooled: list[bool], *, dataset="cifar10", profile="quick",
          seed=0, norm="linf", eps=EPS8, status="ok", min_norm=False, norms=None, flags=None, warnings="",
          timestamp="2026-01-01T00:00:00+00:00", plugin=None, params=None, git_sha="abc123def456",
-         wall_s=10.0, passes=(1000, 500), checks=None) -> tuple[dict, dict]:
+         wall_s=10.0, passes=(1000, 500), checks=None, traits=None) -> tuple[dict, dict]:
     """One (row, manifest) pair. Bounded: robust = correct and not fooled; min-norm: not fooled within eps (if any).
-    `checks`: the per-cell verdicts ({name: check(...)}) for the row's `checks` column; None leaves it empty."""
+    `checks`: the per-cell verdicts ({name: check(...)}) for the row's `checks` column; None leaves it empty.
+    `traits`: the manifest's attack_traits (WHITE, BLACK or SINGLE below) with the audit's default paired test;
+    None writes a manifest from before them."""
     n = len(correct)
     fooled = [bool(c) and bool(f) for c, f in zip(correct, fooled)]
     within = [f and (not min_norm or (eps != "" and v <= float(eps))) for f, v in zip(fooled, norms or [0.0] * n)]
@@ -41,7 +43,15 @@ def cell(defense: str, attack: str, correct: list[bool], fooled: list[bool], *, 
     manifest = {"attack_entry": entry, "training": {"train_seconds": 12.0}, "training_history": [],
                 "checks": checks or {},
                 "per_sample": {"correct": [bool(c) for c in correct], "fooled": fooled, "norm": norms}}
+    if traits is not None:
+        manifest.update(attack_traits=traits, paired_test={"alpha": 0.05, "min_points": 0.02})
     return row, manifest
+
+
+# attack_traits as bench.runner.attack_traits writes them: an iterative gradient attack, a gradient-free one, FGSM
+WHITE = {"gradient_based": True, "eot": 1, "loss": "ce", "backward": "autograd", "single_step": False}
+BLACK = {"gradient_based": False, "eot": 1, "loss": "ce", "backward": "autograd", "single_step": False}
+SINGLE = {**WHITE, "single_step": True}
 
 
 def check(verdict: str, short: str, reason: str, fraction=None, threshold=None) -> dict:

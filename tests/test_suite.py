@@ -155,6 +155,8 @@ order = "listed"
     assert out["order"] == ["s_weak", "s_pgd", "s_transfer"] and out["eps"] == pytest.approx(0.1)
     assert set(out["cells"]) == {"s_weak", "s_pgd", "s_transfer"}
     assert all(isinstance(c["flags"], list) for c in out["cells"].values()) and isinstance(out["suite_flags"], list)
+    # the cells compared as the leaderboards do: on this honest network the transfer cell beats no gradient cell
+    assert out["cells_cross_checks"]["black_box"] == "pass", out["cells_cross_flags"]
     # the transfer stage is given what PGD left and ran at the suite's budget (its points pass the budget check)
     last = out["stages"][-1]
     assert last["attack"] == "s_transfer" and last["given"] == out["stages"][1]["robust_after"]

@@ -203,3 +203,26 @@ def test_suite_flags_a_black_box_stage_that_beats_the_gradient_stages(planted_en
     assert verdict["planted_round"]["verdict"] == "fail", verdict
     assert "square fools" in verdict["planted_round"]["reason"]
     assert verdict["natural"]["verdict"] == "pass", verdict
+
+
+def test_leaderboard_flags_a_transfer_cell_that_beats_the_gradient_cell(planted_env):
+    """Independent cells, no suite and no audit: on the rounding model the transfer_natural cell fools what the
+    pgd_linf cell could not, so the per-threat-model leaderboard fails its black_box check and says unreliable;
+    the honest natural model's same two cells pass it. The verdict comes from the manifests' attack_traits."""
+    from bench.report import threat_board
+    from bench.report.tables import Results
+
+    for defense in ("planted_round", "natural"):
+        for attack in ("pgd_linf", "transfer_natural"):
+            run_cell(planted_env, defense, attack, "cifar10", "smoke", 0)
+    results = Results.load(planted_env.store.root)
+    rows = [r for r in results.latest_rows(dataset="cifar10", profile="smoke")
+            if r["defense"] == "planted_round" and r["attack"] in ("pgd_linf", "transfer_natural")]
+    traits = {r["attack"]: results.manifest(r)["attack_traits"]["gradient_based"] for r in rows}
+    assert traits == {"pgd_linf": True, "transfer_natural": False}, traits
+    (tm,) = [tm for tm in threat_board.boards(results, "cifar10", "smoke") if tm[0] == "linf" and abs(tm[1] - 8 / 255) < 1e-6]
+    entries = {e.defense: e for e in threat_board.boards(results, "cifar10", "smoke")[tm][0]}
+    masked, honest = entries["planted_round"], entries["natural"]
+    assert masked.cross["black_box"]["verdict"] == "fail" and masked.unreliable, masked.cross
+    assert "transfer_natural fools" in masked.cross["black_box"]["reason"]
+    assert honest.cross["black_box"]["verdict"] == "pass", honest.cross

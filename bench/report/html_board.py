@@ -49,7 +49,7 @@ def _svg(points: list[tuple[float, float]], title: str) -> str:
 
 
 def _row(rank: int, e, notes: list[str]) -> str:
-    verdicts = {a.verdict for a in e.attacks}
+    verdicts = {a.verdict for a in e.attacks} | {c["verdict"] for c in e.cross.values()}
     reasons = "; ".join(notes[int(m[1:-1]) - 1] for m in e.marks) or "; ".join(
         f"{a.attack}: {a.verdict}" for a in e.attacks if a.verdict in ("warn", "fail"))
     text = threat_board.checks_text(e)  # as in the Markdown table

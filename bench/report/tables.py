@@ -21,6 +21,8 @@ from tabulate import tabulate
 
 from ..stats import wilson_interval
 from ..store import ResultsStore, atomic_write_bytes
+from .cross_checks import failed_by_threat_model
+from .rows import NORM_NAMES, format_eps, threat_model, to_float  # noqa: F401  (threat_model: public here too)
 from .table_spec import PENDING, SUCCESS, TableSpec
 
 KEY = ("dataset", "defense", "attack", "profile", "seed")
@@ -29,13 +31,6 @@ KEY = ("dataset", "defense", "attack", "profile", "seed")
 def is_min_norm(row: dict) -> bool:
     """Minimum-norm attacks (Boundary, HopSkipJump) fill success_rate; bounded attacks leave it empty."""
     return str(row.get("success_rate") or "") != ""
-
-
-def to_float(value, default=0.0) -> float:
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return default
 
 
 def flags_of(row: dict) -> dict:
@@ -334,7 +329,7 @@ def worst_cell(sl: Slice, defense: str, attacks: list[str], notes: Notes) -> Cel
             cell.text = "≤ " + cell.text + " " + notes.mark(
                 f"{defense} worst case: the lowest single-attack accuracy; no per-sample verdicts to combine "
                 f"({_grouped(missing)})")
-            return _mark_unreliable(cell, defense, _on_largest(unaligned), notes)
+            return _mark_unreliable(cell, defense, _on_largest(unaligned), notes, sl)
         text = "not run" if all(m.endswith(("(not run)", "(pending)")) for m in missing) else "n/a"
         return Cell(f"{text} " + notes.mark(f"{defense} worst case: {_grouped(missing)}"))
     n = max(len(v) for _, v, _ in usable)  # samples align only between cells on the same test subset (same n)
@@ -352,7 +347,7 @@ def worst_cell(sl: Slice, defense: str, attacks: list[str], notes: Notes) -> Cel
     cell = accuracy_cell(k, n)
     if missing:  # over fewer attacks the worst case can only be higher: say it is an upper bound
         cell.text = "≤ " + cell.text + " " + notes.mark(f"{why} {_grouped(missing)}")
-    return _mark_unreliable(cell, defense, combined, notes)
+    return _mark_unreliable(cell, defense, combined, notes, sl)
 
 
 def _grouped(missing: list[str]) -> str:
@@ -364,12 +359,13 @@ def _grouped(missing: list[str]) -> str:
     return "; ".join(f"{', '.join(attacks)} ({why}" for why, attacks in by.items())
 
 
-def _mark_unreliable(cell: Cell, defense: str, rows: list[dict], notes: Notes) -> Cell:
+def _mark_unreliable(cell: Cell, defense: str, rows: list[dict], notes: Notes, sl: Slice) -> Cell:
     """'(unreliable)' and a footnote naming the failed checks when a row that went into the worst case has a check
-    with verdict fail (zero gradients, a random model attacked without EOT, probabilities for logits): that points
-    at an evaluation the other attacks may be fooled by too, so the minimum is no robustness number to trust.
-    The word is part of the text, so the CSV export carries it too."""
-    failed = []
+    with verdict fail (zero gradients, a random model attacked without EOT, probabilities for logits), or when a
+    black-box or single-step cell fooled points every iterative gradient cell of its threat model left robust
+    (bench.report.cross_checks): that points at an evaluation the other attacks may be fooled by too, so the
+    minimum is no robustness number to trust. The word is part of the text, so the CSV export carries it too."""
+    failed = failed_by_threat_model(sl.results, sl.dataset, rows)
     for r in rows:
         checks = flagged_checks(r, ("fail",))
         if checks:
@@ -443,18 +439,6 @@ def cost_cells(sl: Slice, defense: str) -> list[str]:
             _count(sum(to_float(r["forward_passes"]) for r in rows)),
             _count(sum(to_float(r["backward_passes"]) for r in rows)), train,
             ", ".join(sorted({r.get("device", "") for r in rows}))]
-
-
-def format_eps(norm: str, eps: str) -> str:
-    if eps in ("", None):
-        return ""
-    v = to_float(eps)
-    if norm == "linf" and v > 0 and abs(v * 255 - round(v * 255)) < 1e-3:
-        return f"{round(v * 255)}/255"
-    return f"{v:g}"
-
-
-NORM_NAMES = {"linf": "Linf", "l2": "L2", "l1": "L1"}
 
 
 def attack_label(sl: Slice, attack: str) -> str:

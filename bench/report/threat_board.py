@@ -21,25 +21,17 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ..data import TEST_SET_SIZE, subset_indices
 from ..stats import wilson_interval
 from ..store import atomic_write_bytes
-from .tables import (NORM_NAMES, Notes, Results, Slice, Table, _count, check_note, flagged_checks, flags_of,
-                     format_eps, provenance_lines, split_warning, to_float)
+from .cross_checks import cross_checks, test_indices
+from .rows import threat_label
+from .tables import (Notes, Results, Slice, Table, _count, check_note, flagged_checks, flags_of,
+                     format_eps, provenance_lines, split_warning, threat_model, to_float)
 
 FOLDER = "leaderboards"
 
 
-def threat_model(row: dict) -> tuple[str, float] | None:
-    """(norm, eps) of a row's attack; None for rows without a budget (noise, a minimum-norm attack with no eps)."""
-    norm, eps = row.get("norm") or "", row.get("eps")
-    if not norm or eps in ("", None):
-        return None
-    return norm, float(f"{to_float(eps):.6g}")  # '30' and '30.0' are one threat model
-
-
-def label(tm: tuple[str, float]) -> str:
-    return f"{NORM_NAMES.get(tm[0], tm[0])} {format_eps(tm[0], str(tm[1]))}"
+label = threat_label  # 'Linf 8/255'
 
 
 def slug(tm: tuple[str, float]) -> str:
@@ -89,14 +81,7 @@ class Entry:
     reasons: list[tuple[str, str, str, str]] = field(default_factory=list)  # (defense, attack, reason, column)
     architecture: str = ""
     forward_passes_per_prediction: int = 1  # a stochastic defense's ensemble of E passes: E
-
-
-def _indices(row: dict, dataset: str) -> list[int] | None:
-    size = TEST_SET_SIZE.get(dataset)
-    n = int(to_float(row.get("n")))
-    if not size or not n:
-        return None
-    return subset_indices(size, n, int(to_float(row.get("seed"))), f"{dataset}/test").tolist()
+    cross: dict = field(default_factory=dict)  # checks across its cells (bench.report.cross_checks)
 
 
 def _verdict(row: dict) -> str:
@@ -115,7 +100,7 @@ def entry(sl: Slice, defense: str, rows: list[dict]) -> Entry | None:
     loose: list[dict] = []  # rows whose per-sample verdicts are missing: they can only bound the worst case
     for r in ok:
         vec, _ = sl.results.robust_vector(r)
-        idx = _indices(r, sl.dataset)
+        idx = test_indices(r, sl.dataset)
         if vec is None or idx is None:
             loose.append(r)
         else:
@@ -135,13 +120,15 @@ def entry(sl: Slice, defense: str, rows: list[dict]) -> Entry | None:
                       int(to_float(strongest["n"])))
         if not by_point or k_row.acc < worst.acc:
             worst = k_row
-    unreliable = any(_verdict(r) == "fail" for r in ok)
+    cross = cross_checks(sl.results, sl.dataset, ok)
+    unreliable = any(_verdict(r) == "fail" for r in ok) or any(c["verdict"] == "fail" for c in cross.values())
     reasons = []  # (defense, attack or "", the reason, the column its mark goes in)
     for r in sorted(ok, key=lambda r: r["attack"]):
         reasons += [(defense, r["attack"], w, "checks") for w in split_warning(r.get("warnings", ""))[0]]
         reasons += [(defense, r["attack"], check_note(name, c), "checks") for name, c in flagged_checks(r)]
         if flags_of(r).get("collapsed"):
             reasons.append((defense, r["attack"], "training collapsed (its flags say so)", "checks"))
+    reasons += [(defense, "", check_note(name, c), "checks") for name, c in cross.items() if c["verdict"] == "fail"]
     if loose:
         why = "; ".join(sorted({sl.results.robust_vector(r)[1] for r in loose}))
         reasons.append((defense, "", f"worst case ≤ the strongest single attack: {why}", "worst"))
@@ -149,7 +136,7 @@ def entry(sl: Slice, defense: str, rows: list[dict]) -> Entry | None:
     return Entry(defense, clean, worst, per_sample, len(common), strongest["attack"], unreliable, results,
                  sum(to_float(r["wall_s"]) for r in ok), sum(to_float(r["forward_passes"]) for r in ok),
                  ", ".join(sorted({r.get("device", "") for r in ok})), reasons=reasons, architecture=arch,
-                 forward_passes_per_prediction=passes)
+                 forward_passes_per_prediction=passes, cross=cross)
 
 
 def _default_arch(dataset: str) -> str:
@@ -230,7 +217,8 @@ def provenance(entries: list[Entry], sl: Slice) -> list[str]:
 
 def checks_text(e: Entry) -> str:
     """'ok', or ⚠ with the verdicts that fired and the footnotes of its warnings (a warning is ⚠ without a check)."""
-    verdicts = sorted({a.verdict for a in e.attacks if a.verdict in ("warn", "fail")})
+    verdicts = sorted({a.verdict for a in e.attacks if a.verdict in ("warn", "fail")}
+                      | {c["verdict"] for c in e.cross.values() if c["verdict"] == "fail"})
     return " ".join(filter(None, ["⚠", "/".join(verdicts), "".join(e.marks)])) if verdicts or e.marks else "ok"
 
 
@@ -250,7 +238,8 @@ def table(tm, entries: list[Entry], notes: Notes, sl: Slice) -> Table:
     what = (f"Threat model {label(tm)}. Accuracy % ± 95 % Wilson half-width. Worst case: per test point over this "
             f"threat model's attacks only (a point is robust only if no attack fooled it), on the test points all "
             f"of the defense's cells saw ('points'); '≤' = some cell has no per-sample verdicts, so the strongest "
-            f"single attack bounds it. Unreliable: an attack failed a per-cell check. Per-attack numbers: "
+            f"single attack bounds it. Unreliable: an attack failed a per-cell check, or a black-box or single-step "
+            f"attack fooled points every iterative gradient attack left robust. Per-attack numbers: "
             f"{slug(tm)}-attacks.csv.")
     return Table(f"{label(tm)} — {sl.dataset} / {sl.profile}", header, body, board_caption(sl, entries, what),
                  notes.items, provenance=provenance(entries, sl))
@@ -288,7 +277,7 @@ def numeric_csv(tm, entries: list[Entry]) -> tuple[str, str]:
     return out.getvalue(), long.getvalue()
 
 
-SCORED = ("clean", "worst", "attacks", "marks", "worst_marks")  # written by _json as scores, or table-only
+SCORED = ("clean", "worst", "attacks", "marks", "worst_marks", "cross")  # written by _json as scores, or table-only
 
 
 def _json(tm, entries: list[Entry], sl: Slice) -> dict:
@@ -299,6 +288,7 @@ def _json(tm, entries: list[Entry], sl: Slice) -> dict:
             "threat_model": label(tm),
             "defenses": [{**{k: v for k, v in asdict(e).items() if k not in SCORED},
                           "rank": i, "clean": score(e.clean), "worst": score(e.worst),
+                          **({"cross_checks": e.cross} if e.cross else {}),
                           "attacks": [{"attack": a.attack, "status": a.status, "verdict": a.verdict,
                                        **(score(a.score) or {})} for a in e.attacks]}
                          for i, e in enumerate(entries, 1)]}
@@ -317,12 +307,13 @@ def model_card(tm, e: Entry, rank: int, sl: Slice) -> dict:
     strings with two decimals as RobustBench writes them. bench's own numbers are under "bench"."""
     ran = [a.attack for a in e.attacks if a.score is not None]
     how = ("per test point over" if e.per_sample else "at most (no per-sample verdicts to combine) the lowest of")
-    flags = sorted({f"{a.attack}: {a.verdict}" for a in e.attacks if a.verdict in ("warn", "fail")})
+    flags = sorted({f"{a.attack}: {a.verdict}" for a in e.attacks if a.verdict in ("warn", "fail")}
+                   | {f"{name}: {c['short']}" for name, c in e.cross.items() if c["verdict"] == "fail"})
     footnote = (f"Robust accuracy: bench's worst case {how} {', '.join(ran)} at {label(tm)} on {e.worst.n} test "
                 f"points (profile {sl.profile}, seed {sl.seed}), not AutoAttack unless listed; lowest single "
                 f"attack: {e.strongest}.")
     if e.unreliable:
-        footnote += " Unreliable: an attack failed a per-cell check (" + "; ".join(flags) + ")."
+        footnote += " Unreliable: an attack failed a check (" + "; ".join(flags) + ")."
 
     def score(s: Score) -> dict:
         return {"acc": s.acc, "ci_low": s.ci()[0], "ci_high": s.ci()[1], "k": s.k, "n": s.n}
