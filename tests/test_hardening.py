@@ -38,9 +38,17 @@ def bench(*args, cwd=None, env_extra=None, timeout=300) -> subprocess.CompletedP
                           cwd=cwd or REPO, env=_env(env_extra), timeout=timeout)
 
 
+def _as_from_a_terminal() -> None:
+    # a shell without job control starts a background command (`bash .ci/run &`) with SIGINT ignored, and so does
+    # every process it spawns; Python then installs no KeyboardInterrupt handler and the Ctrl-C tests would wait
+    # forever. A user's `bench` in a terminal has the default: give the spawned runs that
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def spawn(*args, cwd=None, env_extra=None) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "bench.cli", *map(str, args)], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, cwd=cwd or REPO, env=_env(env_extra))
+                            stderr=subprocess.STDOUT, text=True, cwd=cwd or REPO, env=_env(env_extra),
+                            preexec_fn=_as_from_a_terminal)
 
 
 def output(p) -> str:
