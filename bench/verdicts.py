@@ -22,8 +22,8 @@ import torch
 from pydantic import Field
 
 from .params import Number, StrictModel
-from .stats import paired_excess  # noqa: F401  (the audit's and the suite's paired test: public here too)
 from .pgd import PGDSettings, _grad, dead_gradients  # noqa: F401  (dead_gradients: public here too)
+from .stats import paired_excess  # noqa: F401  (the audit's and the suite's paired test: public here too)
 
 class AuditSettings(StrictModel):
     """[verdicts.audit]: the expensive checks and adaptations of `bench audit` (entries of bench.toml)."""

@@ -30,7 +30,7 @@ def test_a_transfer_that_fools_what_every_gradient_attack_left_fails(tmp_path):
     assert set(checks) == {"black_box"}
     c = checks["black_box"]
     assert c["verdict"] == "fail" and c["n"] == N
-    assert "transfer fools 45 of the 100 points" in c["reason"] and "(reverse 0)" in c["reason"]
+    assert "transfer fools 45 of the 85 points" in c["reason"] and "of 100 shared (reverse 0)" in c["reason"]
     assert "cw_linf, pgd_linf" in c["reason"]
 
 
@@ -53,12 +53,31 @@ def test_single_step_stronger_than_iterative_fails(tmp_path):
     assert "black_box" not in checks  # no black-box cell ran: no verdict either way
 
 
-def test_no_check_without_an_iterative_gradient_cell_or_without_traits(tmp_path):
+def test_no_check_without_an_iterative_gradient_cell_or_with_a_cell_without_traits(tmp_path):
     assert _checks(tmp_path / "a", [cell("m", "transfer", OK, fooling(N, range(60)), traits=BLACK),
                                     cell("m", "fgsm", OK, fooling(N, range(5)), traits=SINGLE)]) == {}
-    # manifests written before attack_traits existed (committed snapshots): nothing to compare
-    assert _checks(tmp_path / "b", [cell("m", "pgd_linf", OK, fooling(N, range(5))),
-                                    cell("m", "transfer", OK, fooling(N, range(60)))]) == {}
+    # a cell whose manifest predates attack_traits (here a strong BPDA cell) could be an iterative one: leaving its
+    # points out of the white-box side would blame the transfer for what it found too, so no verdict at all
+    mixed = [cell("m", "pgd_linf_bpda", OK, fooling(N, range(90))),
+             cell("m", "pgd_linf", OK, fooling(N, range(5)), traits=WHITE),
+             cell("m", "transfer", OK, fooling(N, range(60)), traits=BLACK)]
+    assert _checks(tmp_path / "b", mixed) == {}
+    assert _checks(tmp_path / "c", mixed[1:])["black_box"]["verdict"] == "fail"  # the same cells, all with traits
+
+
+def test_each_cell_is_judged_on_the_points_it_shares_with_the_iterative_cells(tmp_path):
+    """A black-box cell with its own small n_test (ZOO's) does not shrink FGSM's comparison with PGD on 1000
+    points; its own comparison runs on its 50 points; a cell too small for any significant outcome gets none."""
+    big = [True] * 1000
+    checks = _checks(tmp_path / "a", [cell("m", "pgd_linf", big, fooling(1000, range(100)), traits=WHITE),
+                                      cell("m", "fgsm", big, fooling(1000, range(160)), traits=SINGLE),
+                                      cell("m", "zoo", [True] * 50, fooling(50, []), traits=BLACK)])
+    assert checks["single_step"]["verdict"] == "fail" and checks["single_step"]["n"] == 1000
+    assert "fgsm fools 60 of the 900 points" in checks["single_step"]["reason"]
+    assert checks["black_box"] == {"verdict": "pass", "short": "ok", "n": 50, "reason": checks["black_box"]["reason"]}
+    tiny = _checks(tmp_path / "b", [cell("m", "pgd_linf", big, fooling(1000, []), traits=WHITE),
+                                    cell("m", "zoo", [True] * 3, fooling(3, range(3)), traits=BLACK)])
+    assert tiny == {}  # 3 shared points: 0.5^3 > alpha, no outcome could be significant
 
 
 def test_the_boards_mark_it_per_threat_model(tmp_path):
@@ -81,7 +100,7 @@ def test_the_boards_mark_it_per_threat_model(tmp_path):
     text = (folder / "linf-8_255.md").read_text()
     masked_line = next(line for line in text.splitlines() if line.split("|")[2:3] and line.split("|")[2].strip() == "masked")
     assert "(unreliable)" in masked_line and "⚠ fail" in masked_line
-    assert "black-box stronger than white-box (black_box): transfer fools 50 of the 100 points" in text
+    assert "black-box stronger than white-box (black_box): transfer fools 50 of the 90 points" in text
     card = json.loads((folder / "model_info" / "linf-8_255" / "masked.json").read_text())
     assert card["unreliable"] and "black_box: black-box stronger than white-box" in card["flags"]
     data = json.loads((folder / "linf-8_255.json").read_text())
@@ -89,4 +108,24 @@ def test_the_boards_mark_it_per_threat_model(tmp_path):
     board = leaderboard(results, "cifar10", "quick")
     worst = {row[0]: row[board.header.index("worst case")] for row in board.rows}
     assert "(unreliable)" in worst["masked"] and "(unreliable)" not in worst["honest"]
-    assert any("Linf 8/255: black_box" in note for note in board.notes)
+    assert any("black_box at Linf 8/255: black-box stronger than white-box" in note for note in board.notes)
+
+
+def test_a_failing_cell_of_another_n_marks_the_mixed_leaderboard_too(tmp_path):
+    """The per-threat-model board and the mixed leaderboard agree: a ZOO cell on its own 100 points that fools what
+    PGD left robust makes both worst cases unreliable, though the mixed one combines only the 1000-point cells."""
+    big = [True] * 1000
+    results = _results(tmp_path, [cell("m", "pgd_linf", big, fooling(1000, range(100)), traits=WHITE),
+                                  cell("m", "zoo", [True] * 100, fooling(100, range(100)), traits=BLACK)])
+    (entries, _, _), = threat_board.boards(results, "cifar10", "quick").values()
+    assert entries[0].unreliable and entries[0].cross["black_box"]["n"] == 100
+    board = leaderboard(results, "cifar10", "quick")
+    assert "(unreliable)" in board.rows[0][board.header.index("worst case")]
+
+
+def test_a_suite_row_neither_takes_part_nor_blocks_the_verdict(tmp_path):
+    row, manifest = cell("m", "suite:linf", OK, fooling(N, range(70)))
+    manifest["suite"] = {"name": "linf", "stages": []}
+    checks = _checks(tmp_path, [cell("m", "pgd_linf", OK, fooling(N, range(10)), traits=WHITE),
+                                cell("m", "transfer", OK, fooling(N, range(60)), traits=BLACK), (row, manifest)])
+    assert checks["black_box"]["verdict"] == "fail" and "(pgd_linf)" in checks["black_box"]["reason"]

@@ -22,7 +22,7 @@ from tabulate import tabulate
 from ..stats import wilson_interval
 from ..store import ResultsStore, atomic_write_bytes
 from .cross_checks import failed_by_threat_model
-from .rows import NORM_NAMES, format_eps, threat_model, to_float  # noqa: F401  (threat_model: public here too)
+from .rows import NORM_NAMES, format_eps, to_float
 from .table_spec import PENDING, SUCCESS, TableSpec
 
 KEY = ("dataset", "defense", "attack", "profile", "seed")
@@ -329,13 +329,14 @@ def worst_cell(sl: Slice, defense: str, attacks: list[str], notes: Notes) -> Cel
             cell.text = "≤ " + cell.text + " " + notes.mark(
                 f"{defense} worst case: the lowest single-attack accuracy; no per-sample verdicts to combine "
                 f"({_grouped(missing)})")
-            return _mark_unreliable(cell, defense, _on_largest(unaligned), notes, sl)
+            return _mark_unreliable(cell, defense, _on_largest(unaligned), notes, sl, unaligned)
         text = "not run" if all(m.endswith(("(not run)", "(pending)")) for m in missing) else "n/a"
         return Cell(f"{text} " + notes.mark(f"{defense} worst case: {_grouped(missing)}"))
     n = max(len(v) for _, v, _ in usable)  # samples align only between cells on the same test subset (same n)
     missing += [f"{a} (n = {len(v)}, not {n})" for a, v, _ in usable if len(v) != n]
     vectors = [v for _, v, _ in usable if len(v) == n]
     combined = [r for _, v, r in usable if len(v) == n] + _on_largest(unaligned)  # the rows that went into it
+    judged = [r for _, _, r in usable] + unaligned  # every finished cell: the checks across cells compare them all
     robust = [all(v[i] for v in vectors) for i in range(n)]
     k, why = sum(robust), f"{defense} worst case without"
     if unaligned:
@@ -347,7 +348,7 @@ def worst_cell(sl: Slice, defense: str, attacks: list[str], notes: Notes) -> Cel
     cell = accuracy_cell(k, n)
     if missing:  # over fewer attacks the worst case can only be higher: say it is an upper bound
         cell.text = "≤ " + cell.text + " " + notes.mark(f"{why} {_grouped(missing)}")
-    return _mark_unreliable(cell, defense, combined, notes, sl)
+    return _mark_unreliable(cell, defense, combined, notes, sl, judged)
 
 
 def _grouped(missing: list[str]) -> str:
@@ -359,13 +360,14 @@ def _grouped(missing: list[str]) -> str:
     return "; ".join(f"{', '.join(attacks)} ({why}" for why, attacks in by.items())
 
 
-def _mark_unreliable(cell: Cell, defense: str, rows: list[dict], notes: Notes, sl: Slice) -> Cell:
+def _mark_unreliable(cell: Cell, defense: str, rows: list[dict], notes: Notes, sl: Slice, judged: list[dict]) -> Cell:
     """'(unreliable)' and a footnote naming the failed checks when a row that went into the worst case has a check
     with verdict fail (zero gradients, a random model attacked without EOT, probabilities for logits), or when a
     black-box or single-step cell fooled points every iterative gradient cell of its threat model left robust
-    (bench.report.cross_checks): that points at an evaluation the other attacks may be fooled by too, so the
-    minimum is no robustness number to trust. The word is part of the text, so the CSV export carries it too."""
-    failed = failed_by_threat_model(sl.results, sl.dataset, rows)
+    (bench.report.cross_checks, over `judged`: every finished cell, whatever its n): that points at an evaluation
+    the other attacks may be fooled by too, so the minimum is no robustness number to trust. The word is part of
+    the text, so the CSV export carries it too."""
+    failed = failed_by_threat_model(sl.results, sl.dataset, judged)
     for r in rows:
         checks = flagged_checks(r, ("fail",))
         if checks:

@@ -23,10 +23,10 @@ from pathlib import Path
 
 from ..stats import wilson_interval
 from ..store import atomic_write_bytes
-from .cross_checks import cross_checks, test_indices
-from .rows import threat_label
-from .tables import (Notes, Results, Slice, Table, _count, check_note, flagged_checks, flags_of,
-                     format_eps, provenance_lines, split_warning, threat_model, to_float)
+from .cross_checks import cross_checks, sample_indices
+from .rows import format_eps, threat_label, threat_model, to_float
+from .tables import (Notes, Results, Slice, Table, _count, check_note, flagged_checks, flags_of, provenance_lines,
+                     split_warning)
 
 FOLDER = "leaderboards"
 
@@ -100,7 +100,7 @@ def entry(sl: Slice, defense: str, rows: list[dict]) -> Entry | None:
     loose: list[dict] = []  # rows whose per-sample verdicts are missing: they can only bound the worst case
     for r in ok:
         vec, _ = sl.results.robust_vector(r)
-        idx = test_indices(r, sl.dataset)
+        idx = sample_indices(r, sl.dataset)
         if vec is None or idx is None:
             loose.append(r)
         else:
