@@ -171,7 +171,7 @@ def _params(**kwargs):
 
 def _result(name: str, part: dict, wilson_interval, wall: float, env, ares, test_index) -> AttackResult:
     """The same numbers bench.runner.merge_parts computes for a one-shard cell."""
-    from .runner import cell_checks
+    from .runner import attack_traits, cell_checks
 
     correct = np.array(part["correct"], dtype=bool)
     n = len(correct)
@@ -200,4 +200,5 @@ def _result(name: str, part: dict, wilson_interval, wall: float, env, ares, test
                         n_fooled=int(fooled.sum()), correct=correct, fooled=fooled, robust=robust, norms=norms,
                         index=test_index, forward_passes=int(part["clean_passes"] + part["forward_passes"]),
                         backward_passes=int(part["backward_passes"]), wall_s=float(wall),
-                        warnings=list(part["warnings"]), checks=cell_checks(env, ares, [part]))
+                        warnings=list(part["warnings"]),
+                        checks=cell_checks(env, attack_traits(ares.cls(ares.params)), [part]))

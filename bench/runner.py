@@ -385,13 +385,13 @@ def attack_traits(atk) -> dict:
             "single_step": bool(atk.gradient_based and getattr(p, "steps", None) == 1)}
 
 
-def cell_checks(env: Env, ares, parts: list[dict]) -> dict:
+def cell_checks(env: Env, traits: dict, parts: list[dict]) -> dict:
     """The verdicts of one cell from the probe counts of all its parts ({} when the checks were off)."""
     vs = verdict_settings(env.cfg)
     if not vs.enabled or any(p.get("probe") is None for p in parts):
         return {}
     state = verdicts.merge_probes([p["probe"] for p in parts])
-    return verdicts.finalize(state, vs, attack_traits(ares.cls(ares.params)))
+    return verdicts.finalize(state, vs, traits)
 
 
 def merge_parts(env: Env, parts: list[dict]) -> tuple[dict, dict]:
@@ -441,7 +441,8 @@ def merge_parts(env: Env, parts: list[dict]) -> tuple[dict, dict]:
            "config_hash": content_hash(cfg.path.read_text()), "defense_ckpt": first["checkpoint"],
            "flags": json.dumps(trained_meta.get("flags", {}), sort_keys=True),
            "warnings": " | ".join(warnings), "timestamp": _now()}
-    checks = cell_checks(env, ares, parts)
+    traits = attack_traits(ares.cls(ares.params))
+    checks = cell_checks(env, traits, parts)
     row["checks"] = verdicts.to_column(checks)
     if first["kind"] == "bounded":
         if norms is not None and eps is not None and (norms > eps * (1 + 1e-5) + 1e-6).any():
@@ -472,7 +473,7 @@ def merge_parts(env: Env, parts: list[dict]) -> tuple[dict, dict]:
                 "checks": checks, "checks_seconds": sum(p.get("checks_s", 0.0) for p in parts),
                 # what the leaderboards' cross-cell checks (black-box or single-step stronger than the gradient
                 # attacks of the same threat model) need: how the attack works and the audit's paired test
-                "attack_traits": attack_traits(ares.cls(ares.params)),
+                "attack_traits": traits,
                 "paired_test": verdict_settings(cfg).audit.model_dump(include={"alpha", "min_points"}),
                 "per_sample": {"correct": correct.tolist(), "fooled": fooled.tolist(),
                                "norm": norms.tolist() if norms is not None else None, **extra_out}}

@@ -137,6 +137,16 @@ def test_unknown_command_and_missing_required_option():
     assert_refused(p, 2, "bench train needs --defense")
 
 
+def test_perf_suite_refuses_a_cells_dir_with_files_before_any_work(tmp_path):
+    cells = tmp_path / "cells"
+    cells.mkdir()
+    (cells / "results.csv").write_text("cell\n")
+    p = bench("perf-suite", "-d", "natural", "--suite", "linf", "-p", "smoke", "--cells-dir", cells,
+              "--results-dir", tmp_path / "results")
+    assert_refused(p, 2, f"--cells-dir {cells}", "new or empty folder")
+    assert not (tmp_path / "results").exists() and (cells / "results.csv").read_text() == "cell\n"
+
+
 @pytest.mark.parametrize("more", [[], ["-a", "pgd_linf"]], ids=["one-cell", "scheduler"])
 def test_n_test_beyond_the_test_set_from_bench_toml(more, tmp_path):
     cfg = make_config(tmp_path, edit=lambda t: t.replace("n_test = 200\n", "n_test = 20000\n", 1))

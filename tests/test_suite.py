@@ -135,6 +135,7 @@ def test_perf_suite_with_a_transfer_stage_at_the_suites_budget(suite_config, dat
     surrogate-side entry's moved by the transfer's overrides (pgd_transfer attacks 0.3 on MNIST; here 0.1, the
     suite's), known before it runs, so the suite accepts it; the numbers carry each cell's flags."""
     from bench.commands.perf_suite import compare
+    from bench.report.tables import Results
 
     path = tmp_path / "bench.toml"
     path.write_text(suite_config.read_text() + "\n" + tiny_natural("suite_sur", n_train=200) + """
@@ -151,7 +152,9 @@ order = "listed"
     env = Env.create(config=path, data_root=data_root, device="cpu", results_dir=tmp_path / "results")
     stage = env.cfg.attack_instance("s_transfer", "mnist", "smoke")
     assert (stage.norm, stage.eps) == ("linf", pytest.approx(0.1))
-    out = compare(env, "suite_net", "s_t", "mnist", "smoke", 0, 60)
+    out = compare(env, "suite_net", "s_t", "mnist", "smoke", 0, 60, cells_dir=tmp_path / "cells")
+    kept = Results.load(tmp_path / "cells")  # --cells-dir keeps the timed cells as an ordinary results folder
+    assert sorted(r["attack"] for r in kept.rows) == ["s_pgd", "s_transfer", "s_weak"]
     assert out["order"] == ["s_weak", "s_pgd", "s_transfer"] and out["eps"] == pytest.approx(0.1)
     assert set(out["cells"]) == {"s_weak", "s_pgd", "s_transfer"}
     assert all(isinstance(c["flags"], list) for c in out["cells"].values()) and isinstance(out["suite_flags"], list)

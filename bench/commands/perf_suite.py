@@ -6,10 +6,14 @@ from pathlib import Path
 from typing import Optional
 
 
-def compare(env, defense: str, suite: str, dataset: str, profile: str, seed: int, n_test: int | None) -> dict:
+def compare(env, defense: str, suite: str, dataset: str, profile: str, seed: int, n_test: int | None,
+            cells_dir: Path | None = None) -> dict:
     """Run every attack of the suite as an independent cell, then the suite, each in a fresh results folder and
     artifact cache (nothing reused from earlier runs; the checkpoints linked in); the suite's folder starts with the
-    cells' rows, so order = "cost" orders it by their measured passes per point. Returns the measured numbers."""
+    cells' rows, so order = "cost" orders it by their measured passes per point. `cells_dir` (new or empty) keeps
+    the cells' folder, an ordinary results folder whose rows the leaderboards read (the timing costs compute
+    worth keeping). Returns the measured numbers."""
+    import contextlib
     import json
     import tempfile
 
@@ -23,11 +27,14 @@ def compare(env, defense: str, suite: str, dataset: str, profile: str, seed: int
     train(defense, dataset, profile, seed, env=env)  # trained (or loaded) once, outside both timings
     plan = plan_suite(env, defense, suite, dataset, profile, seed, n_test)
 
+    if cells_dir is not None:
+        check_empty(cells_dir)
+
     def fresh(folder: str) -> Env:
         # its own artifact cache (transfer examples and start pools are not shared between the two timings), the
         # trained checkpoints linked in
         cache = Path(folder) / "cache"
-        cache.mkdir()
+        cache.mkdir(parents=True)
         (cache / "checkpoints").symlink_to(env.cache.root / "checkpoints", target_is_directory=True)
         return Env(env.cfg, env.data_root, ArtifactCache(cache), ResultsStore(Path(folder)), env.device)
 
@@ -38,7 +45,8 @@ def compare(env, defense: str, suite: str, dataset: str, profile: str, seed: int
             fooled = [f and v <= plan.eps for f, v in zip(fooled, ps["norm"])]
         return [c and not f for c, f in zip(ps["correct"], fooled)]
 
-    with tempfile.TemporaryDirectory() as a, tempfile.TemporaryDirectory() as b:
+    kept = contextlib.nullcontext(str(cells_dir)) if cells_dir is not None else tempfile.TemporaryDirectory()
+    with kept as a, tempfile.TemporaryDirectory() as b:
         cells_env, suite_env = fresh(a), fresh(b)
         cells = [run_cell(cells_env, defense, st.attack, dataset, profile, seed, plan.n_test) for st in plan.stages]
         # the leaderboards' checks across the independent cells (a black-box cell beating the gradient cells); the
@@ -78,6 +86,14 @@ def compare(env, defense: str, suite: str, dataset: str, profile: str, seed: int
             "versions": provenance.versions()}
 
 
+def check_empty(folder: Path) -> None:
+    """The cells' folder must start empty: rows already there would be reused, not timed."""
+    from bench.errors import BenchError
+
+    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+        raise BenchError(f"--cells-dir {folder}: must be a new or empty folder (its rows would be reused, not timed).")
+
+
 def register(app) -> None:
     import typer
 
@@ -90,6 +106,9 @@ def register(app) -> None:
         suite: str = typer.Option(..., "--suite", help="A [suites.NAME] of bench.toml."),
         n_test: Optional[int] = typer.Option(None, "--n-test", min=1, help="Test images (default: the profile's n_test)."),
         json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the numbers to this JSON file."),
+        cells_dir: Optional[Path] = typer.Option(
+            None, "--cells-dir", help="Keep the independent cells' results folder here (new or empty; default: a "
+            "temporary folder): `bench table --results-dir` and the cross checks read its rows like any run's."),
         profile: Optional[str] = ProfileOpt,
         dataset: Optional[str] = DatasetOpt,
         seed: Optional[int] = SeedOpt,
@@ -110,10 +129,12 @@ def register(app) -> None:
 
         from bench.store import atomic_write_json
 
+        if cells_dir is not None:
+            check_empty(cells_dir)  # before anything is created, trained or attacked
         env = _env(config, data_root, device, results_dir)
         s = env.cfg.settings
         env.cfg.check_choice("suite", suite, env.cfg.suites)
-        out = compare(env, defense, suite, *s.choose(dataset, profile, seed), n_test)
+        out = compare(env, defense, suite, *s.choose(dataset, profile, seed), n_test, cells_dir)
         typer.echo(f"{defense} × suite:{suite} ({out['dataset']}/{out['profile']}, n = {out['n']}, "
                    f"{out['norm']} eps {out['eps']:.6g}, {out['device']})")
         for st in out["stages"]:
