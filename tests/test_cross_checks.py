@@ -102,7 +102,7 @@ def test_the_boards_mark_it_per_threat_model(tmp_path):
     assert "(unreliable)" in masked_line and "⚠ fail" in masked_line
     assert "black-box stronger than white-box (black_box): transfer fools 50 of the 90 points" in text
     card = json.loads((folder / "model_info" / "linf-8_255" / "masked.json").read_text())
-    assert card["unreliable"] and "black_box: black-box stronger than white-box" in card["flags"]
+    assert card["unreliable"] and card["flags"] == ["across cells: fail: black-box stronger than white-box (black_box)"]
     data = json.loads((folder / "linf-8_255.json").read_text())
     assert [d.get("cross_checks", {}).get("black_box", {}).get("verdict") for d in data["defenses"]] == ["pass", "fail"]
     board = leaderboard(results, "cifar10", "quick")

@@ -79,6 +79,9 @@ class Entry:
     marks: list[str] = field(default_factory=list)  # the checks column's footnote numbers (boards(), table order)
     worst_marks: list[str] = field(default_factory=list)  # the worst-case column's
     reasons: list[tuple[str, str, str, str]] = field(default_factory=list)  # (defense, attack, reason, column)
+    # one short line per warn/fail check, the cells' and those across cells alike: "<attack>: <verdict>: <short>
+    # (<check>)", "across cells: ..." (the model cards' flags)
+    flags: list[str] = field(default_factory=list)
     architecture: str = ""
     forward_passes_per_prediction: int = 1  # a stochastic defense's ensemble of E passes: E
     cross: dict = field(default_factory=dict)  # checks across its cells (bench.report.cross_checks)
@@ -129,6 +132,9 @@ def entry(sl: Slice, defense: str, rows: list[dict]) -> Entry | None:
         if flags_of(r).get("collapsed"):
             reasons.append((defense, r["attack"], "training collapsed (its flags say so)", "checks"))
     reasons += [(defense, "", check_note(name, c), "checks") for name, c in cross.items() if c["verdict"] == "fail"]
+    flags = [f"{r['attack']}: {c['verdict']}: {c.get('short') or name} ({name})"
+             for r in sorted(ok, key=lambda r: r["attack"]) for name, c in flagged_checks(r)]
+    flags += [f"across cells: fail: {c['short']} ({name})" for name, c in cross.items() if c["verdict"] == "fail"]
     if loose:
         why = "; ".join(sorted({sl.results.robust_vector(r)[1] for r in loose}))
         reasons.append((defense, "", f"worst case ≤ the strongest single attack: {why}", "worst"))
@@ -136,7 +142,7 @@ def entry(sl: Slice, defense: str, rows: list[dict]) -> Entry | None:
     return Entry(defense, clean, worst, per_sample, len(common), strongest["attack"], unreliable, results,
                  sum(to_float(r["wall_s"]) for r in ok), sum(to_float(r["forward_passes"]) for r in ok),
                  ", ".join(sorted({r.get("device", "") for r in ok})), reasons=reasons, architecture=arch,
-                 forward_passes_per_prediction=passes, cross=cross)
+                 forward_passes_per_prediction=passes, cross=cross, flags=flags)
 
 
 def _default_arch(dataset: str) -> str:
@@ -307,8 +313,7 @@ def model_card(tm, e: Entry, rank: int, sl: Slice) -> dict:
     strings with two decimals as RobustBench writes them. bench's own numbers are under "bench"."""
     ran = [a.attack for a in e.attacks if a.score is not None]
     how = ("per test point over" if e.per_sample else "at most (no per-sample verdicts to combine) the lowest of")
-    flags = sorted({f"{a.attack}: {a.verdict}" for a in e.attacks if a.verdict in ("warn", "fail")}
-                   | {f"{name}: {c['short']}" for name, c in e.cross.items() if c["verdict"] == "fail"})
+    flags = e.flags
     footnote = (f"Robust accuracy: bench's worst case {how} {', '.join(ran)} at {label(tm)} on {e.worst.n} test "
                 f"points (profile {sl.profile}, seed {sl.seed}), not AutoAttack unless listed; lowest single "
                 f"attack: {e.strongest}.")
