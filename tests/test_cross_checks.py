@@ -129,3 +129,15 @@ def test_a_suite_row_neither_takes_part_nor_blocks_the_verdict(tmp_path):
     checks = _checks(tmp_path, [cell("m", "pgd_linf", OK, fooling(N, range(10)), traits=WHITE),
                                 cell("m", "transfer", OK, fooling(N, range(60)), traits=BLACK), (row, manifest)])
     assert checks["black_box"]["verdict"] == "fail" and "(pgd_linf)" in checks["black_box"]["reason"]
+
+
+def test_a_suite_row_is_the_threat_models_worst_case_on_the_boards(tmp_path):
+    """Issue 22: the leaderboards take a suite row (attack suite:NAME, per-sample verdicts in its manifest) into
+    its threat model's worst case like any cell: here it fools 60 points, the independent PGD cell 20."""
+    row, manifest = cell("m", "suite:linf", OK, fooling(N, range(60)))
+    manifest["suite"] = {"name": "linf", "stages": []}
+    results = _results(tmp_path, [cell("m", "pgd_linf", OK, fooling(N, range(20)), traits=WHITE), (row, manifest)])
+    (entries, _, _), = threat_board.boards(results, "cifar10", "quick").values()
+    assert (entries[0].worst.k, entries[0].worst.n) == (40, 100) and entries[0].strongest == "suite:linf"
+    board = leaderboard(results, "cifar10", "quick")
+    assert board.rows[0][board.header.index("worst case")].startswith("40.0")

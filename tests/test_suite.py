@@ -51,6 +51,10 @@ steps = 6
 norm = "linf"
 attacks = ["s_weak", "s_pgd", "s_cw"]
 order = "listed"
+[suites.s_cost]
+# the default order: measured passes per point, cheapest first, unmeasured attacks after them as listed
+norm = "linf"
+attacks = ["s_cw", "s_pgd", "s_weak"]
 [suites.s2]
 # s3 without its last attack: s3 then reuses both of its stages
 norm = "linf"
@@ -117,6 +121,29 @@ def test_suite_worst_case_equals_independent_cells_exactly(suite_env):
         [(s["attack"], s["given"], s["fooled"]) for s in stages]
     # re-running skips the finished suite
     assert run_suite(env, "suite_net", "s3", "mnist", "smoke", 0, N_TEST)["timestamp"] == row["timestamp"]
+
+
+def test_cost_order_runs_measured_attacks_cheapest_first_then_the_unmeasured_as_listed(suite_config, data_root,
+                                                                                       tmp_path):
+    """order = "cost" (the default): the median model passes per attacked point of each attack's finished rows
+    (any defense; the clean pass not counted), cheapest first; an attack with no row goes after them."""
+    from bench.suite import stage_order
+    from synthetic_results import cell
+
+    env = Env.create(config=suite_config, data_root=data_root, device="cpu", results_dir=tmp_path)
+    assert stage_order(env, "s_cost", "mnist", "smoke")[0] == ["s_cw", "s_pgd", "s_weak"]  # nothing measured
+    n, correct = 100, [True] * 80 + [False] * 20  # 80 points attacked
+    for attack, defense, passes in [("s_cw", "a", (100 + 80 * 12, 80 * 12)),  # 24 per point
+                                    ("s_cw", "b", (100 + 80 * 2, 80 * 2)),  # 4
+                                    ("s_cw", "c", (100 + 80 * 3, 80 * 3)),  # 6: the median of s_cw's is 6
+                                    ("s_pgd", "a", (100 + 80 * 1, 80 * 1))]:  # 2
+        row, manifest = cell(defense, attack, correct, [False] * n, dataset="mnist", profile="smoke", passes=passes)
+        env.store.append(row, manifest)
+    other, m = cell("a", "s_weak", correct, [False] * n, dataset="mnist", profile="quick", passes=(180, 0))
+    env.store.append(other, m)  # another profile's row measures nothing here
+    order, note = stage_order(env, "s_cost", "mnist", "smoke")
+    assert order == ["s_pgd", "s_cw", "s_weak"], note
+    assert note == "by measured passes per point: s_pgd 2, s_cw 6, s_weak (not measured)"
 
 
 def test_appended_attack_reuses_the_earlier_stages(suite_env, tmp_path):

@@ -1,5 +1,5 @@
 """Verdicts on real cells: the smoke natural ResNet-32 behind planted tricks that declare nothing
-(tests/planted/defenses.py) must each be flagged by the right check on its pgd_linf smoke cell, the honest
+(tests/planted/masking.py) must each be flagged by the right check on its pgd_linf smoke cell, the honest
 natural model by none; bench audit must find the masking and report an adapted number near the truth.
 
 The truth: every planted model is the natural network (same weights) behind a trick that leaves its decisions
