@@ -16,12 +16,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "tests"))  # as pytest does: planted.* registers them
 import planted.masking  # noqa: F401,E402
-from attacks.pgd import CWLinf  # noqa: E402
 from bench import provenance  # noqa: E402
-from bench.attack import AttackContext  # noqa: E402
 from bench.audit import audit  # noqa: E402
-from bench.data import load_subset  # noqa: E402
 from bench.runner import Env, run_cell, train  # noqa: E402
+from test_verdicts import _truth  # noqa: E402  (the test's own measurement of the truth, not a copy)
 
 PLANTED = ("planted_round", "planted_saturated", "planted_noise", "planted_probs", "planted_misleading_backward")
 root = Path(sys.argv[1])
@@ -30,7 +28,7 @@ base = Env.create(config=Path("bench.toml"), device="cpu", results_dir=root / "b
 natural = train("natural", "cifar10", "smoke", 0, env=base)
 weights = root / "natural.pt"
 torch.save(natural.model.state_dict(), weights)
-text = Path("bench.toml").read_text()
+text = Path("bench.toml").read_text()  # the planted_env fixture's config, written out
 text = text.replace('black_box = ["transfer_natural", "square"]', 'black_box = ["transfer_natural"]')
 text = text.replace("effort_factor = 5 ", "effort_factor = 3 ")
 text += "".join(f'\n[defenses.{name}]\nweights = "{weights}"\nepochs = 0\n' for name in PLANTED)
@@ -38,18 +36,6 @@ text += "".join(f'\n[defenses.{name}]\nweights = "{weights}"\nepochs = 0\n' for 
 (root / "planted").mkdir()
 (root / "planted" / "cache").symlink_to(base.cache.root, target_is_directory=True)  # natural: the audit's surrogate
 env = Env.create(config=root / "bench.toml", device="cpu", results_dir=root / "planted")
-
-
-def truth(defense: str, n: int) -> float:
-    planted = train(defense, "cifar10", "smoke", 0, env=env)
-    x, y = load_subset("cifar10", "test", env.data_root, n, 0)
-    atk = CWLinf(CWLinf.Params(norm="linf", eps=8 / 255, steps=20, step_size="eps/8"))
-    ctx = AttackContext(defense=natural.defense, device=torch.device("cpu"), seed=0, batch_size=n,
-                        eval_model=natural.model.eval())
-    x_adv = atk.run(natural.model.eval(), x, y, ctx).x_adv
-    torch.manual_seed(0)
-    with torch.no_grad():
-        return ((planted.model(x).argmax(1) == y) & (planted.model(x_adv).argmax(1) == y)).float().mean().item()
 
 
 out = {"what": __doc__, "profile": "smoke", "dataset": "cifar10", "seed": 0, "git_sha": provenance.git_sha(),
@@ -67,7 +53,7 @@ for defense in ("natural",) + PLANTED[:3] + PLANTED[4:]:
     out["audits"][defense] = {
         "n": 100, "verdict": rep["verdict"], "original": rep["original"]["robust_acc"],
         "adapted": rep["adapted"]["robust_acc"], "adapted_by": rep["adapted"].get("attacks"),
-        "truth_at_most": truth(defense, 100), "seconds": round(time.perf_counter() - t0, 1),
+        "truth_at_most": _truth(env, natural, defense, 100), "seconds": round(time.perf_counter() - t0, 1),
         "failed_checks": sorted(k for k, c in rep["checks"].items() if c["verdict"] == "fail")}
     print(defense, out["audits"][defense], flush=True)
 (Path(__file__).parent / "planted_smoke.json").write_text(json.dumps(out, indent=1, ensure_ascii=False) + "\n")
