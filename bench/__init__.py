@@ -21,7 +21,7 @@ test_import_graph.py checks both directions: the harness imports no plug-in, plu
                       (bench.pgd)
     training          fit (the shared trainer, bench.training)
     data              load_split, subset_indices, to_float, resolve_data_root (bench.data); Normalize,
-                      build_classifier (bench.nets)
+                      MadryUnit, build_classifier (bench.nets)
     artifacts         ArtifactCache, content_hash, atomic_write_bytes (bench.store); versions (bench.provenance)
     errors, logging   BenchError, ConfigError, DataError; progress (progress.log, progress.bar)"""
 from . import progress
@@ -31,7 +31,7 @@ from .defense import Defense, DefenseContext, DefenseParams, TrainParams, set_on
 from .errors import BenchError, ConfigError, DataError
 # imported here, not lazily: importing the submodule bench.evaluate later would rebind `bench.evaluate` to it
 from .evaluate import AttackResult, Evaluation, evaluate
-from .nets import Normalize, build_classifier
+from .nets import MadryUnit, Normalize, build_classifier
 from .params import Number, StepSize, StrictModel, step_value
 from .pgd import Norm, PGDSettings, enforce_budget, norm_of, random_start, run_pgd, step
 from .provenance import versions
@@ -61,7 +61,8 @@ __all__ = ["Attack", "AttackContext", "AttackOutput", "AttackParams", "PassCount
            "ModelParams", "register_attack", "register_defense",
            "StrictModel", "Field", "Number", "StepSize", "step_value",
            "PGDSettings", "run_pgd", "step", "random_start", "enforce_budget", "Norm", "norm_of", "fit",
-           "load_split", "subset_indices", "to_float", "resolve_data_root", "Normalize", "build_classifier",
+           "load_split", "subset_indices", "to_float", "resolve_data_root", "Normalize", "MadryUnit",
+           "build_classifier",
            "ArtifactCache", "content_hash", "atomic_write_bytes", "versions",
            "BenchError", "ConfigError", "DataError", "progress",
            "run", "train", "evaluate", "Evaluation", "AttackResult"]

@@ -45,6 +45,7 @@ class DefenseContext:
     cache: Any = None  # the run's bench.store.ArtifactCache: artifacts built before training (a learned dictionary)
     data_root: Path | None = None  # where the datasets are (bench.data.resolve_data_root() when None)
     config_root: Path | None = None  # where relative paths of bench.toml start (a ready-made model's files)
+    weights_root: Path | None = None  # where external zoo entries' files are (bench.external.resolve_weights_root() when None)
 
 
 class TrainParams(StrictModel):

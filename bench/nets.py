@@ -19,10 +19,14 @@ class Normalize(nn.Module):
         return (x - self.mean) / self.std
 
 
-class _MadryUnit(nn.Module):
-    """Pre-activation residual unit of Madry et al.'s CIFAR ResNet (shortcut: avg-pool + zero channel padding)."""
+class MadryUnit(nn.Module):
+    """Pre-activation residual unit of Madry et al.'s CIFAR ResNet (shortcut: avg-pool + zero channel padding).
 
-    def __init__(self, cin, cout, stride, activate_before_residual):
+    `conv_on_input`: in a unit that activates before the residual, conv1 takes the raw input instead of the
+    activation, as in the layout the sparse-coding front end's published ResNet-32 checkpoints were trained with
+    (defenses/_authors_models.py); bench's own ResNet feeds conv1 the activation everywhere."""
+
+    def __init__(self, cin, cout, stride, activate_before_residual, conv_on_input=False):
         super().__init__()
         self.bn1 = nn.BatchNorm2d(cin)
         self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
@@ -30,11 +34,12 @@ class _MadryUnit(nn.Module):
         self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
         self.stride, self.cin, self.cout = stride, cin, cout
         self.activate_before_residual = activate_before_residual
+        self.conv_on_input = conv_on_input and activate_before_residual
 
     def forward(self, x):
         act = F.leaky_relu(self.bn1(x), 0.1)
         shortcut = act if self.activate_before_residual else x
-        out = self.conv1(act)
+        out = self.conv1(x if self.conv_on_input else act)
         out = self.conv2(F.leaky_relu(self.bn2(out), 0.1))
         if self.stride != 1:
             shortcut = F.avg_pool2d(shortcut, self.stride, self.stride)
@@ -53,7 +58,7 @@ class MadryResNet(nn.Module):
         layers, cin = [], 16
         for stage, (w, stride) in enumerate(zip(widths, (1, 2, 2))):
             for u in range(units):
-                layers.append(_MadryUnit(cin, w, stride if u == 0 else 1, activate_before_residual=(stage == 0 and u == 0)))
+                layers.append(MadryUnit(cin, w, stride if u == 0 else 1, activate_before_residual=(stage == 0 and u == 0)))
                 cin = w
         self.units = nn.Sequential(*layers)
         self.bn = nn.BatchNorm2d(cin)

@@ -36,9 +36,11 @@ class Env:
     # the ready-made model (bench.user_model) last built in this process, by key: one build for a command's cells,
     # not one per cell; one model only, so a scheduler worker's many jobs do not pile models up on its device
     ready_made: dict = field(default_factory=dict, repr=False, compare=False)
+    # where external zoo entries' checkpoints are read from (bench.external): --weights-root, BENCH_WEIGHTS, bench.toml
+    weights_root: Path | None = None
 
     @classmethod
-    def create(cls, config=None, data_root=None, device=None, results_dir=None) -> "Env":
+    def create(cls, config=None, data_root=None, device=None, results_dir=None, weights_root=None) -> "Env":
         cfg = config if isinstance(config, Config) else load_config(config)
         s = cfg.settings
         results = Path(results_dir) if results_dir else cfg.resolve_path(s.results_dir)
@@ -48,8 +50,11 @@ class Env:
                 raise BenchError(f"The {what} {path} is a file, not a folder. Point it at a folder (--results-dir, "
                                  f"or results_dir / cache_dir in {cfg.path}).")
         root = resolve_data_root(data_root, cfg.resolve_path(s.data_root))
+        from .external import resolve_weights_root
+
         return cls(cfg, root, ArtifactCache(cache), ResultsStore(results),
-                   provenance.resolve_device(device or s.device))
+                   provenance.resolve_device(device or s.device),
+                   weights_root=resolve_weights_root(weights_root, cfg.resolve_path(s.weights_root)))
 
 
 @dataclass
@@ -66,7 +71,7 @@ def _build_defense(env: Env, name: str, dataset: str, profile: str):
     # artifacts a defense builds before training (e.g. the sparse front end's dictionary) go to the run's cache;
     # a ready-made model's files (bench.user_model) are relative to bench.toml
     defense.context = DefenseContext(entry_name=name, cache=env.cache, data_root=env.data_root,
-                                     config_root=resolved.root)
+                                     config_root=resolved.root, weights_root=env.weights_root)
     return resolved, defense
 
 

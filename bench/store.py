@@ -104,6 +104,30 @@ def safe_torch_load(path: Path, map_location="cpu"):
     return _torch_load_bytes(data, path, map_location)
 
 
+_digests: dict[tuple, str] = {}
+
+
+def sha256_file(path: Path) -> str:
+    """sha256 of a file, remembered per (path, size, mtime, inode): keys are computed several times per cell. A file
+    modified in the last seconds is hashed afresh every time: a rewrite of the same size within the file system's
+    timestamp granularity would otherwise keep the old digest."""
+    path = Path(path)
+    try:
+        st = path.stat()
+        memo = (str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ino)
+        if memo in _digests:
+            return _digests[memo]
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    except OSError as e:
+        raise BenchError(f"Cannot read {path}: {e.strerror or e}.") from None
+    if time.time() - st.st_mtime > 2:
+        _digests[memo] = h.hexdigest()
+    return h.hexdigest()
+
+
 def read_weights(path: Path):
     """torch.load(weights_only=True) of a weights file, a user's or RobustBench's (a pickle payload is refused,
     never run), its failures one BenchError naming the file."""

@@ -20,7 +20,6 @@ import importlib
 import importlib.util
 import os
 import sys
-import time
 from pathlib import Path
 from typing import Literal
 
@@ -28,10 +27,11 @@ import torch
 import torch.nn as nn
 from pydantic import Field
 
+from . import external
 from .defense import Defense
 from .errors import BenchError, did_you_mean
 from .params import StrictModel
-from .store import read_weights
+from .store import read_weights, sha256_file  # noqa: F401  (sha256_file: part of this module's API)
 
 ROBUSTBENCH = "robustbench:"
 SPEC_FORMS = "FILE.py:FACTORY, MODULE:FACTORY or robustbench:NAME"
@@ -41,7 +41,7 @@ class ModelParams(StrictModel):
     """A ready-made model. No training keys: a profile's `defense_defaults` (epochs, n_train) never reach it."""
 
     model: str = Field(description=f"{SPEC_FORMS}; the factory returns an nn.Module taking images in [0, 1]")
-    weights: str = Field("", description="state_dict file, loaded with weights_only=True (robustbench: its model_dir, default models/)")
+    weights: str = Field("", description="state_dict file, loaded with weights_only=True, or an external zoo card <zoo_dir>/external/NAME.json whose file is read from the weights root (robustbench: its model_dir, default models/)")
     stochastic: bool = Field(False, description="the forward pass is random: attacks need EOT")
     bpda: dict[str, Literal["identity"]] = Field(default_factory=dict, description="named modules with a useless gradient -> backward surrogate")
     threat_model: Literal["Linf", "L2", "corruptions"] = Field("Linf", description="robustbench: the leaderboard the model is from")
@@ -74,30 +74,6 @@ def absolute_spec(spec: str, root: Path) -> str:
     return f"{resolve_path(target, root).resolve()}:{name}" if kind == "file" else spec
 
 
-_digests: dict[tuple, str] = {}
-
-
-def sha256_file(path: Path) -> str:
-    """sha256 of a file, remembered per (path, size, mtime, inode): keys are computed several times per cell. A file
-    modified in the last seconds is hashed afresh every time: a rewrite of the same size within the file system's
-    timestamp granularity would otherwise keep the old digest."""
-    path = Path(path)
-    try:
-        st = path.stat()
-        memo = (str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ino)
-        if memo in _digests:
-            return _digests[memo]
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-    except OSError as e:
-        raise BenchError(f"Cannot read {path}: {e.strerror or e}.") from None
-    if time.time() - st.st_mtime > 2:
-        _digests[memo] = h.hexdigest()
-    return h.hexdigest()
-
-
 def _factory_file(kind: str, target: str, root: Path | None, spec: str) -> Path:
     if kind == "file":
         path = resolve_path(target, root)
@@ -119,10 +95,14 @@ def _factory_file(kind: str, target: str, root: Path | None, spec: str) -> Path:
     return Path(found.origin)
 
 
-def weights_path(params: ModelParams, root: Path | None) -> Path | None:
+def weights_path(params: ModelParams, root: Path | None, weights_root: Path | None = None) -> Path | None:
+    """The state_dict file to load: `weights` itself, or for an external zoo card (bench.external) the file it names
+    in the weights root, sha256 verified."""
     if not params.weights:
         return None
     path = resolve_path(params.weights, root)
+    if external.is_card(params.weights):
+        return external.locate(path, weights_root or external.resolve_weights_root())[1]
     if not path.is_file():
         what = "is a folder, not a file" if path.is_dir() else "does not exist"
         raise BenchError(f"The weights file {path} (from weights = {params.weights!r}) {what}. Give a state_dict "
@@ -148,6 +128,9 @@ def file_digests(params: ModelParams, root: Path | None) -> dict[str, str]:
     if imported:  # absent when the factory imports nothing of its own, so such models keep their keys
         listing = "".join(f"{rel}\0{sha256_file(path)}\n" for rel, path in imported)
         out["imports"] = hashlib.sha256(listing.encode()).hexdigest()
+    if external.is_card(params.weights):  # the card's sha256: the key is known without the file (verified at load)
+        out["weights"] = external.read_card(resolve_path(params.weights, root)).sha256
+        return out
     w = weights_path(params, root)
     if w is not None:
         out["weights"] = sha256_file(w)
@@ -341,7 +324,7 @@ def check_output(model: nn.Module, info, spec: str = "") -> None:
                          f"must return logits of shape (batch, {info.num_classes}).")
 
 
-def build(params: ModelParams, info, root: Path | None = None) -> nn.Module:
+def build(params: ModelParams, info, root: Path | None = None, weights_root: Path | None = None) -> nn.Module:
     """The model a spec names, with its weights, checked against the dataset (CPU, eval mode)."""
     kind, _, name = parse_spec(params.model)
     if kind == "robustbench":
@@ -350,7 +333,7 @@ def build(params: ModelParams, info, root: Path | None = None) -> nn.Module:
         model = robustbench_shim.load(name, robustbench_model_dir(params, root), info.name, params.threat_model)
     else:
         model = build_from_factory(params.model, root)
-        w = weights_path(params, root)
+        w = weights_path(params, root, weights_root)
         if w is not None:
             load_weights(model, w, params.model)
     check_output(model, info, params.model)
@@ -402,7 +385,8 @@ class ModelDefense(Defense):
         return file_digests(params, root)
 
     def build_model(self) -> nn.Module:
-        model = self.module if self.module is not None else build(self.params, self.info, self.context.config_root)
+        model = self.module if self.module is not None else build(self.params, self.info, self.context.config_root,
+                                                                       self.context.weights_root)
         missing = [n for n in self.params.bpda if n not in dict(model.named_modules())]
         if missing:
             names = [n for n, _ in model.named_modules() if n]

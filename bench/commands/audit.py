@@ -6,7 +6,8 @@ from typing import Optional
 
 import typer
 
-from ..cli_options import ConfigOpt, DataOpt, DatasetOpt, DeviceOpt, ProfileOpt, ResultsOpt, SeedOpt, make_env
+from ..cli_options import (ConfigOpt, DataOpt, DatasetOpt, DeviceOpt, ProfileOpt, ResultsOpt, SeedOpt, WeightsOpt,
+                           make_env)
 
 
 def audit(
@@ -24,6 +25,7 @@ def audit(
     device: Optional[str] = DeviceOpt,
     config: Optional[Path] = ConfigOpt,
     data_root: Optional[Path] = DataOpt,
+    weights_root: Optional[Path] = WeightsOpt,
     results_dir: Optional[Path] = ResultsOpt,
 ):
     """Attack one defense the way an expert checks an evaluation, all on the same test points: unbounded (eps =
@@ -36,7 +38,7 @@ def audit(
     from .. import progress
 
     roles = parse_only(only)  # a bad role is an error before anything is loaded
-    env = make_env(config, data_root, device, results_dir)
+    env = make_env(config, data_root, device, results_dir, weights_root=weights_root)
     s = env.cfg.settings
     report = run_audit(env, defense, *s.choose(dataset, profile, seed),
                        attack=attack, threat_model=threat_model, n_test=n_test, only=roles)

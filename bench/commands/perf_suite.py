@@ -36,7 +36,8 @@ def compare(env, defense: str, suite: str, dataset: str, profile: str, seed: int
         cache = Path(folder) / "cache"
         cache.mkdir(parents=True)
         (cache / "checkpoints").symlink_to(env.cache.root / "checkpoints", target_is_directory=True)
-        return Env(env.cfg, env.data_root, ArtifactCache(cache), ResultsStore(Path(folder)), env.device)
+        return Env(env.cfg, env.data_root, ArtifactCache(cache), ResultsStore(Path(folder)), env.device,
+                   weights_root=env.weights_root)
 
     def robust(e: Env, row: dict) -> list[bool]:
         ps = json.loads((e.store.root / "runs" / f"{row['cell']}.json").read_text())["per_sample"]

@@ -35,7 +35,7 @@ def table(
     dataset: Optional[str] = DatasetOpt,
     seed: Optional[int] = SeedOpt,
     spec: List[str] = typer.Option(None, "--spec", help="Render this [tables.NAME] paper layout (repeat for several)."),
-    paper: bool = typer.Option(False, "--paper", help="Render every [tables.*] paper layout (of --dataset's, when given)."),
+    paper: bool = typer.Option(False, "--paper", help="Render every [tables.*] paper layout of --profile (and of --dataset, when given)."),
     latex: bool = typer.Option(False, "--latex", help="Also write a LaTeX (.tex) version."),
     html: bool = typer.Option(False, "--html", help="Also write leaderboard.html: one self-contained page (no server, no network) with a tab per dataset / profile / threat model of the results, sortable columns, verdict reasons on hover and worst-case-vs-eps plots."),
     out: Optional[Path] = OutOpt,
@@ -54,12 +54,14 @@ def table(
     out = Path(out) if out else root
     names = list(spec or [])
     if paper:
-        names = [n for n, t in cfg.tables.items() if given_dataset in (None, t.dataset)]
+        names = [n for n, t in cfg.tables.items() if given_dataset in (None, t.dataset) and t.renders_for(profile)]
         if not names and not cfg.tables:
             raise BenchError(f"--paper: {cfg.path} defines no [tables.*] paper layouts (see bench.report.table_spec).")
         if not names:
-            raise BenchError(f"No [tables.*] paper layout for dataset {given_dataset} in {cfg.path}; layouts exist "
-                             f"for: {', '.join(sorted({t.dataset for t in cfg.tables.values()}))}.")
+            have = sorted({f"{t.dataset} ({', '.join(t.profiles) if t.profiles else 'any profile'})"
+                           for t in cfg.tables.values()})
+            raise BenchError(f"No [tables.*] paper layout for dataset {given_dataset or 'any'}, profile {profile} in "
+                             f"{cfg.path}; layouts exist for: {'; '.join(have)}.")
     if names:
         for path in render_specs(results, cfg, names, profile, out, seed, latex):
             typer.echo(path.read_text())

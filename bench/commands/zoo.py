@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from ..cli_options import ConfigOpt, DataOpt, DatasetOpt, ProfileOpt, ResultsOpt, SeedOpt
+from ..cli_options import ConfigOpt, DataOpt, DatasetOpt, ProfileOpt, ResultsOpt, SeedOpt, WeightsOpt
 
 zoo_app = typer.Typer(help="The model zoo: checkpoints committed in the repository (settings.zoo_dir, default "
                            "results/zoo/), used by `bench run` after the local cache and before training.",
@@ -58,16 +58,26 @@ def add(
                f"{zoo.size_mb():.1f} of {zoo.max_mb:g} MB. Commit {path} and {path.with_suffix('.json')}.")
 
 
+def _weights_root(cfg, flag):
+    from ..external import resolve_weights_root
+
+    return resolve_weights_root(flag, cfg.resolve_path(cfg.settings.weights_root))
+
+
 @zoo_app.command("list")
-def list_entries(config: Optional[Path] = ConfigOpt):
-    """One line per zoo entry: key, defense entry, dataset, profile, seed, clean accuracy, size, where it trained."""
+def list_entries(config: Optional[Path] = ConfigOpt, weights_root: Optional[Path] = WeightsOpt):
+    """One line per zoo entry: key, defense entry, dataset, profile, seed, clean accuracy, size, where it trained;
+    then the external entries (published checkpoints read from the weights root): name, the defense entries that
+    evaluate them, dataset, license, and whether the weights root holds the file."""
     from rich.console import Console
     from rich.table import Table
 
     from ..config import load_config
+    from ..external import cards
     from ..zoo import ModelZoo
 
-    zoo = ModelZoo.of(load_config(config))
+    cfg = load_config(config)
+    zoo = ModelZoo.of(cfg)
     table = Table("key", "defense", "dataset", "profile", "seed", "clean", "MB", "trained on", "train s",
                   title=f"model zoo {zoo.root} ({zoo.size_mb():.1f} of {zoo.max_mb:g} MB)")
     for c in zoo.cards():
@@ -76,17 +86,30 @@ def list_entries(config: Optional[Path] = ConfigOpt):
                       str(c.get("profile", "?")), str(c.get("seed", "?")), clean, f"{c.get('zoo_mb', 0):.1f}",
                       str(c.get("device", "?")), f"{c.get('train_seconds', 0):.0f}")
     Console(width=160).print(table)
+    external = cards(zoo.root)
+    if external:
+        root = _weights_root(cfg, weights_root)
+        ext = Table("name", "defense entries", "dataset", "file", "license", "in weights root",
+                    title=f"external entries {zoo.root / 'external'} (weights root {root})")
+        for name, card in external:
+            ext.add_row(name, ", ".join(card.entries) or "-", card.dataset, card.file, card.license,
+                        "yes" if (root / card.file).is_file() else f"no: fetch {card.url}")
+        Console(width=160).print(ext)
 
 
 @zoo_app.command("verify")
-def verify(config: Optional[Path] = ConfigOpt):
-    """Check every zoo entry: its bytes match its card's sha256 and it loads with weights_only=True. Exit 1 when
-    one does not (each named, with the remedy)."""
+def verify(config: Optional[Path] = ConfigOpt, weights_root: Optional[Path] = WeightsOpt):
+    """Check every zoo entry: its bytes match its card's sha256 and it loads with weights_only=True; and every
+    external entry whose file the weights root holds (one it lacks is listed as absent, with where to fetch it).
+    Exit 1 when an entry or a present external file does not match (each named, with the remedy)."""
     from ..config import load_config
+    from ..errors import BenchError
+    from ..external import cards, locate
     from ..store import StoreError
     from ..zoo import ModelZoo
 
-    zoo = ModelZoo.of(load_config(config))
+    cfg = load_config(config)
+    zoo = ModelZoo.of(cfg)
     keys = sorted({p.stem for p in zoo.root.glob("*.pt")} | {p.stem for p in zoo.root.glob("*.json")})
     bad = 0
     for key in keys:
@@ -97,6 +120,22 @@ def verify(config: Optional[Path] = ConfigOpt):
             bad += 1
             typer.echo(f"DAMAGED  {key}: {e}")
     typer.echo(f"{len(keys) - bad} of {len(keys)} zoo entries verified in {zoo.root}")
+    root, present = _weights_root(cfg, weights_root), 0
+    external = cards(zoo.root)
+    for name, card in external:
+        if not (root / card.file).is_file():
+            typer.echo(f"absent   {name}: {card.file} is not in the weights root {root}; fetch it from {card.url} "
+                       f"(sha256 {card.sha256})")
+            continue
+        present += 1
+        try:
+            locate(zoo.root / "external" / f"{name}.json", root)
+            typer.echo(f"ok       {name} ({root / card.file})")
+        except BenchError as e:
+            bad += 1
+            typer.echo(f"DAMAGED  {name}: {e}")
+    if external:
+        typer.echo(f"{present} of {len(external)} external entries present in {root}")
     if bad:
         raise typer.Exit(1)
 

@@ -50,6 +50,11 @@ class TableSpec(StrictModel):
     rows: list[TableRow] = Field(min_length=1)
     worst_of: list[str] | None = None
     note: str = ""
+    profiles: list[str] | None = Field(None, description="the profiles `bench table --paper` renders it for "
+                                                         "(default: every profile)")
+
+    def renders_for(self, profile: str) -> bool:
+        return self.profiles is None or profile in self.profiles
 
     def row_cells(self, row: TableRow) -> list[str]:
         return row.cells if row.cells is not None else [c.cell for c in self.columns]
@@ -72,6 +77,8 @@ def check_table(cfg, name: str, spec: TableSpec) -> None:
     where = f"tables.{name}"
     for ds in {spec.dataset, *(c.dataset for c in spec.columns if c.dataset)}:
         cfg.check_choice(f"dataset in {where}", ds, cfg.datasets)
+    for prof in spec.profiles or []:
+        cfg.check_choice(f"profile in {where}", prof, cfg.profiles)
     for row in spec.rows:
         at = f"{where}, row '{row.label}'"
         if row.defense is not None:

@@ -584,8 +584,49 @@ def spec_table(results: Results, cfg, name: str, profile: str, seed=None) -> Tab
             f"(paper) = published number; † = the published number lies outside our 95 % interval.")
     if spec.note:
         what += f" {spec.note}"
+    ran = attacks_as_run(results, [r for sl in slices.values() for (d, _), r in sorted(sl.cells.items())
+                                   if d in {row.defense for row in spec.rows}])
+    if ran:  # the settings each number was measured with, where a profile cut the paper's (restarts, points)
+        what += f" Attacks as run: {ran}."
     return Table(f"{name}: {spec.title}", header, body, caption(list(slices.values()), what, code=False), notes.items,
                  provenance=provenance_lines([r for sl in slices.values() for r in sl.cells.values()]))
+
+
+def attack_settings(params: dict) -> str:
+    """'40 steps × 1 restart, step eps/8, CW loss, backward bpda' from an attack's resolved params (the manifest's):
+    the part of an iterative attack's settings a reader compares with a paper's."""
+    if "steps" not in params:
+        return ""
+    restarts = params.get("restarts", 1)
+    parts = [f"{params['steps']} step{'s' if params['steps'] != 1 else ''} × {restarts} restart"
+             f"{'s' if restarts != 1 else ''}"]
+    if "step_size" in params:
+        step = params["step_size"]
+        parts.append(f"step {step if isinstance(step, str) else f'{step:g}'}")
+    if params.get("loss") == "cw":
+        parts.append(f"CW loss (kappa {params.get('kappa', 0):g})")
+    if params.get("norm") == "l1" and params.get("l1_step"):
+        parts.append(f"{params['l1_step']} L1 step")
+    if params.get("backward", "autograd") not in ("", "autograd"):
+        parts.append(f"backward {params['backward']}")
+    if params.get("eot_samples", 1) > 1:
+        parts.append(f"EOT {params['eot_samples']}")
+    return ", ".join(parts)
+
+
+def attacks_as_run(results: Results, rows: list[dict]) -> str:
+    """'pgd_linf 40 steps × 1 restart, step eps/8 (n = 2000); ...' for the rows' attacks, read from their manifests
+    (one entry per distinct setting and n; rows without a manifest are left out)."""
+    seen: dict[str, list[str]] = {}
+    for row in rows:
+        m = results.manifest(row)
+        if m is None or row.get("status") != "ok":
+            continue
+        text = attack_settings((m.get("attack_entry") or {}).get("params") or {})
+        entry = f"{text + ', ' if text else ''}n = {row.get('n')}"
+        if entry not in seen.setdefault(row["attack"], []):
+            seen[row["attack"]].append(entry)
+    return "; ".join(f"{a} {' / '.join(v)}" for a, v in sorted(seen.items()))
 
 
 def _spec_cell(cfg, name: str, spec: TableSpec, row, ref: str, sl: Slice, notes: Notes) -> Cell:
