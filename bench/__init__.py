@@ -22,7 +22,9 @@ test_import_graph.py checks both directions: the harness imports no plug-in, plu
     training          fit (the shared trainer, bench.training)
     data              load_split, subset_indices, to_float, resolve_data_root (bench.data); Normalize,
                       MadryUnit, build_classifier (bench.nets)
-    artifacts         ArtifactCache, content_hash, atomic_write_bytes (bench.store); versions (bench.provenance)
+    artifacts         ArtifactCache, content_hash, atomic_write_bytes (bench.store); versions (bench.provenance);
+                      locate_file, file_key (a file named in bench.toml, or an external zoo card's file in the
+                      weights root, and the sha256 that keys it: bench.external)
     errors, logging   BenchError, ConfigError, DataError; progress (progress.log, progress.bar)"""
 from . import progress
 from .attack import Attack, AttackContext, AttackOutput, AttackParams, PassCounter, perturbation_norm
@@ -31,6 +33,7 @@ from .defense import Defense, DefenseContext, DefenseParams, TrainParams, set_on
 from .errors import BenchError, ConfigError, DataError
 # imported here, not lazily: importing the submodule bench.evaluate later would rebind `bench.evaluate` to it
 from .evaluate import AttackResult, Evaluation, evaluate
+from .external import file_key, locate_file
 from .nets import MadryUnit, Normalize, build_classifier
 from .params import Number, StepSize, StrictModel, step_value
 from .pgd import Norm, PGDSettings, enforce_budget, norm_of, random_start, run_pgd, step
@@ -63,6 +66,6 @@ __all__ = ["Attack", "AttackContext", "AttackOutput", "AttackParams", "PassCount
            "PGDSettings", "run_pgd", "step", "random_start", "enforce_budget", "Norm", "norm_of", "fit",
            "load_split", "subset_indices", "to_float", "resolve_data_root", "Normalize", "MadryUnit",
            "build_classifier",
-           "ArtifactCache", "content_hash", "atomic_write_bytes", "versions",
+           "ArtifactCache", "content_hash", "atomic_write_bytes", "versions", "locate_file", "file_key",
            "BenchError", "ConfigError", "DataError", "progress",
            "run", "train", "evaluate", "Evaluation", "AttackResult"]

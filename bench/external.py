@@ -34,7 +34,8 @@ class ExternalCard(StrictModel):
     license: str
     description: str
     dataset: str
-    model: str = Field(description="the factory that builds its architecture (FILE.py:FACTORY)")
+    model: str = Field("", description="the factory that builds its architecture (FILE.py:FACTORY); '' for a file "
+                                       "that is not a model (a dictionary)")
     entries: list[str] = Field(default_factory=list, description="bench.toml defense entries that evaluate it")
     tables: list[str] = Field(default_factory=list, description="the papers' tables it is behind")
     published: dict[str, float] = Field(default_factory=dict, description="published numbers, by table and column")
@@ -98,3 +99,25 @@ def locate(card_path: Path, weights_root: Path) -> tuple[ExternalCard, Path]:
                          f"{card.sha256}. It is another file or a damaged copy: nothing was evaluated. "
                          f"{_fetch_hint(card, path.parent)}")
     return card, path
+
+
+def locate_file(value: str, config_root: Path | None, weights_root: Path | None = None) -> Path:
+    """A file a plug-in or a ready-made model reads, named in bench.toml: `value` itself (relative to bench.toml's
+    folder), or, for an external zoo card, the file it names in the weights root, sha256 verified. A missing plain
+    file is a BenchError naming it."""
+    path = Path(os.path.expanduser(value))
+    path = path if path.is_absolute() or config_root is None else Path(config_root) / path
+    if is_card(value):
+        return locate(path, weights_root or resolve_weights_root())[1]
+    if not path.is_file():
+        what = "is a folder, not a file" if path.is_dir() else "does not exist"
+        raise BenchError(f"The file {path} (from {value!r} in bench.toml) {what}.")
+    return path
+
+
+def file_key(value: str, config_root: Path | None) -> str:
+    """The sha256 that keys a file named in bench.toml: an external card's own (known without the file, which is
+    verified against it when read), else the file's."""
+    path = Path(os.path.expanduser(value))
+    path = path if path.is_absolute() or config_root is None else Path(config_root) / path
+    return read_card(path).sha256 if is_card(value) else sha256_file(path)

@@ -100,9 +100,9 @@ def weights_path(params: ModelParams, root: Path | None, weights_root: Path | No
     in the weights root, sha256 verified."""
     if not params.weights:
         return None
-    path = resolve_path(params.weights, root)
     if external.is_card(params.weights):
-        return external.locate(path, weights_root or external.resolve_weights_root())[1]
+        return external.locate_file(params.weights, root, weights_root)
+    path = resolve_path(params.weights, root)
     if not path.is_file():
         what = "is a folder, not a file" if path.is_dir() else "does not exist"
         raise BenchError(f"The weights file {path} (from weights = {params.weights!r}) {what}. Give a state_dict "
@@ -129,7 +129,7 @@ def file_digests(params: ModelParams, root: Path | None) -> dict[str, str]:
         listing = "".join(f"{rel}\0{sha256_file(path)}\n" for rel, path in imported)
         out["imports"] = hashlib.sha256(listing.encode()).hexdigest()
     if external.is_card(params.weights):  # the card's sha256: the key is known without the file (verified at load)
-        out["weights"] = external.read_card(resolve_path(params.weights, root)).sha256
+        out["weights"] = external.file_key(params.weights, root)
         return out
     w = weights_path(params, root)
     if w is not None:

@@ -111,7 +111,7 @@ def learn(images: torch.Tensor, s: DictionarySettings, n_eval: int = 500) -> tup
     raw = LEARNERS[s.learner](sample[:n_fit], s)
     seconds = time.time() - t0
     atoms = unit_atoms(raw)
-    stats = statistics(raw, atoms, sample[n_fit:], s.alpha)
+    stats = {**statistics(raw, atoms, sample[n_fit:], s.alpha), **atom_statistics(atoms)}
     return atoms, {**stats, "learn_seconds": seconds, "fit_patches": n_fit}
 
 
@@ -138,6 +138,38 @@ def obtain(s: DictionarySettings, cache: ArtifactCache | None, data_root: Path |
     if cache is not None:
         cache.save("dictionary", s.key, {"filters": filters}, meta)
     return filters, meta
+
+
+def atom_statistics(atoms: np.ndarray) -> dict:
+    """How a dictionary looks, to compare two (the learner's vs the published one): mean L1 of the atoms, the share
+    of atoms whose entries all have one sign, and how many atoms have a near-twin (|cos| > 0.999 with another)."""
+    unit = atoms / np.linalg.norm(atoms, axis=1, keepdims=True)
+    cos = np.abs(unit @ unit.T)
+    np.fill_diagonal(cos, 0.0)
+    single = ((atoms >= 0).all(1) | (atoms <= 0).all(1)).mean()
+    return {"mean_l1": float(np.abs(atoms).sum(1).mean()), "single_signed": float(single),
+            "near_twins": int((cos.max(1) > 0.999).sum())}
+
+
+def from_file(path: Path, s: DictionarySettings, channels: int, key: str) -> tuple[torch.Tensor, dict]:
+    """Conv filters of a dictionary stored as a .npy of atoms (rows, (H, W, C) order), e.g. the published one; its
+    shape must be the settings' (n_atoms × patch·patch·channels) and its atoms unit-norm, as the front end's
+    thresholds beta·eps·||d||_1 assume."""
+    try:
+        atoms = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise BenchError(f"Cannot read the dictionary {path} as a .npy array of atoms ({e}).") from None
+    want = (s.n_atoms, s.patch_size * s.patch_size * channels)
+    if atoms.shape != want or not np.isfinite(atoms).all():
+        raise BenchError(f"The dictionary {path} holds an array of shape {atoms.shape}; this front end needs "
+                         f"{want[0]} finite atoms of {s.patch_size}x{s.patch_size}x{channels} = {want[1]} values "
+                         f"(n_atoms, patch_size) as rows.")
+    norms = np.linalg.norm(atoms, axis=1)
+    if np.abs(norms - 1).max() > 1e-4:
+        raise BenchError(f"The dictionary {path} has atoms of L2 norm {norms.min():.4g} to {norms.max():.4g}; the "
+                         f"front end needs unit-norm atoms.")
+    meta = {"key": key, "source": str(path.name), "stats": atom_statistics(atoms)}
+    return atoms_to_filters(atoms, channels, s.patch_size), meta
 
 
 def _versions() -> dict:

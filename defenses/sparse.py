@@ -10,11 +10,11 @@ use. Attacks pick gradient surrogates by name through `surrogate()` (BPDA, SPEC 
 from __future__ import annotations
 
 import contextlib
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import model_validator
 
-from bench import Defense, DefenseParams, Field, Number, build_classifier, register_defense
+from bench import Defense, DefenseParams, Field, Number, build_classifier, file_key, locate_file, register_defense
 
 from . import _dictionary
 from ._sparse_frontend import (Decoder, SoftmaxEnsemble, SparseCodingNet, SparseEncoder, backward_mode,
@@ -31,6 +31,10 @@ class FrontendParams(DefenseParams):
     dict_batch_size: int = Field(5, gt=0, description="patches per mini-batch of the dictionary learning")
     dict_iterations: int = Field(1000, gt=0, description="dictionary-learning mini-batches (partial_fit calls)")
     dict_learner: Literal["sklearn"] = Field("sklearn", description="dictionary learner (scikit-learn reference)")
+    dictionary: str = Field("", description="'' = learn it (the dict_* settings); else a .npy of the atoms as rows "
+                                           "(n_atoms × patch·patch·channels, flattened H, W, C), relative to "
+                                           "bench.toml, or an external zoo card (results/zoo/external/NAME.json) of "
+                                           "one, read from the weights root and sha256-checked")
     artifact_seed: int = Field(0, ge=0, description="seed of the cached dictionary (and autoencoder): one per "
                                                    "setting, shared by every run seed, as the authors' single file")
     top_t: int = Field(15, gt=0, description="coefficients kept per location (T)")
@@ -39,6 +43,9 @@ class FrontendParams(DefenseParams):
     epochs: int = Field(70, ge=0)
     batch_size: int = Field(64, gt=0)
     lr: Number = Field(0.02, gt=0, description="peak LR of the cyclic schedule (000 A.3: 0.02 for T >= 5, 0.05 for T = 1, 2)")
+
+    # added after checkpoints were keyed: a learned dictionary keeps every earlier key
+    omit_at_default: ClassVar[dict] = {**DefenseParams.omit_at_default, "dictionary": ""}
 
     @model_validator(mode="after")
     def _sizes(self):
@@ -72,11 +79,29 @@ class SparseFrontendDefense(Defense):
             dataset=self.info.name, n_atoms=p.n_atoms, patch_size=p.patch_size, stride=p.stride, alpha=p.dict_alpha,
             batch_size=p.dict_batch_size, iterations=p.dict_iterations, learner=p.dict_learner, seed=p.artifact_seed)
 
+    @classmethod
+    def file_digests(cls, params, root) -> dict:
+        """A dictionary read from a file is that file's sha256 in the checkpoint key (a learned one is its settings,
+        already in the params)."""
+        return {"dictionary": file_key(params.dictionary, root)} if params.dictionary else {}
+
+    def dictionary_key(self) -> str:
+        """What identifies the dictionary in artifacts built on it (the autoencoder of sparse_ae)."""
+        p = self.params
+        if p.dictionary:
+            return "file:" + file_key(p.dictionary, self.context.config_root)
+        return self.dictionary_settings().key
+
     def build_model(self) -> SparseCodingNet:
         p = self.params
-        # the run's cache and data root (bench.runner sets the context); without a cache it is learned in memory
-        filters, self.dictionary_meta = _dictionary.obtain(self.dictionary_settings(), self.context.cache,
-                                                           self.context.data_root)
+        if p.dictionary:  # a published dictionary: no learning, the file's sha256 checked when it is an external card
+            path = locate_file(p.dictionary, self.context.config_root, self.context.weights_root)
+            filters, self.dictionary_meta = _dictionary.from_file(path, self.dictionary_settings(), self.info.shape[0],
+                                                                  self.dictionary_key())
+        else:
+            # the run's cache and data root (bench.runner sets the context); without a cache it is learned in memory
+            filters, self.dictionary_meta = _dictionary.obtain(self.dictionary_settings(), self.context.cache,
+                                                               self.context.data_root)
         beta, eps = (p.beta, p.defense_eps) if self.quantize else (0.0, 0.0)
         encoder = SparseEncoder(filters, p.stride, p.top_t, beta, eps, self.dropout_p, self.quantize)
         decoder = Decoder(p.n_atoms, self.info.shape[0], p.patch_size, p.stride, tuple(p.decoder_widths))

@@ -72,7 +72,7 @@ class SparseAutoencoder(SparseFrontendDefense):
         recipe = {k: v for k, v in p.model_dump(mode="json").items()
                   if k in ("top_t", "dropout_p", "ae_epochs", "ae_lr", "ae_batch_size", "n_train", "momentum",
                            "weight_decay", "augment", "artifact_seed")}
-        return content_hash({"kind": "autoencoder", "dictionary": self.dictionary_settings().key, **recipe,
+        return content_hash({"kind": "autoencoder", "dictionary": self.dictionary_key(), **recipe,
                              "format": FORMAT})
 
     def start_epoch(self, model, epoch: int) -> None:
@@ -106,7 +106,7 @@ class SparseAutoencoder(SparseFrontendDefense):
         finally:
             model.decoder.requires_grad_(False)
             torch.set_rng_state(rng)
-        meta = {"key": key, "dictionary": self.dictionary_settings().key, "recipe": recipe, "history": history,
+        meta = {"key": key, "dictionary": self.dictionary_key(), "recipe": recipe, "history": history,
                 "final_mse": history[-1]["loss"] if history else None}
         if cache is not None:
             cache.save("autoencoder", key, {"decoder": model.decoder.state_dict()}, meta)

@@ -131,12 +131,15 @@ def test_committed_cards_are_valid_and_name_their_entries_and_factories():
     assert {n for n, _ in cards} >= {"resnet32_pgd_at_authors", "resnet32_trades_authors",
                                      "polarizing_mnist_authors", "polarizing_fashion_mnist_authors"}
     for name, card in cards:
-        assert card.url.startswith("https://") and card.license and card.published
-        target, _, fn = card.model.partition(":")
-        assert callable(load_factory(card.model, REPO)), card.model
+        assert card.url.startswith("https://") and card.license and card.published and card.entries
+        if card.model:  # a model's weights
+            assert callable(load_factory(card.model, REPO)), card.model
         for entry in card.entries:
             params = cfg.defense(entry, card.dataset, "smoke").params
-            assert params.weights == f"results/zoo/external/{name}.json" and params.model == card.model
+            if card.model:
+                assert params.weights == f"results/zoo/external/{name}.json" and params.model == card.model
+            else:  # a file a defense reads (the sparse front end's dictionary)
+                assert params.dictionary == f"results/zoo/external/{name}.json"
 
 
 def _card(tmp_path: Path, weights: Path, sha: str | None = None) -> str:
@@ -259,3 +262,89 @@ def test_real_checkpoints_give_their_published_clean_accuracy(card_name, dataset
     # one image either way: argmax ties at the decision boundary may round differently on another CPU
     assert abs(acc - expected) <= 1 / n + 1e-9, (card_name, acc)
     assert float(card.expected_clean.split(" %")[0]) == pytest.approx(100 * expected)  # what the card promises
+
+
+# ------------------------------------------------------------------------------------------------ the published dictionary
+
+def _sparse(tmp_path: Path, entry: str):
+    from bench.config import load_config
+
+    cfg_path = tmp_path / "bench.toml"
+    cfg_path.write_text((REPO / "bench.toml").read_text() + textwrap.dedent(entry))
+    cfg = load_config(cfg_path)
+    return cfg
+
+
+def test_a_dictionary_file_replaces_the_learner_and_keys_the_checkpoint(tmp_path):
+    import numpy as np
+
+    from bench.data import dataset_info
+    from bench.defense import DefenseContext
+    from bench.runner import checkpoint_key
+    from defenses import _dictionary
+
+    rng = np.random.default_rng(0)
+    atoms = rng.normal(size=(40, 48))
+    atoms /= np.linalg.norm(atoms, axis=1, keepdims=True)
+    np.save(tmp_path / "atoms.npy", atoms)
+    cfg = _sparse(tmp_path, """
+        [defenses.sparse_file]
+        extends = "sparse"
+        n_atoms = 40
+        dictionary = "atoms.npy"
+        [defenses.sparse_learned]
+        extends = "sparse"
+        n_atoms = 40
+        """)
+    resolved = cfg.defense("sparse_file", "cifar10", "smoke")
+    d = resolved.cls(resolved.params, dataset_info("cifar10"), "resnet32")
+    d.context = DefenseContext(config_root=tmp_path)
+    model = d.build_model()  # no data root, no cache: a learner would need the training split
+    assert torch.equal(model.encoder.filters, _dictionary.atoms_to_filters(atoms, 3, 4))
+    assert d.dictionary_meta["stats"] == _dictionary.atom_statistics(atoms)
+    key = checkpoint_key(resolved, "cifar10", 0)
+    np.save(tmp_path / "atoms.npy", atoms[::-1].copy())  # another file under the same name: another checkpoint
+    assert checkpoint_key(resolved, "cifar10", 0) != key
+    learned = cfg.defense("sparse_learned", "cifar10", "smoke")
+    assert "dictionary" not in learned.params.model_dump() and learned.files() == {}
+    np.save(tmp_path / "atoms.npy", atoms[:, :40].copy())
+    d2 = resolved.cls(resolved.params, dataset_info("cifar10"), "resnet32")
+    d2.context = DefenseContext(config_root=tmp_path)
+    with pytest.raises(BenchError, match="shape"):
+        d2.build_model()
+
+
+def test_learned_dictionaries_keep_the_zoo_keys():
+    """The option left every learned-dictionary checkpoint key as it was: the zoo's quick sparse entries are found."""
+    from bench.config import load_config
+    from bench.runner import checkpoint_key
+
+    cfg = load_config(REPO / "bench.toml")
+    zoo = {json.loads(p.read_text()).get("entry"): p.stem for p in (REPO / "results" / "zoo").glob("*.json")}
+    for entry in ("sparse", "sparse_dropout"):
+        if entry in zoo:
+            assert checkpoint_key(cfg.defense(entry, "cifar10", "quick"), "cifar10", 0) == zoo[entry]
+
+
+def test_the_published_dictionary_loads_with_its_statistics(tmp_path):
+    import numpy as np
+
+    from bench.data import dataset_info
+    from bench.defense import DefenseContext
+    from bench.config import load_config
+    from defenses import _dictionary
+
+    card = external.read_card(REPO / "results" / "zoo" / "external" / "sparse_dictionary_authors.json")
+    if not (AUTHORS / card.file).is_file():
+        pytest.skip(f"{card.file} is not in {AUTHORS} (set BENCH_WEIGHTS)")
+    cfg = load_config(REPO / "bench.toml")
+    resolved = cfg.defense("sparse_authors_dict", "cifar10", "smoke")
+    assert resolved.files() == {"dictionary": card.sha256}
+    d = resolved.cls(resolved.params, dataset_info("cifar10"), "resnet32")
+    d.context = DefenseContext(config_root=REPO, weights_root=AUTHORS)
+    d.build_model()
+    stats = d.dictionary_meta["stats"]
+    # the numbers the card and bench.toml state: 51 % single-signed, 38 near-twins, mean L1 6.399
+    assert stats["single_signed"] == pytest.approx(0.51) and stats["near_twins"] == 38
+    assert stats["mean_l1"] == pytest.approx(6.399, abs=1e-3)
+    assert cfg.defense("sparse", "cifar10", "paper").params.dictionary == "results/zoo/external/sparse_dictionary_authors.json"
