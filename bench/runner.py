@@ -19,6 +19,7 @@ from .config import Config, load_config
 from .data import TEST_SET_SIZE, dataset_info, load_split, load_subset, resolve_data_root, subset_indices
 from .errors import BenchError
 from .exact import exact_fp32
+from .external import resolve_weights_root
 from .stats import wilson_interval
 from .store import ArtifactCache, ResultsStore, content_hash
 from .training import fit
@@ -50,8 +51,6 @@ class Env:
                 raise BenchError(f"The {what} {path} is a file, not a folder. Point it at a folder (--results-dir, "
                                  f"or results_dir / cache_dir in {cfg.path}).")
         root = resolve_data_root(data_root, cfg.resolve_path(s.data_root))
-        from .external import resolve_weights_root
-
         return cls(cfg, root, ArtifactCache(cache), ResultsStore(results),
                    provenance.resolve_device(device or s.device),
                    weights_root=resolve_weights_root(weights_root, cfg.resolve_path(s.weights_root)))

@@ -348,3 +348,31 @@ def test_the_published_dictionary_loads_with_its_statistics(tmp_path):
     assert stats["single_signed"] == pytest.approx(0.51) and stats["near_twins"] == 38
     assert stats["mean_l1"] == pytest.approx(6.399, abs=1e-3)
     assert cfg.defense("sparse", "cifar10", "paper").params.dictionary == "results/zoo/external/sparse_dictionary_authors.json"
+
+
+# ------------------------------------------------------------------------------------------------ tables
+
+def test_attack_settings_say_what_a_profile_cut():
+    from bench.report.tables import attack_settings
+
+    assert attack_settings({"steps": 40, "restarts": 1, "step_size": "eps/8", "loss": "ce", "backward": "autograd",
+                            "eot_samples": 1, "norm": "linf"}) == "40 steps × 1 restart, step eps/8"
+    assert attack_settings({"steps": 100, "restarts": 2, "step_size": 0.075, "loss": "cw", "kappa": 50,
+                            "backward": "bpda", "norm": "l1", "l1_step": "dense"}) == \
+        "100 steps × 2 restarts, step 0.075, CW loss (kappa 50), dense L1 step, backward bpda"
+    assert attack_settings({"square_queries": 5000}) == ""  # not an iterative gradient attack
+
+
+def test_paper_tables_render_for_their_profiles_only(tmp_path):
+    from bench.config import load_config
+    from bench.errors import ConfigError
+
+    cfg = load_config(REPO / "bench.toml")
+    authors = [n for n, t in cfg.tables.items() if t.renders_for("paper_cpu")]
+    assert sorted(authors) == ["authors000_table1", "authors001_table4_1", "authors001_table4_3"]
+    assert not any(t.renders_for("quick") for n, t in cfg.tables.items() if n.startswith("authors"))
+    bad = tmp_path / "bench.toml"
+    bad.write_text((REPO / "bench.toml").read_text().replace('profiles = ["paper_cpu", "paper"]',
+                                                             'profiles = ["paper_cpux", "paper"]', 1))
+    with pytest.raises(ConfigError, match="paper_cpux"):
+        load_config(bad)

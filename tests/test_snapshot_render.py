@@ -6,7 +6,7 @@ model cards, the paper tables), and no committed rendering is missing from or st
 Fast (a few seconds, no model), so CI runs it with the other fast tests; marked `ci` as well to say it is a check
 CI must run. To refresh the committed files after a change to the rendering, run the same commands in place:
 `bench table --profile quick --dataset D --html --results-dir results/measured/quick_D` (and `--paper` for the
-folders with tables/), then `git status results/` shows what changed."""
+folders with tables/; the authors' folder: the calls of AUTHORS below), then `git status results/` shows what changed."""
 import shutil
 from pathlib import Path
 
@@ -17,10 +17,23 @@ from bench.cli import app
 
 ROOT = Path(__file__).resolve().parents[1]
 MEASURED = ROOT / "results" / "measured"
-# (folder, dataset, renders paper tables too); the inputs of each: results.csv, runs/ and plots.md (bench plot's
-# page, which the leaderboard links; its plots need per-sample norms this snapshot does not keep)
-SNAPSHOTS = [("quick_cifar10", "cifar10", True), ("quick_fashion_mnist", "fashion_mnist", True),
-             ("quick_mnist", "mnist", False)]
+# (folder, the `bench table` calls that render it, in order); the inputs of each: results.csv, runs/, audit/ and
+# plots.md (bench plot's page, which the leaderboard links; its plots need per-sample norms this snapshot does not
+# keep). Each call rewrites leaderboard.md|csv, so the last one of a folder's calls is the committed one.
+
+
+def _quick(dataset: str, paper: bool) -> list[list[str]]:
+    runs = [["table", "--profile", "quick", "--dataset", dataset, "--html"]]
+    return runs + ([["table", "--profile", "quick", "--paper", "--dataset", dataset]] if paper else [])
+
+
+# the authors' checkpoints: the papers' settings (paper_cpu) on three datasets, bench's suites and audits (quick)
+AUTHORS = [["table", "--profile", p, "--dataset", d] for p in ("quick", "paper_cpu")
+           for d in ("mnist", "fashion_mnist", "cifar10")]
+AUTHORS[-1].append("--html")
+AUTHORS.append(["table", "--profile", "paper_cpu", "--paper"])
+SNAPSHOTS = [("quick_cifar10", _quick("cifar10", True)), ("quick_fashion_mnist", _quick("fashion_mnist", True)),
+             ("quick_mnist", _quick("mnist", False)), ("authors", AUTHORS)]
 RENDERED = ("leaderboard.md", "leaderboard.csv", "leaderboard.html", "leaderboards", "tables")
 
 
@@ -35,24 +48,22 @@ def _rendered_files(folder: Path) -> dict[str, bytes]:
 
 
 @pytest.mark.ci
-@pytest.mark.parametrize("folder, dataset, paper", SNAPSHOTS)
-def test_committed_snapshot_rerenders_byte_for_byte(tmp_path, monkeypatch, folder, dataset, paper):
+@pytest.mark.parametrize("folder, runs", SNAPSHOTS, ids=[s[0] for s in SNAPSHOTS])
+def test_committed_snapshot_rerenders_byte_for_byte(tmp_path, monkeypatch, folder, runs):
     src = MEASURED / folder
     assert (src / "results.csv").is_file(), f"{src} has no results.csv: nothing to re-render from"
     work = tmp_path / folder
     work.mkdir()
     shutil.copy(src / "results.csv", work / "results.csv")
-    for extra in ("runs", "plots.md"):
+    for extra in ("runs", "audit", "plots.md"):
         if (src / extra).is_dir():
             shutil.copytree(src / extra, work / extra)
         elif (src / extra).is_file():
             shutil.copy(src / extra, work / extra)
     monkeypatch.setenv("BENCH_PROGRESS", "0")
     monkeypatch.chdir(ROOT)  # bench.toml of the repository
-    runs = [["table", "--profile", "quick", "--dataset", dataset, "--html", "--results-dir", str(work)]]
-    if paper:
-        runs.append(["table", "--profile", "quick", "--paper", "--dataset", dataset, "--results-dir", str(work)])
     for args in runs:
+        args = [*args, "--results-dir", str(work)]
         result = CliRunner().invoke(app, args)
         assert result.exit_code == 0, (args, result.output)
     fresh, committed = _rendered_files(work), _rendered_files(src)
