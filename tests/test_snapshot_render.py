@@ -55,7 +55,7 @@ def test_committed_snapshot_rerenders_byte_for_byte(tmp_path, monkeypatch, folde
     work = tmp_path / folder
     work.mkdir()
     shutil.copy(src / "results.csv", work / "results.csv")
-    for extra in ("runs", "audit", "plots.md"):
+    for extra in ("runs", "audit", "suites", "suite_stages.csv", "plots.md"):
         if (src / extra).is_dir():
             shutil.copytree(src / extra, work / extra)
         elif (src / extra).is_file():
