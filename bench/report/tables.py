@@ -584,8 +584,9 @@ def spec_table(results: Results, cfg, name: str, profile: str, seed=None) -> Tab
             f"(paper) = published number; † = the published number lies outside our 95 % interval.")
     if spec.note:
         what += f" {spec.note}"
-    ran = attacks_as_run(results, [r for sl in slices.values() for (d, _), r in sorted(sl.cells.items())
-                                   if d in {row.defense for row in spec.rows}])
+    shown = {ref.removeprefix(SUCCESS) for row in spec.rows for ref in [*spec.row_cells(row), *spec.worst_attacks(row)]}
+    ran = attacks_as_run(results, [r for sl in slices.values() for (d, a), r in sorted(sl.cells.items())
+                                   if d in {row.defense for row in spec.rows} and a in shown])
     if ran:  # the settings each number was measured with, where a profile cut the paper's (restarts, points)
         what += f" Attacks as run: {ran}."
     return Table(f"{name}: {spec.title}", header, body, caption(list(slices.values()), what, code=False), notes.items,
