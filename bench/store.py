@@ -276,6 +276,7 @@ RESULT_COLUMNS = [
 
 
 REQUIRED_COLUMNS = ("cell", "dataset", "defense", "attack", "profile", "seed", "status")
+_EMPTY_ROW = dict.fromkeys(RESULT_COLUMNS, "")
 _MOVE_AWAY = ("Restore it from a backup, or move it away (bench then starts a new results.csv); bench never "
               "rewrites a table it cannot read.")
 
@@ -430,7 +431,9 @@ class ResultsStore:
             elif len(fields) != len(header):
                 reason = f"{len(fields)} fields where the header has {len(header)}"
             else:
-                r = dict(zip(header, fields))
+                # a column bench writes but this file lacks (an older or hand-edited table) reads as empty, as in
+                # a row that has no value for it: readers never meet a missing key
+                r = {**_EMPTY_ROW, **dict(zip(header, fields))}
                 reason = _row_problem(r)
             if reason:
                 parsed.bad.append((lo + 1, raw, reason))

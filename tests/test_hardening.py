@@ -252,6 +252,26 @@ def test_unknown_columns_are_kept(results_copy):
     assert len(rows) == 2 and rows[0]["reviewer"] == "keep-me" and rows[1]["reviewer"] == ""
 
 
+def test_a_table_without_an_optional_column_renders_and_runs(results_copy):
+    """A results.csv written before a column existed (or edited by hand), here without wall_s: `bench table` and
+    `bench run` read its missing values as empty instead of failing on a missing key, and the next row restores
+    the column."""
+    cfg, results = results_copy
+    import csv
+
+    rows = csv_rows(results)
+    with open(results / "results.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, [c for c in rows[0] if c != "wall_s"], lineterminator="\n", extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    assert "Traceback" not in output(t := bench("table", "--config", cfg, "--results-dir", results)), output(t)
+    assert t.returncode == 0
+    p = bench(*CELL[:-1], "6", "--config", cfg, "--results-dir", results)  # another cell: a second row
+    assert p.returncode == 0 and "Traceback" not in output(p), output(p)
+    rows = csv_rows(results)
+    assert len(rows) == 2 and rows[0]["wall_s"] == "" and float(rows[1]["wall_s"]) > 0
+
+
 def test_result_files_are_readable_by_others(finished):
     cfg, results, _ = finished
     files = [results / "results.csv", results / "leaderboard.md", *results.glob("runs/*.json"),

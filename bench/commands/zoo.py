@@ -9,7 +9,9 @@ import typer
 from ..cli_options import ConfigOpt, DataOpt, DatasetOpt, ProfileOpt, ResultsOpt, SeedOpt, WeightsOpt
 
 zoo_app = typer.Typer(help="The model zoo: checkpoints committed in the repository (settings.zoo_dir, default "
-                           "results/zoo/), used by `bench run` after the local cache and before training.",
+                           "results/zoo/), used by `bench run` after the local cache and before training; and its "
+                           "external entries (results/zoo/external/*.json): published checkpoints the repository "
+                           "references by URL and sha256 and reads from the weights root (--weights-root, BENCH_WEIGHTS).",
                       no_args_is_help=True)
 
 
