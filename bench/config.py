@@ -9,12 +9,13 @@ without an entry runs under its own name with its Params defaults (validated whe
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, field_validator
 
 from . import registry
 from .errors import ConfigError, did_you_mean
@@ -37,6 +38,14 @@ class Settings(StrictModel):
     dataset: str = "cifar10"
     device: str = "auto"
     matrix: str = "default"
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        # checked at load like every other value, not only when a run starts (`bench list` reads it too)
+        if not re.fullmatch(r"auto|cpu|cuda(:[0-9]+)?", value):
+            raise ValueError(f"{value!r} is not a device. Allowed: auto, cpu, cuda, cuda:N (a GPU index)")
+        return value
 
     def choose(self, dataset: str | None = None, profile: str | None = None,
                seed: int | None = None) -> tuple[str, str, int]:
@@ -316,6 +325,13 @@ def _inherit(cfg: Config, kind: str, name: str, chain: tuple[str, ...], tag: boo
         if parent in (*chain, name):
             raise ConfigError(f"Invalid config: `extends` makes a cycle: {path}.")
         if parent not in known:
+            other = "attack" if kind == "defense" else "defense"
+            other_table = {"defense": "defenses", "attack": "attacks"}[other]
+            if parent in cfg.entries[other] or parent in cfg.bases[other]:  # the right name in the wrong section
+                article = {"defense": "a defense", "attack": "an attack"}
+                raise ConfigError(f"Invalid config: '{table}.{name}.extends' = {parent!r} ({path}): {parent!r} is "
+                                  f"{article[other]} ([{other_table}.{parent}]); {article[kind]} entry extends "
+                                  f"another [{table}.*] entry. {did_you_mean(parent, known)}")
             raise ConfigError(f"Invalid config: '{table}.{name}.extends' = {parent!r} ({path}): no [{table}.{parent}] "
                               f"entry in {cfg.path}. {did_you_mean(parent, known)}")
         base = {k: v for k, v in _inherit(cfg, kind, parent, (*chain, name), tag).items() if k != "abstract"}
@@ -368,7 +384,7 @@ def _format_validation(err: ValidationError, prefix: str, layers: list[tuple[str
         elif e["type"] == "missing":
             lines.append(f"missing required key '{where}'.")
         else:
-            lines.append(f"'{where}' = {e.get('input')!r}{via}: {e['msg']}.")
+            lines.append(f"'{where}' = {e.get('input')!r}{via}: {e['msg'].removeprefix('Value error, ')}.")
     return " ".join(lines)
 
 

@@ -164,7 +164,11 @@ def test_n_test_beyond_the_test_set_from_bench_toml(more, tmp_path):
     (in_attack("linf_budget", 'eps = "8/255"', "eps = inf"), ["attacks.linf_budget.eps", "inf", "finite"]),
     (in_attack("linf_budget", 'eps = "8/255"', "eps = 1e9"), ["attacks.linf_budget.eps", "Allowed: 0 to 1"]),
     (lambda t: t.replace("seed = 0", "seed = -1", 1), ["settings.seed", "-1"]),
-], ids=["bool-for-int", "bool-for-int-in-a-base", "inf", "eps-beyond-the-image-space", "negative-seed"])
+    (lambda t: t.replace('device = "auto"', 'device = "gpu"', 1), ["settings.device", "'gpu'", "auto, cpu, cuda"]),
+    # the right name in the wrong section: an attack extending a defense says so
+    (lambda t: t + '\n[attacks.my_pgd]\nextends = "natural"\n', ["attacks.my_pgd.extends", "'natural' is a defense"]),
+], ids=["bool-for-int", "bool-for-int-in-a-base", "inf", "eps-beyond-the-image-space", "negative-seed",
+        "unknown-device", "attack-extends-a-defense"])
 def test_bad_config_values_are_refused_before_any_work(edit, needles, tmp_path):
     cfg = make_config(tmp_path, edit=edit)
     p = bench(*CELL, "--config", cfg, "--results-dir", tmp_path / "r")
