@@ -46,14 +46,25 @@ def _print_error(message: str) -> None:
     progress.console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
 
 
-def _interrupted() -> None:
+class Terminated(BaseException):
+    """SIGTERM (a scheduler's, `kill`'s, a CI's timeout), raised where the process is: it unwinds like Ctrl-C, so
+    locks are released and the same line is printed (a BaseException: nothing that catches Exception swallows it)."""
+
+
+def _on_sigterm(signum, frame) -> None:
+    raise Terminated()
+
+
+def _interrupted(code: int = 130) -> None:
     import signal
 
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not turn this exit into a traceback
+    # a second Ctrl-C or SIGTERM must not turn this exit into a traceback
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     # plain stderr, not the rich console: a Ctrl-C inside one of its prints leaves that line in its buffer
     sys.stderr.write(f"\n{INTERRUPTED}\n")
     sys.stderr.flush()
-    sys.exit(130)
+    sys.exit(code)
 
 
 def _click_exceptions():
@@ -121,8 +132,11 @@ def _usage_message(e, argv: list[str]) -> str | None:
 
 
 def main():
+    import signal
+
     keep_freed_memory()
     argv = _bare_matrix(sys.argv[1:])
+    signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         rv = app(args=argv, prog_name="bench", standalone_mode=False)
     except BenchError as e:
@@ -130,6 +144,8 @@ def main():
         sys.exit(2)
     except KeyboardInterrupt:
         _interrupted()
+    except Terminated:
+        _interrupted(143)  # 128 + SIGTERM, what a shell reports for a process SIGTERM ended
     except SystemExit:
         raise
     except Exception as e:  # click usage errors arrive here in non-standalone mode

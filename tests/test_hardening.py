@@ -390,12 +390,12 @@ def test_malicious_checkpoint_is_refused_without_a_traceback(results_copy, tmp_p
 
 # ------------------------------------------------------------------ Ctrl-C and concurrent processes
 
-def _interrupt_when(p: subprocess.Popen, pattern: str) -> str:
+def _interrupt_when(p: subprocess.Popen, pattern: str, sig=signal.SIGINT) -> str:
     lines, sent = [], False
     for line in p.stdout:
         lines.append(line)
         if not sent and re.search(pattern, line):
-            p.send_signal(signal.SIGINT)
+            p.send_signal(sig)
             sent = True
     p.wait(timeout=120)
     assert sent, "".join(lines)
@@ -404,7 +404,8 @@ def _interrupt_when(p: subprocess.Popen, pattern: str) -> str:
 
 @pytest.mark.slow
 @pytest.mark.ci
-def test_ctrl_c_exits_130_and_the_same_command_resumes(tmp_path):
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_exits_130_and_the_same_command_resumes(tmp_path, sig, code):
     cfg = make_config(tmp_path, epochs=6)
     cmd = [*CELL, "--config", cfg, "--results-dir", tmp_path / "r"]
     # held just before the rename of epoch 2's resume state (epoch 1's is on disk), so Ctrl-C lands mid-training
@@ -414,8 +415,8 @@ def test_ctrl_c_exits_130_and_the_same_command_resumes(tmp_path):
                                                         os.environ.get("PYTHONPATH")])),
             "BENCH_TEST_PAUSE": r"write \.partial\.pt$ 2"}
     p = spawn(*cmd, env_extra=hook)
-    out = _interrupt_when(p, r"^PAUSED ")
-    assert p.returncode == 130, out
+    out = _interrupt_when(p, r"^PAUSED ", sig)
+    assert p.returncode == code, out
     assert "interrupted — finished rows and checkpoints are saved; the same command resumes" in out, out
     assert "Traceback" not in out and not (tmp_path / "r" / "results.csv").exists()
     again = bench(*cmd)
