@@ -105,8 +105,7 @@ def locate_file(value: str, config_root: Path | None, weights_root: Path | None 
     """A file a plug-in or a ready-made model reads, named in bench.toml: `value` itself (relative to bench.toml's
     folder), or, for an external zoo card, the file it names in the weights root, sha256 verified. A missing plain
     file is a BenchError naming it."""
-    path = Path(os.path.expanduser(value))
-    path = path if path.is_absolute() or config_root is None else Path(config_root) / path
+    path = _from_config(value, config_root)
     if is_card(value):
         return locate(path, weights_root or resolve_weights_root())[1]
     if not path.is_file():
@@ -118,6 +117,11 @@ def locate_file(value: str, config_root: Path | None, weights_root: Path | None 
 def file_key(value: str, config_root: Path | None) -> str:
     """The sha256 that keys a file named in bench.toml: an external card's own (known without the file, which is
     verified against it when read), else the file's."""
-    path = Path(os.path.expanduser(value))
-    path = path if path.is_absolute() or config_root is None else Path(config_root) / path
+    path = _from_config(value, config_root)
     return read_card(path).sha256 if is_card(value) else sha256_file(path)
+
+
+def _from_config(value: str, config_root: Path | None) -> Path:
+    """A path named in bench.toml: absolute, or relative to bench.toml's folder."""
+    path = Path(os.path.expanduser(value))
+    return path if path.is_absolute() or config_root is None else Path(config_root) / path
