@@ -350,6 +350,10 @@ class ResultsStore:
         if problem:
             raise StoreError(f"Refusing to write a malformed row to {self.csv_path} ({problem}): {row}")
         with file_lock(self.csv_path):
+            # every write of results.csv holds this lock, so a temporary file of it found now belongs to a writer
+            # killed between its write and its rename (kill -9): nothing will ever rename it
+            for stale in self.root.glob(f".{self.csv_path.name}.*.tmp"):
+                stale.unlink(missing_ok=True)
             parsed = self._read()
             done = sum(r["cell"] == cell and r["status"] == "ok" for r in parsed.rows)
             if self._known is not None and done > self._known.get(cell, 0):

@@ -276,6 +276,17 @@ def test_a_table_without_an_optional_column_renders_and_runs(results_copy):
     assert len(rows) == 2 and rows[0]["wall_s"] == "" and float(rows[1]["wall_s"]) > 0
 
 
+def test_a_killed_writers_temporary_file_is_removed_by_the_next_row(results_copy):
+    """kill -9 between the temporary write and the rename leaves `.results.csv.*.tmp`; the next run that writes a
+    row (under the table's lock, so no live writer owns it) removes it."""
+    cfg, results = results_copy
+    stale = results / ".results.csv.k9x2ab.tmp"
+    stale.write_text("cell,dataset\n")
+    p = bench(*CELL[:-1], "6", "--config", cfg, "--results-dir", results)
+    assert p.returncode == 0, output(p)
+    assert not stale.exists() and len(csv_rows(results)) == 2
+
+
 def test_result_files_are_readable_by_others(finished):
     cfg, results, _ = finished
     files = [results / "results.csv", results / "leaderboard.md", *results.glob("runs/*.json"),
