@@ -22,7 +22,8 @@ os.environ.setdefault("BENCH_PROGRESS", "0")
 
 def _data_root() -> Path:
     env = os.environ.get("BENCH_DATA")
-    return Path(env) if env else (REPO.parent / "shared" / "data")
+    # absolute: tests that change folder (a notebook's) must still find it when BENCH_DATA=../shared/data
+    return Path(env).resolve() if env else (REPO.parent / "shared" / "data")
 
 
 @pytest.fixture(scope="session")

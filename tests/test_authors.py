@@ -25,7 +25,7 @@ from bench.user_model import load_factory, load_weights
 REPO = Path(__file__).resolve().parent.parent
 BENCH = Path(sys.executable).with_name("bench")
 FACTORIES = REPO / "defenses" / "_authors_models.py"
-AUTHORS = Path(os.environ.get("BENCH_WEIGHTS") or REPO.parent / "shared" / "authors")
+AUTHORS = Path(os.environ.get("BENCH_WEIGHTS") or REPO.parent / "shared" / "authors").resolve()
 EXAMPLE = REPO / "examples" / "my_model.py"
 
 
