@@ -31,7 +31,7 @@ from . import external
 from .defense import Defense
 from .errors import BenchError, did_you_mean
 from .params import StrictModel
-from .store import read_weights, sha256_file  # noqa: F401  (sha256_file: part of this module's API)
+from .store import read_weights, sha256_file
 
 ROBUSTBENCH = "robustbench:"
 SPEC_FORMS = "FILE.py:FACTORY, MODULE:FACTORY or robustbench:NAME"

@@ -105,7 +105,7 @@ def test_real_world_checkpoint_shapes_load_into_the_factories(tmp_path, name, sh
         save_cuda({"model_state_dict": sd, "acc": 0.9, "epoch": 59, "rng_state": torch.ByteTensor(8)}, path, True)
     else:  # saved from nn.DataParallel
         torch.save({f"module.{k}": v for k, v in sd.items()}, path)
-    if form.startswith("cuda") or form.startswith("nested") and not torch.cuda.is_available():
+    if form != "module_prefixed" and not torch.cuda.is_available():
         with pytest.raises(RuntimeError, match="CUDA"):  # the file really is CUDA-tagged
             torch.load(path, weights_only=True)
     dst = factory(name)
@@ -143,7 +143,7 @@ def test_committed_cards_are_valid_and_name_their_entries_and_factories():
 
 
 def _card(tmp_path: Path, weights: Path, sha: str | None = None) -> str:
-    from bench.user_model import sha256_file
+    from bench.store import sha256_file
 
     folder = tmp_path / "zoo" / "external"
     folder.mkdir(parents=True, exist_ok=True)
@@ -194,7 +194,6 @@ def test_external_entry_missing_file_names_url_and_sha256_and_writes_nothing(tmp
     assert "Traceback" not in r.stderr + r.stdout
     assert "https://example.org/w.pt" in r.stderr and external.read_card(tmp_path / card).sha256 in r.stderr
     assert "--weights-root" in r.stderr and "BENCH_WEIGHTS" in r.stderr
-    assert not list((tmp_path / "results").rglob("results.csv")) if (tmp_path / "results").exists() else True
     assert not [p for p in _written(tmp_path) if p.suffix in (".csv", ".json", ".md")]
 
 
