@@ -66,7 +66,7 @@ def test_margin_loss_sees_through_saturated_logits(planted_env):
 
 
 def test_weak_old_smoke_step_is_not_converged_and_the_default_is(planted_env, natural_smoke):
-    """Issue 19: 10 steps of eps/8 (the old smoke default) at 2/255 must be flagged; the default must not."""
+    """10 steps of eps/8 (the old smoke default) at 2/255 must be flagged; the default must not."""
     from attacks.pgd import PGDLinf
     from bench.runner import attack_traits
     from bench.verdicts import Probe, finalize
@@ -134,7 +134,7 @@ def test_audit_off_the_transfer_entrys_budget_still_finds_zero_gradient_masking(
                                                                                 threat_model):
     """A rounded input has no gradient, so only the audit's black-box attack sees through it. Its transfer
     attack's surrogate-side PGD is a Linf 8/255 entry: it must run at the audited threat model, not be skipped
-    (it was until stop 35, and planted_round audited at L2 0.5 kept its masked number)."""
+    (when it was skipped, planted_round audited at L2 0.5 kept its masked number)."""
     from bench.audit import audit, parse_threat_model
 
     n = 100
