@@ -47,6 +47,18 @@ def test_reference_page_is_current():
                                 "with `bench list --markdown > docs/reference.md`")
 
 
+def test_bench_list_markdown_prints_the_page():
+    """The command the page names as its source, through the real entry point, prints exactly that page."""
+    import os
+
+    env = {**os.environ, "BENCH_PROGRESS": "0"}
+    env.pop("BENCH_CONFIG", None)
+    proc = subprocess.run([sys.executable, "-m", "bench.cli", "list", "--markdown"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == (ROOT / "docs" / "reference.md").read_text()
+
+
 def test_reference_page_lists_every_plugin_and_entry():
     from bench.registry import plugins
 
