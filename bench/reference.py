@@ -13,7 +13,7 @@ from .config import Config
 KINDS = (("defense", "Defenses", "defenses"), ("attack", "Attacks", "attacks"))
 # the papers' IDs as the docstrings and bench.toml cite them ("000 §3", "001 ch. 5"); docs/papers.md has their anchors
 PAPER_ID = re.compile(r"\b(00[0-3])\b")
-LAYER_KEYS = {"plugin", "extends", "dataset", "profile", "abstract"}
+LAYER_KEYS = {"plugin", "extends", "dataset", "profile", "abstract", "description"}
 
 
 def render_markdown(cfg: Config) -> str:
@@ -34,14 +34,16 @@ def render_markdown(cfg: Config) -> str:
         for name, cls in registered.items():
             out += _plugin_section(name, cls)
         out += [f"### `bench.toml` {table}", "",
-                "| entry | plug-in | settings | per-dataset / per-profile tables |", "|---|---|---|---|"]
+                "| entry | plug-in | what it is | settings | per-dataset / per-profile tables |", "|---|---|---|---|---|"]
         for name in sorted(cfg.entries[kind]):
             raw = cfg.entry(kind, name)
             plugin = raw.get("plugin", name)
+            what = raw.get("description") or (registered[plugin].describe() if plugin in registered else "")
             settings = ", ".join(f"`{k} = {_show(v)}`" for k, v in sorted(raw.items()) if k not in LAYER_KEYS)
             layers = ", ".join([f"`dataset.{d}`" for d in sorted(raw.get("dataset", {}))]
                                + [f"`profile.{p}`" for p in sorted(raw.get("profile", {}))])
-            out.append(f"| `{name}` | `{plugin}` | {settings or '(the plug-in defaults)'} | {layers or '-'} |")
+            out.append(f"| `{name}` | `{plugin}` | {_cell(what)} | {settings or '(the plug-in defaults)'} | "
+                       f"{layers or '-'} |")
         out.append("")
     out += ["## Suites", "", "`bench run --defense D --suite NAME`: each attack on the points the previous ones left "
             "robust ([suites](suites.md)).", "", "| suite | norm | eps | attacks, in order | what it is |",
