@@ -17,8 +17,8 @@ black_box verdict)."""
 from __future__ import annotations
 
 from ..data import TEST_SET_SIZE, subset_indices
-from ..stats import paired_excess
-from .rows import threat_label, threat_model, to_float
+from ..report.rows import threat_label, threat_model, to_float
+from .rules import black_box_stronger, paired_excess
 
 
 def sample_indices(row: dict, dataset: str) -> list[int] | None:
@@ -82,7 +82,8 @@ def cross_checks(results, dataset: str, rows: list[dict]) -> dict[str, dict]:
             white = {i for i in points if not all(r[i] for _, r in iterative)}
             fooled = {i for i in points if not robust[i]}
             a_only, b_only = len(fooled - white), len(white - fooled)
-            if paired_excess(a_only, b_only, n, alpha, test["min_points"]):
+            excess = black_box_stronger if name == "black_box" else paired_excess
+            if excess(a_only, b_only, n, alpha, test["min_points"]):
                 bad.append((f"{a} fools {a_only} of the {n - len(white)} points every iterative gradient attack "
                             f"({names}) left robust, of {n} shared (reverse {b_only})", n))
             else:
