@@ -236,6 +236,6 @@ def test_shattered_check_leaves_the_other_kinds_to_their_own_checks():
 
 
 def test_shattered_threshold_fails_strongly_and_warns_in_between():
-    assert finalize({"grad_useless": [40, 64]}, S, PGD)["shattered_gradients"]["verdict"] == "fail"
-    assert finalize({"grad_useless": [12, 64]}, S, PGD)["shattered_gradients"]["verdict"] == "warn"
-    assert finalize({"grad_useless": [1, 64]}, S, PGD)["shattered_gradients"]["verdict"] == "pass"
+    assert finalize({"grad_useless": [10, 64]}, S, PGD)["shattered_gradients"]["verdict"] == "fail"
+    assert finalize({"grad_useless": [4, 64]}, S, PGD)["shattered_gradients"]["verdict"] == "warn"
+    assert finalize({"grad_useless": [3, 64]}, S, PGD)["shattered_gradients"]["verdict"] == "pass"

@@ -94,17 +94,17 @@ def audit_checks(results: dict, correct: torch.Tensor, s) -> dict:
             ("; ".join(bad) + ": the base attack's gradients are weak, report the adapted number") if bad
             else "no adaptation fools points beyond the noise that the base attack leaves")
     # the adapted number: per point, the worst case over every attack at (or inside) the audited budget
-    worst = torch.zeros(n, dtype=torch.bool)
+    fooled_any = torch.zeros(n, dtype=torch.bool)
     used = []
     for k, v in ran.items():
         if v["role"] in ("unbounded",) or (v["role"] == "budget" and v["eps"] > ran["base"]["eps"] * (1 + 1e-9)):
             continue
-        worst |= v["_fooled"]
+        fooled_any |= v["_fooled"]
         used.append(k)
-    k_w = int((correct & ~worst).sum())
+    k_w = int((correct & ~fooled_any).sum())
     lo, hi = wilson_interval(k_w, n)
     base_k = ran["base"]["robust"]
     return {"checks": checks, "original": {"robust": base_k, "robust_acc": base_k / n, "ci": ran["base"]["ci"]},
             "adapted": {"robust": k_w, "robust_acc": k_w / n, "ci": [lo, hi], "attacks": used},
             "verdict": worst({**checks, **ran["base"]["checks"]}),
-            "per_sample_adapted_robust": (correct & ~worst).tolist()}
+            "per_sample_adapted_robust": (correct & ~fooled_any).tolist()}

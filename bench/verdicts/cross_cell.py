@@ -62,7 +62,12 @@ def cross_checks(results, dataset: str, rows: list[dict]) -> dict[str, dict]:
     model; a check is present only when both sides ran (an iterative gradient attack and a cell it judges) on
     enough shared points for a verdict. An attack that mixes both kinds (standard AutoAttack runs Square after its
     gradient attacks) counts as iterative gradient: its own Square points then count as white-box ones."""
-    cells = _cells(results, dataset, rows)
+    return judge(_cells(results, dataset, rows))
+
+
+def judge(cells: list[tuple[str, dict, dict, dict]] | None) -> dict[str, dict]:
+    """The checks of cross_checks on cells given directly: (attack, attack_traits, {"alpha", "min_points"},
+    {point: robust}) each (bench.evaluate's attacks, which ran on the same points)."""
     if not cells:
         return {}
     iterative = [(a, robust) for a, t, _, robust in cells if t.get("gradient_based") and not t.get("single_step")]

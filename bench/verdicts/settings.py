@@ -40,6 +40,6 @@ class VerdictSettings(StrictModel):
     incomplete_min_points: int = Field(10, ge=1, description="fewer surviving points than this: no verdict")
     silent_warn: Number = Field(0.01, ge=0, le=1)
     shattered_step: Number = Field(0.25, gt=0, le=1, description="the step of the gradient-usefulness test, as a fraction of the attack's eps")
-    shattered_warn: Number = Field(0.1, ge=0, le=1)
-    shattered_fail: Number = Field(0.3, ge=0, le=1)
+    shattered_warn: Number = Field(0.05, ge=0, le=1)
+    shattered_fail: Number = Field(0.15, ge=0, le=1)
     audit: AuditSettings = Field(default_factory=AuditSettings)

@@ -3,7 +3,7 @@ tests/planted/masking.py (wrapping the smoke natural CIFAR-10 network) and on ho
 network, the zoo's quick natural, PGD-AT and other CIFAR-10 defenses), for the probe's points and several step
 sizes, and writes what it found as JSON: the evidence behind [verdicts] shattered_* in bench.toml.
 
-    python tests/planted/measure_shattered.py RESULTS_DIR OUT.json
+    python tests/planted/measure_shattered.py RESULTS_DIR OUT.json [--bpda-only]
 
 RESULTS_DIR is a scratch folder (the smoke natural model is trained there once, ~2 min on 2 cores)."""
 from __future__ import annotations
@@ -28,6 +28,9 @@ PLANTED = ("planted_round", "planted_saturated", "planted_noise", "planted_probs
 QUICK = ("natural", "pgd_at", "trades", "rfgsm", "hah", "sparse", "sparse_dropout", "vgg16")
 ATTACKS = ("pgd_linf", "cw_linf", "pgd_l2")
 STEPS = (0.01, 0.125, 0.25, 0.5)
+# real defenses through the backward surrogates their BPDA attack entries use (zoo checkpoints, quick profile)
+BPDA = (("sparse", "pgd_linf_bpda"), ("sparse", "cw_linf_bpda"), ("sparse", "pgd_l2_bpda"),
+        ("sparse_dropout", "pgd_eot_bpda"))
 
 
 def measure(env, defense, profile, attack, n=64, seed=0):
@@ -53,7 +56,7 @@ def measure(env, defense, profile, attack, n=64, seed=0):
     return {"defense": defense, "profile": profile, "attack": attack, "n": len(y), "by_step": out}
 
 
-def main(root: str, out_path: str) -> None:
+def main(root: str, out_path: str, bpda_only: bool = False) -> None:
     root = Path(root)
     repo = Path(__file__).resolve().parents[2]
     data = Path(__import__("os").environ["BENCH_DATA"])
@@ -66,13 +69,16 @@ def main(root: str, out_path: str) -> None:
     (root / "planted.toml").write_text(text)
     penv = Env.create(config=root / "planted.toml", data_root=data, device="cpu", results_dir=root)
     rows = []
-    for attack in ATTACKS:
+    for attack in ATTACKS if not bpda_only else ():
         for defense in ("natural",) + PLANTED:
             rows.append(measure(penv, defense, "smoke", attack))
             print(json.dumps(rows[-1]), flush=True)
         for defense in QUICK:
             rows.append(measure(env, defense, "quick", attack))
             print(json.dumps(rows[-1]), flush=True)
+    for defense, attack in BPDA:
+        rows.append(measure(env, defense, "quick", attack))
+        print(json.dumps(rows[-1]), flush=True)
     Path(out_path).write_text(json.dumps({
         "what": "fraction of probe points whose gradient step raised the attack's loss no more than a random step of "
                 "the same norm (bench.verdicts.Probe.step_probe), per step size (fraction of eps)",
@@ -82,4 +88,4 @@ def main(root: str, out_path: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    main(sys.argv[1], sys.argv[2], "--bpda-only" in sys.argv[3:])
