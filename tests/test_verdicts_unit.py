@@ -239,3 +239,29 @@ def test_shattered_threshold_fails_strongly_and_warns_in_between():
     assert finalize({"grad_useless": [10, 64]}, S, PGD)["shattered_gradients"]["verdict"] == "fail"
     assert finalize({"grad_useless": [4, 64]}, S, PGD)["shattered_gradients"]["verdict"] == "warn"
     assert finalize({"grad_useless": [3, 64]}, S, PGD)["shattered_gradients"]["verdict"] == "pass"
+
+
+def test_shipped_shattered_thresholds_separate_the_measured_models():
+    """bench.toml's shattered_* judged against what was measured (results/measured/shattered_gradients.json, 64
+    points per model and attack at the shipped step): every honest model passes, every planted shattered one
+    (and the misleading fixed-pattern backward) fails, in Linf, with the margin loss and in L2."""
+    import json
+    from pathlib import Path
+
+    from bench.config import load_config
+
+    root = Path(__file__).resolve().parents[1]
+    s = load_config(root / "bench.toml").verdicts
+    rows = json.loads((root / "results/measured/shattered_gradients.json").read_text())["rows"]
+    honest = {"natural", "pgd_at", "trades", "rfgsm", "hah", "vgg16", "planted_lastbit_noise"}
+    shattered = {"planted_wiggle", "planted_scrambled_backward", "planted_misleading_backward"}
+    seen = set()
+    for r in rows:
+        useless = r["by_step"][f"{s.shattered_step:g}"]["useless"]
+        if r["defense"] not in honest | shattered or not useless:
+            continue
+        verdict = finalize({"grad_useless": useless}, s, PGD)["shattered_gradients"]["verdict"]
+        expected = "pass" if r["defense"] in honest else "fail"
+        assert verdict == expected, (r["defense"], r["profile"], r["attack"], useless, verdict)
+        seen.add((r["defense"], r["attack"]))
+    assert len(seen) == 3 * len(honest | shattered), sorted(seen)
