@@ -79,12 +79,15 @@ def main(root: str, out_path: str, bpda_only: bool = False) -> None:
     for defense, attack in BPDA:
         rows.append(measure(env, defense, "quick", attack))
         print(json.dumps(rows[-1]), flush=True)
-    Path(out_path).write_text(json.dumps({
+    head = {
         "what": "fraction of probe points whose gradient step raised the attack's loss no more than a random step of "
                 "the same norm (bench.verdicts.Probe.step_probe), per step size (fraction of eps)",
         "command": "python tests/planted/measure_shattered.py SCRATCH results/measured/shattered_gradients.json",
         "seed": 0, "dataset": "cifar10", "device": "cpu", "threads": torch.get_num_threads(),
-        "git_sha": provenance.git_sha(), "rows": rows}, indent=1) + "\n")
+        "git_sha": provenance.git_sha()}
+    # one row per line: the file stays readable in a diff
+    lines = ",\n".join("  " + json.dumps(r) for r in rows)
+    Path(out_path).write_text(json.dumps(head, indent=1)[:-2] + ',\n "rows": [\n' + lines + "\n ]\n}\n")
 
 
 if __name__ == "__main__":
