@@ -1,9 +1,9 @@
 """The per-cell checks: attack-failure and gradient-masking verdicts, measured by bench on every cell, never
 declared by a defense.
 
-A robustness number is only as good as the attack behind it: an attack that gets zero gradients, attacks a
-random model without EOT, optimises probabilities instead of logits or stops before it converged reports
-robustness that is not there. The cheap checks below run inside every cell, on the points the attack sees and
+A robustness number is only as good as the attack behind it: an attack that gets zero gradients, follows
+finite gradients that point nowhere (shattered), attacks a random model without EOT, optimises probabilities
+instead of logits or stops before it converged reports robustness that is not there. The cheap checks below run inside every cell, on the points the attack sees and
 at almost no extra cost (most numbers come from passes the attack makes anyway); `bench audit`
 (bench/audit.py, its checks in bench/verdicts/audit_checks.py) adds the expensive ones and re-runs what an expert would.
 
