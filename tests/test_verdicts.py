@@ -77,14 +77,15 @@ def test_shattered_gradients_fail_in_l2_and_pass_on_the_zoo_pgd_at_model(planted
     from bench.verdicts import Probe, finalize
 
     robust = train("pgd_at", "cifar10", "quick", 0, env=env)
+    model = robust.model.eval()
     x, y = load_subset("cifar10", "test", env.data_root, 128, 0)
-    keep = predict(robust.model, x, "cpu", 128) == y
+    keep = predict(model, x, "cpu", 128) == y
     for attack in ("pgd_linf", "pgd_l2"):
         res = env.cfg.attack(attack, "cifar10", "quick")
         atk = res.cls(res.params)
         p = Probe()
-        p.model_probe(robust.model, x[keep][:64], env.cfg.verdicts,
-                      p.gradient_probe(robust.model, x[keep][:64], y[keep][:64], atk, robust.defense, env.cfg.verdicts))
+        first = p.gradient_probe(model, x[keep][:64], y[keep][:64], atk, robust.defense, env.cfg.verdicts)
+        p.model_probe(model, x[keep][:64], env.cfg.verdicts, first)
         check = finalize(p.state, env.cfg.verdicts, attack_traits(atk))["shattered_gradients"]
         assert check["verdict"] == "pass", (attack, check)
 
