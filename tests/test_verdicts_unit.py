@@ -1,4 +1,4 @@
-"""The verdict checks (bench/verdicts.py) on tiny models built here: each check fires on its planted case and
+"""The verdict checks (bench/verdicts/cell.py) on tiny models built here: each check fires on its planted case and
 stays quiet on an honest model. Seconds, no data set."""
 import torch
 import torch.nn as nn
