@@ -1,10 +1,10 @@
-"""Checks across the cells of one defense at one threat model (bench/report/cross_checks.py), from per-sample
+"""Checks across the cells of one defense at one threat model (bench/verdicts/cross_cell.py), from per-sample
 verdicts only: a black-box or single-step cell fooling points every iterative gradient cell left robust fails the
 check and makes that threat model's worst case unreliable; honest differences within the noise do not."""
 import json
 
 from bench.report import threat_board
-from bench.report.cross_checks import cross_checks
+from bench.verdicts.cross_cell import cross_checks
 from bench.report.tables import Results, leaderboard
 from synthetic_results import BLACK, SINGLE, WHITE, cell, fooling, write
 
