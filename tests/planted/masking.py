@@ -1,4 +1,4 @@
-"""Defenses that hide their weakness and declare nothing: bench must find it by measuring (bench/verdicts.py).
+"""Defenses that hide their weakness and declare nothing: bench must find it by measuring (bench/verdicts/).
 
 Each wraps the dataset's standard classifier, trained as usual; the trick acts only at evaluation time where
 training through it would not work (saturated logits, probabilities), so the network under it is an ordinary
