@@ -122,3 +122,23 @@ def test_cli_table_attacks_and_plot_curve(tmp_path):
     r = _bench("table", "--attacks", "--profile", "smoke", "--dataset", "cifar10", "--results-dir", str(tmp_path),
                "--config", os.path.join(root, "bench.toml"), cwd=root)
     assert r.returncode == 2 and "Traceback" not in r.stderr and "minimum-norm" in r.stderr + r.stdout
+
+
+def test_weakened_minimum_norm_attack_fails_regress(tmp_path):
+    """The same FMN cell with norms 1.5x larger on 40 points (a weakened attack): bench regress flags the rise of
+    its mean norm as a regression, beside its lower optimality."""
+    from bench.report.regress import compare, snapshot
+
+    rng = np.random.default_rng(0)
+    norms = (0.01 + 0.02 * rng.random(40)).tolist()
+    correct, fooled = [True] * 40, [True] * 40
+
+    def records(name, scale):
+        row = cell("natural", "fmn_linf", correct, fooled, min_norm=True, norms=[v * scale for v in norms], eps="",
+                   plugin="fmn", params={"norm": "linf", "steps": 100})
+        write(tmp_path / name, [row])
+        return snapshot(Results.load(tmp_path / name), {"quick"})
+
+    findings = compare(records("base", 1.0), records("weak", 1.5))
+    assert [(f.metric, f.kind) for f in findings if f.regression] == [("mean_norm", "rise")]
+    assert not [f for f in compare(records("base2", 1.0), records("same", 1.0)) if f.regression]
