@@ -31,7 +31,7 @@ import numpy as np
 from ..data import TEST_SET_SIZE, subset_indices
 from ..stats import wilson_interval
 from ..store import atomic_write_bytes
-from .rows import NORM_NAMES, format_eps, to_float
+from .rows import NORM_NAMES, to_float
 from .tables import Slice, caption, is_min_norm
 
 
@@ -194,7 +194,7 @@ def attack_board(curves: list[Curve], norm: str, caption: str) -> str:
             scores.append(o)
             passes.append(e.passes)
             fooled = e.norms[np.isfinite(e.norms) & (e.norms > 0)]
-            med = f"{np.median(fooled):.4g}" if len(fooled) else "none fooled"
+            med = _fmt(norm, float(np.median(fooled))) if len(fooled) else "none fooled"
             cells.append(f"{o:.3f} ({med})")
         scored.append((-np.mean(scores), name, cells, np.mean(scores), np.mean(passes)))
     for _, name, cells, mean, passes in sorted(scored):
@@ -205,9 +205,10 @@ def attack_board(curves: list[Curve], norm: str, caption: str) -> str:
 
 
 def _fmt(norm: str, v: float) -> str:
+    """Linf norms in pixel steps (x/255, as the budgets are written), the others as numbers."""
     if not np.isfinite(v):
         return "∞ (most points unfooled)"
-    return format_eps(norm, f"{v:.6g}") if norm == "linf" and abs(v * 255 - round(v * 255)) < 1e-3 else f"{v:.4g}"
+    return f"{v * 255:.3g}/255" if norm == "linf" else f"{v:.4g}"
 
 
 def write_attack_board(results, dataset: str, profile: str, seed, out_dir) -> Path | None:
