@@ -146,3 +146,53 @@ def test_ddn_refuses_a_norm_it_does_not_minimise():
     cls = get_plugin("attack", "ddn")
     with pytest.raises(ConfigError, match="l2"):
         cls(cls.Params(norm="linf"))
+
+
+class _Quantized(nn.Module):
+    """A linear model behind a 16-level quantiser: autograd's gradient through round() is zero (masking);
+    the 'identity' surrogate passes gradients straight through (BPDA)."""
+
+    def __init__(self, linear):
+        super().__init__()
+        self.linear, self.straight_through = linear, False
+
+    def forward(self, x):
+        q = torch.round(x * 15) / 15
+        if self.straight_through:
+            q = x + (q - x).detach()
+        return self.linear(q)
+
+
+class _QuantizedDefense:
+    name, stochastic, non_differentiable, surrogates = "quantized", False, ["round"], ["identity"]
+
+    def surrogate(self, model, spec):
+        import contextlib
+
+        @contextlib.contextmanager
+        def switched():
+            inner = model.model if isinstance(model, PassCounter) else model
+            inner.straight_through = spec == "identity"
+            try:
+                yield model
+            finally:
+                inner.straight_through = False
+
+        return switched()
+
+
+@pytest.mark.parametrize("name", ["fmn", "ddn", "fab"])
+def test_attacks_take_the_defense_backward_surrogate(name):
+    lin, x, y = linear_problem(n=6, classes=2)
+    model = _Quantized(lin).eval()
+    cls = get_plugin("attack", name)
+    results = {}
+    for backward in ("autograd", "identity"):
+        atk = cls(cls.Params(norm="l2", steps=100, backward=backward))
+        ctx = AttackContext(defense=_QuantizedDefense(), device=torch.device("cpu"), seed=0, batch_size=6)
+        out = atk.run(PassCounter(model).eval(), x, y, ctx)
+        with torch.no_grad():
+            assert torch.equal(model(out.x_adv).argmax(1) != y, out.fooled)
+        results[backward] = (out.fooled.float().mean().item(), ctx.warnings)
+    assert results["autograd"][0] < 0.5 and any("non-differentiable" in w for w in results["autograd"][1])
+    assert results["identity"][0] == 1.0 and not results["identity"][1]
