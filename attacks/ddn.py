@@ -19,11 +19,10 @@ from ._gradient_minnorm import GradientMinNorm, GradientMinNormParams
 class DDN(GradientMinNorm):
     """Decoupled Direction and Norm (foolbox 3): white-box minimal L2 perturbation per point."""
 
-    norms = ("l2",)
     salt = 12
 
     class Params(GradientMinNormParams):
-        norm: Literal["linf", "l2", "l1", "l0"] = "l2"
+        norm: Literal["l2"] = "l2"
         init_epsilon: Number = Field(1.0, gt=0, description="first L2 radius")
         gamma: Number = Field(0.05, gt=0, lt=1, description="radius update factor per step")
 

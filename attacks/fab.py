@@ -21,11 +21,10 @@ _NORMS = {"linf": "Linf", "l2": "L2", "l1": "L1"}
 class FAB(GradientMinNorm):
     """Fast Adaptive Boundary (pyautoattack, the authors' code): white-box minimal Linf / L2 / L1 perturbation per point."""
 
-    norms = ("linf", "l2", "l1")
     salt = 13
 
     class Params(GradientMinNormParams):
-        norm: Literal["linf", "l2", "l1", "l0"] = "linf"
+        norm: Literal["linf", "l2", "l1"] = "linf"
         restarts: int = Field(1, ge=1, description="runs per point: the first from the clean point, the others from "
                                                    "a random point at half the best norm found so far")
         alpha_max: Number = Field(0.1, ge=0, le=1)

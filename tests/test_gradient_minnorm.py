@@ -140,12 +140,13 @@ def test_eot_averages_passes_and_counts_each():
     assert counter.forward_images >= 5 * 3 * 2
 
 
-def test_ddn_refuses_a_norm_it_does_not_minimise():
-    from bench import ConfigError
+@pytest.mark.parametrize("name,norm", [("ddn", "linf"), ("fab", "l0")])
+def test_a_norm_the_attack_does_not_minimise_is_refused(name, norm):
+    from pydantic import ValidationError
 
-    cls = get_plugin("attack", "ddn")
-    with pytest.raises(ConfigError, match="l2"):
-        cls(cls.Params(norm="linf"))
+    cls = get_plugin("attack", name)
+    with pytest.raises(ValidationError, match="norm"):
+        cls.Params(norm=norm)
 
 
 class _Quantized(nn.Module):

@@ -1,6 +1,6 @@
 """How minnorm_curve_vs_pgd_*.json were made (run from the repository root):
   BENCH_DATA=... OMP_NUM_THREADS=1 python results/measured/experiments/minnorm_curve_vs_pgd.py OUT.json SCRATCH_DIR \
-      [DEFENSE] [N] [NORM]
+      [DEFENSE] [N] [NORM] [FMN_STEPS]
 
 One FMN run (the fmn_linf / fmn_l2 entry at the quick profile) gives every point's minimal norm, hence accuracy at
 every eps; it is compared with one PGD cell per eps (the pgd_linf / pgd_l2 entry at the quick profile, eps
@@ -8,6 +8,7 @@ replaced), on the same N seeded test points of the zoo's quick checkpoint, throu
 (bench.runner.attack_trained: fp32 verdicts, pass counting). Reported per eps: PGD accuracy and its 95 % interval,
 the FMN curve's accuracy, the difference in points, and the summed attack time and model passes."""
 import json
+import os
 import sys
 import time
 from types import SimpleNamespace
@@ -23,6 +24,7 @@ out_path, scratch = sys.argv[1], sys.argv[2]
 defense = sys.argv[3] if len(sys.argv) > 3 else "natural"
 n = int(sys.argv[4]) if len(sys.argv) > 4 else 200
 norm = sys.argv[5] if len(sys.argv) > 5 else "linf"
+fmn_steps = {"steps": int(sys.argv[6])} if len(sys.argv) > 6 else {}  # default: the entry's quick steps
 dataset, profile, seed = "cifar10", "quick", 0
 grid = {"linf": [1 / 255, 2 / 255, 4 / 255, 8 / 255, 16 / 255], "l2": [0.25, 0.5, 1.0]}[norm]
 
@@ -40,7 +42,7 @@ def attack(entry, **update):
     return ares.params, part
 
 
-fmn_params, fmn = attack(f"fmn_{norm}")
+fmn_params, fmn = attack(f"fmn_{norm}", **fmn_steps)
 correct = np.array(fmn["correct"], bool)
 minimal = np.where(correct, np.inf, 0.0)
 index = np.array(fmn["index"], int)
@@ -72,6 +74,7 @@ out = {"defense": defense, "dataset": dataset, "profile": profile, "seed": seed,
                "passes_summed": pgd_passes},
        "time_ratio_fmn_over_pgd": fmn["seconds"] / pgd_seconds, "passes_ratio_fmn_over_pgd": (fmn["forward_passes"] + fmn["backward_passes"]) / pgd_passes,
        "per_eps": rows, "device": provenance.device_name(env.device), "torch_threads": torch.get_num_threads(),
-       "versions": provenance.versions()}
+       "versions": provenance.versions(), "load_average_1min_at_end": os.getloadavg()[0],
+       "cpu_count": os.cpu_count()}
 print(json.dumps({k: v for k, v in out.items() if k != "per_eps"}, indent=1))
 json.dump(out, open(out_path, "w"), indent=1)
