@@ -152,6 +152,11 @@ def plot_curves(sl: Slice, norm: str, curves: list[Curve], path) -> None:
         line = ax.step(xs_plot, 100 * np.append(acc, acc[-1]), where="post", label=f"{c.defense} (n {c.n})")
         ax.fill_between(xs_plot, 100 * np.append(band[:, 0], band[-1, 0]), 100 * np.append(band[:, 1], band[-1, 1]),
                         step="post", alpha=0.2, color=line[0].get_color())
+        # each fixed-eps cell's own accuracy on the curve's points: where the curve must pass at or below
+        cells = [(e.eps, c.accuracy(e.eps, e.norms)) for e in c.attacks if not e.min_norm and e.eps is not None]
+        if cells:
+            ax.plot([x * scale for x, _ in cells], [100 * a for _, a in cells], "x", color=line[0].get_color(),
+                    markersize=8, label=f"{c.defense}: fixed-eps cells")
     attacks = sorted({e.attack for c in curves for e in c.attacks})
     ax.set(xlabel=f"eps{' × 255' if scale == 255 else ''} ({NORM_NAMES.get(norm, norm)})",
            ylabel="accuracy (%), 95 % band", ylim=(0, 100),
