@@ -37,6 +37,7 @@ def table(
     spec: List[str] = typer.Option(None, "--spec", help="Render this [tables.NAME] paper layout (repeat for several)."),
     paper: bool = typer.Option(False, "--paper", help="Render every [tables.*] paper layout of --profile (and of --dataset, when given)."),
     latex: bool = typer.Option(False, "--latex", help="Also write a LaTeX (.tex) version."),
+    attacks: bool = typer.Option(False, "--attacks", help="Render the attack leaderboard instead: per norm, each minimum-norm attack's optimality per defense (area under the best curve over all attacks / area under its own; 1 = it found every point's smallest norm) and its model passes per point, to tables/attacks_DATASET_PROFILE.md."),
     html: bool = typer.Option(False, "--html", help="Also write leaderboard.html: one self-contained page (no server, no network) with a tab per dataset / profile / threat model of the results, sortable columns, verdict reasons on hover and worst-case-vs-eps plots."),
     out: Optional[Path] = OutOpt,
     config: Optional[Path] = ConfigOpt,
@@ -62,6 +63,16 @@ def table(
                            for t in cfg.tables.values()})
             raise BenchError(f"No [tables.*] paper layout for dataset {given_dataset or 'any'}, profile {profile} in "
                              f"{cfg.path}; layouts exist for: {'; '.join(have)}.")
+    if attacks:
+        from ..report.curves import write_attack_board
+
+        path = write_attack_board(results, dataset, profile, seed, out)
+        if path is None:
+            raise BenchError(f"No minimum-norm attack with per-sample norms for dataset {dataset}, profile {profile}"
+                             f"{'' if seed is None else f', seed {seed}'} in {root}. Run one first, e.g. "
+                             f"`bench run -a fmn_linf --profile {profile} --dataset {dataset}`.")
+        typer.echo(path.read_text())
+        return
     if names:
         for path in render_specs(results, cfg, names, profile, out, seed, latex):
             typer.echo(path.read_text())
@@ -84,7 +95,7 @@ def plot(
     dataset: Optional[str] = DatasetOpt,
     seed: Optional[int] = SeedOpt,
     attack: List[str] = typer.Option(None, "--attack", "-a", help="Attack entry to plot (repeat; default: every attack with results)."),
-    kind: List[str] = typer.Option(None, "--kind", help="eps | steps | restarts | norms (repeat; default: all that have data)."),
+    kind: List[str] = typer.Option(None, "--kind", help="eps | steps | restarts | norms | curve (repeat; default: all that have data). curve: per norm, accuracy against every eps from all attacks' per-sample evidence, with a CSV beside the PNG."),
     out: Optional[Path] = OutOpt,
     config: Optional[Path] = ConfigOpt,
     results_dir: Optional[Path] = ResultsOpt,

@@ -4,7 +4,9 @@
   plugin and the same parameters except the one varied (read from the manifests, so unrelated attacks never mix);
   the eps curve starts at eps 0 = clean accuracy.
 - norms: for a minimum-norm attack (Boundary, HopSkipJump), the distribution of the perturbation norms of the
-  fooled points and the accuracy that remains at each radius."""
+  fooled points and the accuracy that remains at each radius.
+- curve: per norm, each defense's robustness curve from every attack's per-sample evidence (bench.report.curves),
+  with its 95 % band; the curve's CSV is written beside the PNG."""
 from __future__ import annotations
 
 import io
@@ -19,9 +21,10 @@ import numpy as np  # noqa: E402
 
 from ..stats import wilson_interval  # noqa: E402
 from ..store import atomic_write_bytes  # noqa: E402
+from .curves import Curve, curve_csv, slice_curves  # noqa: E402
 from .tables import NORM_NAMES, Results, Slice, caption, is_min_norm  # noqa: E402
 
-KINDS = ("eps", "steps", "restarts", "norms")
+KINDS = ("eps", "steps", "restarts", "norms", "curve")
 
 
 @dataclass
@@ -136,6 +139,44 @@ def plot_norms(sl: Slice, attack: str, path: Path) -> bool:
     return True
 
 
+def plot_curves(sl: Slice, norm: str, curves: list[Curve], path) -> None:
+    """Accuracy against eps per defense (a step function of the points' minimal norms) with its 95 % band."""
+    scale = 255 if norm == "linf" else 1
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for c in curves:
+        xs, acc = c.steps()
+        band = np.array([wilson_interval(round(a * c.n), c.n) for a in acc])
+        finite = c.best[np.isfinite(c.best)]
+        end = max(float(finite.max()) * 1.1 if len(finite) else 0.0, float(xs[-1])) or 1.0
+        xs_plot = np.append(xs, end) * scale
+        line = ax.step(xs_plot, 100 * np.append(acc, acc[-1]), where="post", label=f"{c.defense} (n {c.n})")
+        ax.fill_between(xs_plot, 100 * np.append(band[:, 0], band[-1, 0]), 100 * np.append(band[:, 1], band[-1, 1]),
+                        step="post", alpha=0.2, color=line[0].get_color())
+        # each fixed-eps cell's own accuracy on the curve's points: where the curve must pass at or below
+        cells = [(e.eps, c.accuracy(e.eps, e.norms)) for e in c.attacks if not e.min_norm and e.eps is not None]
+        if cells:
+            ax.plot([x * scale for x, _ in cells], [100 * a for _, a in cells], "x", color=line[0].get_color(),
+                    markersize=8, label=f"{c.defense}: fixed-eps cells")
+    attacks = sorted({e.attack for c in curves for e in c.attacks})
+    ax.set(xlabel=f"eps{' × 255' if scale == 255 else ''} ({NORM_NAMES.get(norm, norm)})",
+           ylabel="accuracy (%), 95 % band", ylim=(0, 100),
+           title=f"robustness curve, best of {', '.join(attacks)}\n{sl.dataset}/{sl.profile}, seed {sl.seed}")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    _save(fig, path)
+    atomic_write_bytes(path.with_suffix(".csv"), curve_csv(curves).encode())
+
+
+def render_curves(sl: Slice, out_dir: Path) -> list[Plot]:
+    made = []
+    for norm, curves in slice_curves(sl).items():
+        stem = f"curve_{norm}_{sl.dataset}_{sl.profile}_s{sl.seed}.png"
+        plot_curves(sl, norm, curves, out_dir / "plots" / stem)
+        made.append(Plot(f"robustness curve ({NORM_NAMES.get(norm, norm)}): best over every attack's per-sample "
+                         f"evidence", f"plots/{stem}"))
+    return made
+
+
 def render_plots(results: Results, out_dir: Path, dataset: str, profile: str, seed=None,
                  attacks: list[str] | None = None, kinds: list[str] | None = None) -> tuple[Path | None, list[Plot], list[str]]:
     """Write PNGs to out_dir/plots/ and out_dir/plots.md; returns (page, plots made, what was skipped and why)."""
@@ -146,13 +187,18 @@ def render_plots(results: Results, out_dir: Path, dataset: str, profile: str, se
     out_dir = Path(out_dir)
     made, seen = [], set()
     no_sweep: dict[str, list[str]] = {}
+    if "curve" in (kinds or KINDS):
+        curves = render_curves(sl, out_dir)
+        made += curves
+        if not curves:
+            no_sweep["curve"] = ["every norm"]
     for attack in attacks or sl.attacks():
         if not any(a == attack for _, a in sl.cells):
             no_sweep.setdefault("results", []).append(attack)
             continue
         min_norm = any(is_min_norm(r) for (_, a), r in sl.cells.items() if a == attack)
         for kind in kinds or KINDS:
-            if (kind == "norms") != min_norm:
+            if kind == "curve" or (kind == "norms") != min_norm:
                 continue
             stem = f"{kind}_{attack}_{dataset}_{profile}_s{seed}.png"
             if kind == "norms":
@@ -171,7 +217,8 @@ def render_plots(results: Results, out_dir: Path, dataset: str, profile: str, se
             else:
                 no_sweep.setdefault(kind, []).append(attack)
     why = {"results": f"no results for {dataset}/{profile}/seed {seed}",
-           "norms": "no per-sample norms of fooled points"}
+           "norms": "no per-sample norms of fooled points",
+           "curve": "no minimum-norm attack, nor fixed-eps cells at two budgets of one norm, with per-sample data"}
     skipped = [f"{kind}: {', '.join(names)} ({why.get(kind, f'fewer than two values of {kind} among cells that differ only in {kind}')})"
                for kind, names in no_sweep.items()]
     page = [f"# Plots — {dataset} / {profile}", caption([sl], "Accuracy curves with 95 % Wilson intervals.")]

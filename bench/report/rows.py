@@ -26,7 +26,7 @@ def format_eps(norm: str, eps: str) -> str:
     return f"{v:g}"
 
 
-NORM_NAMES = {"linf": "Linf", "l2": "L2", "l1": "L1"}
+NORM_NAMES = {"linf": "Linf", "l2": "L2", "l1": "L1", "l0": "L0"}
 
 
 def threat_label(tm: tuple[str, float]) -> str:

@@ -1,0 +1,69 @@
+"""Fast Minimum-Norm attack (FMN; Pintor et al., NeurIPS 2021) in L0, L1, L2 and Linf, through foolbox 3.
+
+Why foolbox's FMN: it is the authors' own port (contributed by Pintor), it is already a pinned dependency, and it
+covers the four norms with one algorithm. adv-lib's FMN (the variant AttackBench ranks well) was the first
+choice, but adv-lib imports visdom at package import and visdom ships only as a source archive that does not
+build here; the two implement the same updates (cosine-annealed step and gamma, eps shrinks by (1 - gamma) while
+adversarial and jumps to the linearised boundary distance before the first success)."""
+from __future__ import annotations
+
+from typing import Literal
+
+import eagerpy as ep
+import foolbox as fb
+from foolbox.devutils import atleast_kd, flatten
+
+from bench import Field, Number, register_attack
+
+from ._gradient_minnorm import GradientMinNorm, GradientMinNormParams
+
+
+
+class L2FMN(fb.attacks.L2FMNAttack):
+    """foolbox 3.3.4's L2 projection never projects (its factor is min(1, norms / norms) = 1, of the norm of x
+    rather than of x - x0, and eps is unused), so its L2 FMN is an unconstrained gradient ascent that returns
+    perturbations several times the minimal one (tests/test_gradient_minnorm.py measured 4-10x on a linear
+    model). This is the projection onto the eps-ball that the algorithm prescribes."""
+
+    def project(self, x, x0, epsilon):
+        delta = x - x0
+        norms = ep.maximum(flatten(delta).norms.l2(axis=-1), 1e-12)
+        return x0 + delta * atleast_kd(ep.minimum(1, epsilon / norms), x.ndim)
+
+
+class L0FMN(fb.attacks.L0FMNAttack):
+    """foolbox 3.3.4 keeps the coordinates at least as large as the (eps + 1)-th largest: one coordinate more
+    than the L0 budget eps. This keeps the eps largest (ties aside), as the paper's projection does."""
+
+    def project(self, x, x0, epsilon):
+        delta = flatten(x - x0)
+        size = abs(delta)
+        k = ep.maximum(epsilon.astype(ep.arange(x, 1).dtype) - 1, 0)
+        order = ep.flip(ep.argsort(size, axis=1), -1)
+        threshold = size[range(len(delta)), order[range(len(delta)), k]]
+        kept = ep.where(size >= atleast_kd(threshold, 2), delta, 0)
+        return x0 + kept.reshape(x0.shape).astype(x0.dtype)
+
+
+_ATTACKS = {"linf": fb.attacks.LInfFMNAttack, "l2": L2FMN, "l1": fb.attacks.L1FMNAttack, "l0": L0FMN}
+
+
+@register_attack("fmn")
+class FMN(GradientMinNorm):
+    """Fast Minimum-Norm (foolbox 3): white-box minimal L0 / L1 / L2 / Linf perturbation per point."""
+
+    salt = 11
+
+    class Params(GradientMinNormParams):
+        norm: Literal["linf", "l2", "l1", "l0"] = "linf"
+        max_stepsize: Number = Field(1.0, gt=0, description="alpha_0: first step size (L2-normalised gradient), "
+                                                            "cosine-annealed to min_stepsize")
+        min_stepsize: Number | None = Field(None, gt=0, description="last step size (None = max_stepsize / 100)")
+        gamma: Number = Field(0.05, gt=0, lt=1, description="first eps update factor, annealed to 0.001")
+
+    def minimize(self, model, x, y, gen):
+        p = self.params
+        attack = _ATTACKS[p.norm](steps=p.steps, max_stepsize=p.max_stepsize, min_stepsize=p.min_stepsize,
+                                  gamma=p.gamma)
+        fmodel = fb.PyTorchModel(model, bounds=(0, 1), device=x.device)
+        return attack.run(fmodel, x, fb.criteria.Misclassification(y))
