@@ -23,7 +23,7 @@ from ..stats import wilson_interval
 from ..store import ResultsStore, atomic_write_bytes
 from .cross_checks import failed_by_threat_model
 from .rows import NORM_NAMES, format_eps, to_float
-from .table_spec import PENDING, SUCCESS, TableSpec
+from .table_spec import CORRUPTION, PENDING, SUCCESS, TableSpec, corruption_ref
 
 KEY = ("dataset", "defense", "attack", "profile", "seed")
 
@@ -526,7 +526,10 @@ def leaderboard(results: Results, dataset: str, profile: str, seed=None) -> Tabl
     seed = seed if seed is not None else results.default_seed(dataset, profile)
     if seed is None:
         return None
-    sl = results.slice(dataset, profile, seed)
+    from .corruption_board import without_corruptions
+
+    # common corruptions are no threat model: their own table (bench.report.corruption_board), not columns here
+    sl = without_corruptions(results.slice(dataset, profile, seed))
     if not sl.cells:
         return None
     notes = Notes()
@@ -641,6 +644,15 @@ def _spec_cell(cfg, name: str, spec: TableSpec, row, ref: str, sl: Slice, notes:
         return worst_cell(sl, row.defense, spec.worst_attacks(row), notes)
     if ref.startswith(SUCCESS):
         return success_cell(sl, row.defense, ref[len(SUCCESS):], notes)
+    if ref.startswith(CORRUPTION):
+        from .corruption_board import pooled_cell
+        from ..corruptions.spec import attack_name
+
+        name, severities = corruption_ref(ref)
+        pooled = [corruption_ref(r) for r in spec.row_cells(row) if r.startswith(CORRUPTION)] if name == "mean" \
+            else [(name, severities)]
+        attacks = [attack_name(c, s) for c, sevs in pooled if c != "mean" for s in sevs]
+        return pooled_cell(sl, row.defense, attacks, notes, ref)
     return attack_cell(sl, row.defense, ref, notes)
 
 
