@@ -13,41 +13,10 @@ from pathlib import Path
 
 from ..corruptions.spec import CORRUPTIONS, SEVERITIES, attack_name, parse_attack
 from .rows import to_float
-from .tables import Cell, Notes, Slice, Table, _count, accuracy_cell, clean_cell, provenance_lines
+from .tables import (Slice, Table, Notes, _count, clean_cell, is_corruption, only_corruptions, pooled_cell,
+                     provenance_lines)
 
 FOLDER = "corruptions"  # <dataset>-<profile>.md / .csv beside the leaderboard
-
-
-def is_corruption(attack: str) -> bool:
-    return parse_attack(attack) is not None
-
-
-def without_corruptions(sl: Slice) -> Slice:
-    """The slice minus its corruption cells (the main leaderboard: corruptions are no threat model)."""
-    return Slice(sl.results, sl.dataset, sl.profile, sl.seed,
-                 {k: r for k, r in sl.cells.items() if not is_corruption(k[1])})
-
-
-def only_corruptions(sl: Slice) -> Slice:
-    return Slice(sl.results, sl.dataset, sl.profile, sl.seed, {k: r for k, r in sl.cells.items() if is_corruption(k[1])})
-
-
-def pooled_cell(sl: Slice, defense: str, attacks: list[str], notes: Notes, what: str) -> Cell:
-    """Accuracy pooled over the finished cells of `attacks`; a footnote when some of them did not run or finish."""
-    rows = [sl.cells.get((defense, a)) for a in attacks]
-    done = [r for r in rows if r is not None and r["status"] == "ok" and int(to_float(r["n"]))]
-    if not done:
-        failed = [a for a, r in zip(attacks, rows) if r is not None]
-        if failed:
-            return Cell("failed " + notes.mark(f"{defense} {what}: no finished cell ({', '.join(failed)})"))
-        return Cell("not run")
-    k = sum(round(to_float(r["robust_acc"]) * int(to_float(r["n"]))) for r in done)
-    n = sum(int(to_float(r["n"])) for r in done)
-    cell = accuracy_cell(k, n)
-    if len(done) < len(attacks):
-        cell.text += " " + notes.mark(f"{defense} {what}: over {len(done)} of {len(attacks)} cells (the others did "
-                                      f"not run or finish)")
-    return cell
 
 
 def corruption_attacks(corruption: str, severities=SEVERITIES) -> list[str]:
