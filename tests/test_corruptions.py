@@ -243,3 +243,25 @@ def test_table_cells_name_existing_corruptions(config_copy):
     config_copy.write_text(text.replace('cell = "corruption:fog@5"', 'cell = "corruption:fog@6"', 1))
     with pytest.raises(ConfigError, match="severity '6' does not exist"):
         load_config(config_copy)
+
+
+def test_corruption_rows_get_their_own_pooled_table():
+    from bench.report import corruption_board
+    from bench.report.tables import Results, leaderboard
+    from synthetic_results import cell
+
+    rows = []
+    # fog: 3 of 4 right at severity 1, 1 of 4 at severity 5; snow severity 1: 2 of 4; clean errors count as errors
+    for attack, right in (("corrupt_fog_1", 3), ("corrupt_fog_5", 1), ("corrupt_snow_1", 2)):
+        row, _ = cell("vgg16", attack, [True] * 4, [i >= right for i in range(4)], norm="", eps="", seed="0")
+        rows.append(row)
+    pgd, _ = cell("vgg16", "pgd_linf", [True] * 4, [True, False, False, False], seed="0")
+    results = Results(rows + [pgd])
+    board = leaderboard(results, "cifar10", "quick")
+    assert not [h for h in board.header if h.startswith("corrupt_")] and "pgd_linf (Linf 8/255)" in board.header
+    t = corruption_board.table(results.slice("cifar10", "quick", "0"))
+    got = dict(zip(t.header, t.rows[0]))
+    assert got["mean"].startswith("50.0 ") and got["fog"].startswith("50.0 ") and got["snow"].startswith("50.0 ")
+    assert got["severity 1"].startswith("62.5 ") and got["severity 5"].startswith("25.0 ")
+    assert got["relative to clean"] == "50.0" and got["cells"] == "3 of 4"
+    assert "[" in got["severity 5"]  # snow at severity 5 did not run: the pool says over how many cells
