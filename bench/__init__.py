@@ -25,8 +25,10 @@ test_import_graph.py checks both directions: the harness imports no plug-in, plu
     artifacts         ArtifactCache, content_hash, atomic_write_bytes (bench.store); versions (bench.provenance);
                       locate_file, file_key (a file named in bench.toml, or an external zoo card's file in the
                       weights root, and the sha256 that keys it: bench.external)
-    errors, logging   BenchError, ConfigError, DataError; progress (progress.log, progress.bar)"""
-from . import progress
+    errors, logging   BenchError, ConfigError, DataError; progress (progress.log, progress.bar)
+    corruptions       CIFAR-10-C: its corruptions and parameters (corruptions.spec), the images' sources
+                      (corruptions.source_inputs, regenerate, read_released)"""
+from . import corruptions, progress
 from .attack import Attack, AttackContext, AttackOutput, AttackParams, PassCounter, perturbation_norm
 from .data import load_split, resolve_data_root, subset_indices, to_float
 from .defense import Defense, DefenseContext, DefenseParams, TrainParams, set_on_modules
@@ -67,5 +69,5 @@ __all__ = ["Attack", "AttackContext", "AttackOutput", "AttackParams", "PassCount
            "load_split", "subset_indices", "to_float", "resolve_data_root", "Normalize", "MadryUnit",
            "build_classifier",
            "ArtifactCache", "content_hash", "atomic_write_bytes", "versions", "locate_file", "file_key",
-           "BenchError", "ConfigError", "DataError", "progress",
+           "BenchError", "ConfigError", "DataError", "progress", "corruptions",
            "run", "train", "evaluate", "Evaluation", "AttackResult"]

@@ -58,6 +58,11 @@ class AttackContext:
     # harness per batch: attacks draw each point's random start from its own seed (point_seeds), so a point's
     # result does not depend on which other points share its batch (what lets a suite attack only survivors)
     points: torch.Tensor | None = None
+    # the positions in the dataset's test split of the cell's seeded test subset (the batch's: test_positions())
+    subset_index: torch.Tensor | None = None
+    # folders the harness resolved for attacks that read data of their own (the corruptions root: --corruptions-root,
+    # BENCH_CORRUPTIONS, settings.corruptions_root), by name
+    roots: dict = field(default_factory=dict)
 
     # what the harness lends an attack, filled by bench.runner.attack_context (None outside a cell: an attack
     # that needs one says so through `_lent`)
@@ -101,7 +106,14 @@ class AttackContext:
         return AttackContext(defense=defense, device=self.device, seed=self.seed, batch_size=self.batch_size,
                              eval_model=eval_model, dataset=self.dataset, profile=self.profile, cache=self.cache,
                              test_split=self.test_split, surrogates=self.surrogates,
-                             attack_entries=self.attack_entries)
+                             attack_entries=self.attack_entries, roots=self.roots)
+
+    def test_positions(self) -> torch.Tensor:
+        """The positions in the dataset's test split of the points of the current batch (what data indexed by test
+        image, such as CIFAR-10-C, is looked up by)."""
+        if self.points is None or self.subset_index is None:
+            return self._lent(None, "the test-split positions of the batch")
+        return self.subset_index[self.points.cpu()]
 
     def generator(self, salt: int = 0) -> torch.Generator:
         return torch.Generator(device="cpu").manual_seed(self.seed * 1_000_003 + salt)
@@ -133,6 +145,17 @@ class Attack:
     # True for white-box attacks that follow the target model's input gradients and whose AttackOutput.fooled is
     # their own verdict on the target: bench.verdicts then checks those gradients and what the attack returned
     gradient_based: ClassVar[bool] = False
+    # True for a natural distribution shift (common corruptions): every test point is transformed and judged, clean
+    # errors included, and robust_acc is the plain accuracy on the shifted images (False: only the correctly
+    # classified points are attacked, robust = correct and not fooled)
+    every_point: ClassVar[bool] = False
+
+    @classmethod
+    def inputs(cls, params: AttackParams, dataset: str, roots: dict) -> dict:
+        """What the attack reads besides bench.toml, the model and the dataset (released data files, a library that
+        makes its images), as JSON: it joins the cell's key, so other inputs make another cell. Raise BenchError
+        (one paragraph naming what is missing) when it cannot run: the harness asks before any work. {} = nothing."""
+        return {}
 
     def bind(self, attack_entry: Callable[[str], Any]) -> "Attack":
         """Resolve what this attack takes from other attack entries of bench.toml (attack_entry(name) -> resolved

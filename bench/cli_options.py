@@ -29,6 +29,7 @@ def check_n_test(value):
 ConfigOpt = typer.Option(None, "--config", help="bench.toml to use (default: BENCH_CONFIG, else ./bench.toml in the current folder).")
 DataOpt = typer.Option(None, "--data-root", help="Folder holding the datasets (overrides BENCH_DATA and bench.toml).")
 WeightsOpt = typer.Option(None, "--weights-root", help="Folder holding the external zoo entries' checkpoints, e.g. the papers' authors' (overrides BENCH_WEIGHTS and settings.weights_root; bench zoo list shows them).")
+CorruptionsOpt = typer.Option(None, "--corruptions-root", help="Folder holding CIFAR-10-C's inputs: frost/ (the generator's frost images) and, if you have them, the released CIFAR-10-C/*.npy, read instead of regenerating (overrides BENCH_CORRUPTIONS and settings.corruptions_root).")
 ResultsOpt = typer.Option(None, "--results-dir", help="Folder of results.csv, run manifests and the cache (default from bench.toml).")
 ProfileOpt = typer.Option(None, "--profile", "-p", help="smoke | quick | paper (any [profiles.*] in bench.toml; default from [settings]).")
 DatasetOpt = typer.Option(None, "--dataset", help="cifar10 | mnist | fashion_mnist (default from [settings]).")
@@ -37,7 +38,7 @@ DeviceOpt = typer.Option(None, "--device", help="auto | cpu | cuda | cuda:N (def
 OutOpt = typer.Option(None, "--out", help="Folder for the output (default: the results folder).")
 
 
-def make_env(config, data_root, device, results_dir, check=None, weights_root=None):
+def make_env(config, data_root, device, results_dir, check=None, weights_root=None, corruptions_root=None):
     """The Env of a command that writes results: names the config file in use (the first log line), runs
     `check(cfg)` (the command's names and choices), and only then creates the results and cache folders and checks
     that they can be written, so a bad name leaves no folder behind."""
@@ -46,7 +47,7 @@ def make_env(config, data_root, device, results_dir, check=None, weights_root=No
     from .store import ensure_writable_dir
 
     env = Env.create(config=config, data_root=data_root, device=device, results_dir=results_dir,
-                     weights_root=weights_root)
+                     weights_root=weights_root, corruptions_root=corruptions_root)
     progress.log(f"config {env.cfg.path} · results {env.store.root} · data {env.data_root}")
     if check is not None:
         check(env.cfg)

@@ -29,6 +29,7 @@ DATASET_NAMES = ("cifar10", "mnist", "fashion_mnist")
 class Settings(StrictModel):
     data_root: str = "data"
     weights_root: str = "weights"  # external zoo entries' files (bench.external); BENCH_WEIGHTS / --weights-root win
+    corruptions_root: str = "corruptions"  # CIFAR-10-C (bench.corruptions); BENCH_CORRUPTIONS / --corruptions-root win
     results_dir: str = "results"
     cache_dir: str = "results/cache"
     zoo_dir: str = "results/zoo"  # committed checkpoints (bench.zoo), looked up after the cache, before training

@@ -220,7 +220,9 @@ def _result(name: str, part: dict, wilson_interval, wall: float, env, ares, test
     fooled = np.zeros(n, dtype=bool)
     index = np.array(part["index"], dtype=np.int64)
     fooled[index] = np.array(part["fooled"], dtype=bool)
-    fooled &= correct
+    every_point = bool(getattr(ares.cls, "every_point", False))  # a natural shift: as merge_parts
+    if not every_point:
+        fooled &= correct
     norms = None
     if part["norm"]:
         norms = np.zeros(n)
@@ -231,7 +233,7 @@ def _result(name: str, part: dict, wilson_interval, wall: float, env, ares, test
         if norms is not None and eps is not None and (norms > eps * (1 + 1e-5) + 1e-6).any():  # as merge_parts
             raise BenchError(f"attack '{name}' exceeded its {part['norm']} budget {eps:.6g} (max {norms.max():.6g}): "
                              f"this is a bug in the attack.")
-        robust = correct & ~fooled
+        robust = ~fooled if every_point else correct & ~fooled
     else:
         within = norms <= eps if (eps is not None and norms is not None) else np.zeros(n, dtype=bool)
         robust = correct & ~(fooled & within)

@@ -31,8 +31,8 @@ def render_markdown(cfg: Config) -> str:
     for kind, title, table in KINDS:
         out += [f"## {title}", ""]
         registered = plugins(kind)
-        for name, cls in registered.items():
-            out += _plugin_section(name, cls)
+        for names in _families(registered):
+            out += _plugin_section(names, [registered[n] for n in names])
         out += [f"### `bench.toml` {table}", "",
                 "| entry | plug-in | what it is | settings | per-dataset / per-profile tables |", "|---|---|---|---|---|"]
         for name in sorted(cfg.entries[kind]):
@@ -60,16 +60,39 @@ def render_markdown(cfg: Config) -> str:
     return "\n".join(out) + "\n"
 
 
-def _plugin_section(name: str, cls) -> list[str]:
+# a plug-in file that registers many plug-ins from one class (one per corruption and severity, say) gets one
+# section listing their names, not one copy of the same parameter table each
+FAMILY_MIN = 5
+
+
+def _families(registered: dict) -> list[list[str]]:
+    groups: dict[tuple, list[str]] = {}
+    for name, cls in registered.items():
+        params = tuple((k, repr(f.default)) for k, f in cls.Params.model_fields.items())
+        groups.setdefault((cls.__module__, cls.__mro__[1], params), []).append(name)
+    out = []
+    for names in groups.values():
+        out += [names] if len(names) >= FAMILY_MIN else [[n] for n in names]
+    return sorted(out, key=lambda names: list(registered).index(names[0]))
+
+
+def _plugin_section(names: list[str], classes: list) -> list[str]:
+    cls = classes[0]
     module = sys.modules[cls.__module__]
     path = Path(inspect.getfile(module))
     source = f"{path.parent.name}/{path.name}"
     doc = inspect.getdoc(module) or ""
     papers = sorted(set(PAPER_ID.findall(doc + " " + (cls.__doc__ or ""))))
     cites = ", ".join(f"[{p}](papers.md#paper-{p})" for p in papers)
-    lines = [f"### `{name}`", "", cls.describe(), "",
-             f"Source: `{source}`" + (f" · papers: {cites}" if cites else ""), "",
-             "| parameter | default |", "|---|---|"]
+    if len(names) == 1:
+        head = [f"### `{names[0]}`", "", cls.describe(), ""]
+    else:
+        base = cls.__mro__[1]
+        head = [f"### `{base.__name__}` family ({len(names)} plug-ins)", "",
+                _cell(inspect.getdoc(base) or cls.describe()), "",
+                "Plug-ins: " + ", ".join(f"`{n}`" for n in names) + ".", ""]
+    lines = head + [f"Source: `{source}`" + (f" · papers: {cites}" if cites else ""), "",
+                    "| parameter | default |", "|---|---|"]
     lines += [f"| `{k}` | `{_show(f.default)}` |" for k, f in cls.Params.model_fields.items()]
     return lines + [""]
 

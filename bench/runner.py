@@ -19,6 +19,7 @@ from .config import Config, load_config
 from .data import TEST_SET_SIZE, dataset_info, load_split, load_subset, resolve_data_root, subset_indices
 from .errors import BenchError
 from .exact import exact_fp32
+from .corruptions import resolve_corruptions_root
 from .external import resolve_weights_root
 from .stats import wilson_interval
 from .store import ArtifactCache, ResultsStore, content_hash
@@ -39,9 +40,12 @@ class Env:
     ready_made: dict = field(default_factory=dict, repr=False, compare=False)
     # where external zoo entries' checkpoints are read from (bench.external): --weights-root, BENCH_WEIGHTS, bench.toml
     weights_root: Path | None = None
+    # data an attack reads for itself (bench.corruptions): --corruptions-root, BENCH_CORRUPTIONS, bench.toml
+    corruptions_root: Path | None = None
 
     @classmethod
-    def create(cls, config=None, data_root=None, device=None, results_dir=None, weights_root=None) -> "Env":
+    def create(cls, config=None, data_root=None, device=None, results_dir=None, weights_root=None,
+               corruptions_root=None) -> "Env":
         cfg = config if isinstance(config, Config) else load_config(config)
         s = cfg.settings
         results = Path(results_dir) if results_dir else cfg.resolve_path(s.results_dir)
@@ -53,7 +57,13 @@ class Env:
         root = resolve_data_root(data_root, cfg.resolve_path(s.data_root))
         return cls(cfg, root, ArtifactCache(cache), ResultsStore(results),
                    provenance.resolve_device(device or s.device),
-                   weights_root=resolve_weights_root(weights_root, cfg.resolve_path(s.weights_root)))
+                   weights_root=resolve_weights_root(weights_root, cfg.resolve_path(s.weights_root)),
+                   corruptions_root=resolve_corruptions_root(corruptions_root, cfg.resolve_path(s.corruptions_root)))
+
+    def roots(self) -> dict:
+        """The folders lent to attacks that read data of their own (Attack.inputs, AttackContext.roots)."""
+        return {"corruptions": self.corruptions_root or resolve_corruptions_root(
+            None, self.cfg.resolve_path(self.cfg.settings.corruptions_root))}
 
 
 @dataclass
@@ -182,7 +192,11 @@ def attack_uses(env: Env, attack: str, dataset: str, profile: str) -> dict:
     cfg.attack_instance(attack, dataset, profile, uses=attacks)
     used = {f"attack:{k}": v.as_dict() for k, v in sorted(attacks.items())}
     used.update({f"defense:{d}": cfg.defense(d, dataset, profile).as_dict() for d in surrogate_defenses(env, ares)})
-    return {"uses": used} if used else {}
+    out = {"uses": used} if used else {}
+    inputs = ares.cls.inputs(ares.params, dataset, env.roots())  # a BenchError here stops a run before any work
+    if inputs:
+        out["inputs"] = inputs
+    return out
 
 
 @torch.no_grad()
@@ -258,23 +272,25 @@ class Target:
     eval_model: torch.nn.Module  # the model whose prediction counts (an ensemble for stochastic defenses)
     correct: torch.Tensor
     clean_passes: int
+    index: torch.Tensor | None = None  # positions of x in the dataset's test split
 
 
 def clean_target(env: Env, trained: TrainedDefense, dataset: str, profile: str, seed: int, n_test: int) -> Target:
     """Load the cell's test subset and judge it clean. Call inside exact_fp32()."""
     d = trained.defense
     x, y = load_subset(dataset, "test", env.data_root, n_test, seed)
+    index = subset_indices(TEST_SET_SIZE.get(dataset, len(x)), n_test, seed, f"{dataset}/test")  # load_subset's
     counter = PassCounter(trained.model).eval()
     eval_model = d.evaluation_model(counter) if hasattr(d, "evaluation_model") else counter
     torch.manual_seed(seed)
     clean_pred = predict(eval_model, x, env.device, env.cfg.profiles[profile].eval_batch_size)
-    return Target(trained, x, y, counter, eval_model, clean_pred == y, counter.forward_images)
+    return Target(trained, x, y, counter, eval_model, clean_pred == y, counter.forward_images, index)
 
 
 def attack_context(env: Env, target: Target, dataset: str, profile: str, seed: int, batch_size: int) -> AttackContext:
     """What an attack of this cell may know besides the model (bench.attack.AttackContext)."""
     return AttackContext(defense=target.trained.defense, device=env.device, seed=seed, batch_size=batch_size,
-                         eval_model=target.eval_model, dataset=dataset, profile=profile,
+                         eval_model=target.eval_model, dataset=dataset, profile=profile, subset_index=target.index,
                          **harness_services(env, dataset, profile, seed))
 
 
@@ -284,7 +300,7 @@ def harness_services(env: Env, dataset: str, profile: str, seed: int) -> dict:
     so an attack never reaches the environment itself."""
     return {"cache": env.cache, "test_split": lambda: load_split(dataset, "test", str(env.data_root)),
             "surrogates": lambda name: train(name, dataset, profile, seed, env=env),
-            "attack_entries": lambda name: env.cfg.attack(name, dataset, profile)}
+            "attack_entries": lambda name: env.cfg.attack(name, dataset, profile), "roots": env.roots()}
 
 
 def attack_trained(env: Env, trained: TrainedDefense, ares, dataset: str, profile: str, seed: int, n_test: int, *,
@@ -300,7 +316,8 @@ def attack_trained(env: Env, trained: TrainedDefense, ares, dataset: str, profil
         target = clean_target(env, trained, dataset, profile, seed, n_test)
         counter, correct, clean_passes = target.counter, target.correct, target.clean_passes
         ctx = attack_context(env, target, dataset, profile, seed, bs)
-        attacked = correct.nonzero().squeeze(1)
+        # a natural shift judges every point (clean errors included); an attack only the correctly classified ones
+        attacked = torch.arange(len(correct)) if atk.every_point else correct.nonzero().squeeze(1)
         lo, hi = shard_range(len(attacked), nominal, shard)
         res = attack_points(env, trained, atk, counter, target.eval_model, target.x, target.y, attacked[lo:hi], bs,
                             ctx, label=label, first_position=lo)
@@ -432,7 +449,10 @@ def merge_parts(env: Env, parts: list[dict]) -> tuple[dict, dict]:
             norms[index] = torch.tensor(p["norms"], dtype=torch.float)
         for key, v in p["extra"].items():
             extra_out.setdefault(key, []).extend(v)
-    fooled &= correct
+    traits = attack_traits(ares.cls(ares.params))
+    every_point = bool(getattr(ares.cls, "every_point", False))
+    if not every_point:  # a natural shift keeps its verdict on clean errors too: robust = correct after the shift
+        fooled &= correct
     warnings = sorted({w for p in parts for w in p["warnings"]})
     wall = sum(p["wall_s"] for p in parts)
     trained_meta = first["training"]
@@ -445,14 +465,13 @@ def merge_parts(env: Env, parts: list[dict]) -> tuple[dict, dict]:
            "config_hash": content_hash(cfg.path.read_text()), "defense_ckpt": first["checkpoint"],
            "flags": json.dumps(trained_meta.get("flags", {}), sort_keys=True),
            "warnings": " | ".join(warnings), "timestamp": _now()}
-    traits = attack_traits(ares.cls(ares.params))
     checks = cell_checks(env, traits, parts)
     row["checks"] = verdicts.to_column(checks)
     if first["kind"] == "bounded":
         if norms is not None and eps is not None and (norms > eps * (1 + 1e-5) + 1e-6).any():
             raise BenchError(f"attack '{attack}' exceeded its {norm} budget {eps:.6g} "
                              f"(max {norms.max().item():.6g}): this is a bug in the attack.")
-        robust = correct & ~fooled
+        robust = ~fooled if every_point else correct & ~fooled
     else:
         within = norms <= eps if eps is not None else torch.zeros_like(fooled)
         robust = correct & ~(fooled & within)
@@ -541,6 +560,7 @@ def run(defense="natural", attack="pgd_linf", dataset=None, profile=None, seed=N
         env.cfg.defense(name, dataset, profile)
     for name in attacks:
         env.cfg.attack(name, dataset, profile)
+        attack_uses(env, name, dataset, profile)  # what an attack reads for itself is checked before any work
     for name in defenses:
         check_ready_made(env, name, dataset, profile, seed)
     rows = [run_cell(env, d, a, dataset, profile, seed, n_test, force) for d in defenses for a in attacks]

@@ -32,9 +32,12 @@ AUTHORS = [["table", "--profile", p, "--dataset", d] for p in ("quick", "paper_c
            for d in ("mnist", "fashion_mnist", "cifar10")]
 AUTHORS[-1].append("--html")
 AUTHORS.append(["table", "--profile", "paper_cpu", "--paper"])
+# common corruptions (docs/corruptions.md): the corruptions table and 001 Table 5.2's two layouts
+CORRUPTIONS = [["table", "--profile", "quick", "--dataset", "cifar10", "--html"],
+               ["table", "--profile", "quick", "--spec", "paper001_table5_2", "--spec", "paper001_table5_2_s5"]]
 SNAPSHOTS = [("quick_cifar10", _quick("cifar10", True)), ("quick_fashion_mnist", _quick("fashion_mnist", True)),
-             ("quick_mnist", _quick("mnist", False)), ("authors", AUTHORS)]
-RENDERED = ("leaderboard.md", "leaderboard.csv", "leaderboard.html", "leaderboards", "tables")
+             ("quick_mnist", _quick("mnist", False)), ("authors", AUTHORS), ("corruptions", CORRUPTIONS)]
+RENDERED = ("leaderboard.md", "leaderboard.csv", "leaderboard.html", "leaderboards", "tables", "corruptions")
 
 
 def _rendered_files(folder: Path) -> dict[str, bytes]:

@@ -7,7 +7,7 @@ from typing import List, Optional
 import typer
 
 from .. import progress
-from ..cli_options import (ConfigOpt, DataOpt, DatasetOpt, DeviceOpt, ProfileOpt, ResultsOpt, SeedOpt, WeightsOpt,
+from ..cli_options import (ConfigOpt, CorruptionsOpt, DataOpt, DatasetOpt, DeviceOpt, ProfileOpt, ResultsOpt, SeedOpt, WeightsOpt,
                            check_n_test)
 from ..cli_options import make_env as _env
 from ..errors import BenchError
@@ -37,6 +37,7 @@ def run(
     config: Optional[Path] = ConfigOpt,
     data_root: Optional[Path] = DataOpt,
     weights_root: Optional[Path] = WeightsOpt,
+    corruptions_root: Optional[Path] = CorruptionsOpt,
     results_dir: Optional[Path] = ResultsOpt,
 ):
     """Train (or reuse) each defense, attack it, append one row per cell to results.csv, refresh the leaderboard.
@@ -53,11 +54,11 @@ def run(
     if model is not None or weights is not None:
         env, defense = _model_env(model, weights, defense, attack, matrix, devices, backend, ray_address, shards,
                                   config, data_root, device, results_dir, dataset, profile, seed, suites=suite,
-                                  weights_root=weights_root)
+                                  weights_root=weights_root, corruptions_root=corruptions_root)
     else:
         env = _env(config, data_root, device, results_dir,
                    check=lambda cfg: check_names(cfg, defense, attack, suite, matrix, dataset, profile),
-                   weights_root=weights_root)
+                   weights_root=weights_root, corruptions_root=corruptions_root)
     cfg = env.cfg
     sel = select_cells(cfg, matrix, defense, attack, suite, dataset, profile, seed)  # the cells `bench status` shows
     defenses, attacks, suites, datasets, profile, seed = (sel.defenses, sel.attacks, sel.suites, sel.datasets,
@@ -101,7 +102,7 @@ def run(
 
 
 def _model_env(model, weights, defense, attack, matrix, devices, backend, ray_address, shards, config, data_root,
-               device, results_dir, dataset, profile, seed, suites=None, weights_root=None):
+               device, results_dir, dataset, profile, seed, suites=None, weights_root=None, corruptions_root=None):
     """The Env of `bench run --model`, with the model as an in-memory defense entry, loaded and checked before the
     results folder is touched: a wrong factory, weights file or output shape leaves nothing behind."""
     from ..runner import Env, check_ready_made
@@ -121,7 +122,7 @@ def _model_env(model, weights, defense, attack, matrix, devices, backend, ray_ad
     if not attack and not suites:
         raise BenchError("--model needs --attack (an attack entry of bench.toml; repeat for several) or --suite.")
     env = Env.create(config=config, data_root=data_root, device=device, results_dir=results_dir,
-                     weights_root=weights_root)
+                     weights_root=weights_root, corruptions_root=corruptions_root)
     progress.log(f"config {env.cfg.path} · results {env.store.root} · data {env.data_root}")
     s = env.cfg.settings
     ds, prof, seed = s.choose(dataset, profile, seed)

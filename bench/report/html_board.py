@@ -67,8 +67,22 @@ def _row(rank: int, e, notes: list[str]) -> str:
 HEADER = ["#", "defense", "clean %", "worst case %", "strongest attack", "attacks", "checks", "attack s"]
 
 
-def page(boards: dict[tuple[str, str], dict]) -> str:
-    """The page from threat_board.boards of each (dataset, profile)."""
+def _plain_section(name: str, t) -> str:
+    """A tab of a plain bench.report.tables.Table (the common-corruptions table): sortable, its caption and notes."""
+    head = "".join(f'<th class="{"name" if i == 0 else ""}" onclick="sortBy(this)">{html.escape(h)}</th>'
+                   for i, h in enumerate(t.header))
+    rows = "".join("<tr>" + "".join(f'<td class="{"name" if i == 0 else ""}">{html.escape(c)}</td>'
+                                    for i, c in enumerate(r)) + "</tr>" for r in t.rows)
+    footnotes = "".join(f"<li>{html.escape(x)}</li>" for x in t.notes)
+    prov = "".join(f"<li>{html.escape(x)}</li>" for x in t.provenance)
+    return (f'<section data-tab="{html.escape(name)}"><h2>{html.escape(name)}</h2>'
+            f'<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>'
+            f'<p class="caption">{html.escape(t.caption)}</p>' + (f'<ol class="notes">{footnotes}</ol>' if footnotes else "")
+            + f'<details class="provenance"><summary>Provenance</summary><ul>{prov}</ul></details></section>')
+
+
+def page(boards: dict[tuple[str, str], dict], extra: list | None = None) -> str:
+    """The page from threat_board.boards of each (dataset, profile), then `extra` tabs: (name, Table)."""
     tabs, sections, data = [], [], []
     for (dataset, profile), found in boards.items():
         curves: dict[tuple[str, str], list[tuple[float, float]]] = {}
@@ -95,6 +109,9 @@ def page(boards: dict[tuple[str, str], dict]) -> str:
                             + (f"<h3>Worst case vs eps</h3>{plots}" if plots else "") + "</section>")
             data.append({"tab": name, "defenses": [e.defense for e in entries],
                          "worst": [e.worst.acc for e in entries]})
+    for name, t in extra or []:
+        tabs.append(f'<button onclick="show({len(tabs)})">{html.escape(name)}</button>')
+        sections.append(_plain_section(name, t))
     body = (f'<div class="tabs">{"".join(tabs)}</div>{"".join(sections)}'
             f'<script type="application/json" id="data">{html.escape(json.dumps(data))}</script>')
     return (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>bench leaderboards</title>'
@@ -107,7 +124,11 @@ def write(results: Results, out: Path, dataset: str | None = None, profile: str 
     slices = sorted({(r["dataset"], r["profile"]) for r in results.latest.values()
                      if (dataset is None or r["dataset"] == dataset) and (profile is None or r["profile"] == profile)})
     boards = {s: found for s in slices if (found := threat_board.boards(results, *s))}  # each slice computed once
-    if not boards:
+    from . import corruption_board
+
+    extra = [(f"{d} / {p} / common corruptions", t) for d, p in slices
+             if (t := corruption_board.table(results.slice(d, p, results.default_seed(d, p)))) is not None]
+    if not boards and not extra:
         return None
-    atomic_write_bytes(Path(out), page(boards).encode())
+    atomic_write_bytes(Path(out), page(boards, extra).encode())
     return Path(out)

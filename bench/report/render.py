@@ -17,9 +17,13 @@ def render(rows: list[dict], dataset: str, profile: str, out_dir: Path, seed=Non
     from ..verdicts import load_reports
 
     results = Results(rows, runs_dir or ResultsStore(out_dir).manifest_dir, load_reports(out_dir))
+    from . import corruption_board
+
+    chosen = seed if seed is not None else results.default_seed(dataset, profile)
+    corrupted = corruption_board.write(results.slice(dataset, profile, chosen), out_dir) if chosen is not None else None
     table = leaderboard(results, dataset, profile, seed)
     if table is None:
-        return None
+        return corrupted
     if (out_dir / PLOTS_PAGE).exists():
         table.links.append(f"Plots: [{PLOTS_PAGE}]({PLOTS_PAGE})")
     from . import threat_board
@@ -28,6 +32,8 @@ def render(rows: list[dict], dataset: str, profile: str, out_dir: Path, seed=Non
     index = threat_board.write(results, dataset, profile, out_dir, seed)
     if index is not None:
         table.links.append(f"Per threat model: [{index.relative_to(out_dir)}]({index.relative_to(out_dir)})")
+    if corrupted is not None:
+        table.links.append(f"Common corruptions: [{corrupted.relative_to(out_dir)}]({corrupted.relative_to(out_dir)})")
     return table.write(out_dir, "leaderboard", latex)
 
 

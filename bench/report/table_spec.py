@@ -2,7 +2,9 @@
 
 A cell reference is "clean", "worst" (per-sample worst case over `worst_of`), the name of an [attacks.*] entry,
 "success:NAME" (that attack's success rate on the points it attacked, as the papers' query-attack tables give it),
-or "pending:NAME" for an entry that bench.toml does not have yet (rendered as "pending", never as a number).
+"pending:NAME" for an entry that bench.toml does not have yet (rendered as "pending", never as a number), or a
+common corruption (CIFAR-10-C, bench.report.corruption_board): "corruption:NAME" (its five severities pooled),
+"corruption:NAME@S" (severity S only), "corruption:mean" (pooled over the row's other corruption cells).
 A row names its [defenses.*] entry, or `pending` when that entry does not exist yet. Every name that is not
 marked pending must exist: a typo is an error at load, like everywhere else in bench.toml."""
 from __future__ import annotations
@@ -16,12 +18,14 @@ from ..params import StrictModel
 
 PENDING = "pending:"
 SUCCESS = "success:"
+CORRUPTION = "corruption:"
 SPECIAL_CELLS = ("clean", "worst")
 
 
 class TableColumn(StrictModel):
     label: str
-    cell: str = Field(description="clean | worst | an [attacks.*] entry | success:NAME | pending:NAME")
+    cell: str = Field(description="clean | worst | an [attacks.*] entry | success:NAME | pending:NAME | "
+                                  "corruption:NAME[@S] | corruption:mean")
     dataset: str | None = Field(None, description="default: the table's dataset")
 
 
@@ -65,8 +69,8 @@ class TableSpec(StrictModel):
             return row.worst_of
         if self.worst_of is not None:
             return self.worst_of
-        return [c for c in self.row_cells(row)
-                if c not in SPECIAL_CELLS and not c.startswith(PENDING) and not c.startswith(SUCCESS)]
+        return [c for c in self.row_cells(row) if c not in SPECIAL_CELLS
+                and not c.startswith((PENDING, SUCCESS, CORRUPTION))]
 
     def column_dataset(self, i: int) -> str:
         return self.columns[i].dataset or self.dataset
@@ -94,6 +98,10 @@ def check_table(cfg, name: str, spec: TableSpec) -> None:
             if ref.startswith(PENDING):
                 if not ref[len(PENDING):]:
                     raise ConfigError(f"Invalid config: {at}: 'pending:' must name the entry it waits for.")
+            elif ref.startswith(CORRUPTION):
+                problem = corruption_ref_problem(ref)
+                if problem:
+                    raise ConfigError(f"Invalid config: {at}: cell '{ref}': {problem}")
             elif ref not in SPECIAL_CELLS:
                 _check_entry(cfg, "attack", ref.removeprefix(SUCCESS), at)
         if "worst" in cells and row.defense is not None and not spec.worst_attacks(row):
@@ -107,3 +115,25 @@ def _check_entry(cfg, kind: str, name: str, at: str) -> None:
         raise ConfigError(f"Invalid config: {at} names unknown {kind} '{name}' (no [{table}.{name}] entry). "
                           f"{did_you_mean(name, cfg.names(kind))} Write 'pending:{name}' "
                           f"(or `pending = \"{name}\"` for a row) if the entry is still being written.")
+
+
+def corruption_ref(ref: str) -> tuple[str, tuple[int, ...]]:
+    """'corruption:fog' -> ('fog', (1, 2, 3, 4, 5)); 'corruption:fog@5' -> ('fog', (5,)); 'corruption:mean' ->
+    ('mean', (1, ..., 5))."""
+    from ..corruptions.spec import SEVERITIES
+
+    name, _, sev = ref[len(CORRUPTION):].partition("@")
+    return name, (int(sev),) if sev else tuple(SEVERITIES)
+
+
+def corruption_ref_problem(ref: str) -> str:
+    from ..corruptions.spec import CORRUPTIONS, SEVERITIES
+
+    name, _, sev = ref[len(CORRUPTION):].partition("@")
+    if name != "mean" and name not in CORRUPTIONS:
+        return f"no corruption '{name}'. {did_you_mean(name, [*CORRUPTIONS, 'mean'])}"
+    if name == "mean" and sev:
+        return "corruption:mean pools the row's other corruption cells as they are written; it takes no @S."
+    if sev and (not sev.isdigit() or int(sev) not in SEVERITIES):
+        return f"severity '{sev}' does not exist. Allowed: {', '.join(map(str, SEVERITIES))}."
+    return ""

@@ -23,7 +23,8 @@ from ..stats import wilson_interval
 from ..store import ResultsStore, atomic_write_bytes
 from ..verdicts.cross_cell import failed_by_threat_model
 from .rows import NORM_NAMES, format_eps, to_float
-from .table_spec import PENDING, SUCCESS, TableSpec
+from ..corruptions.spec import attack_name, parse_attack
+from .table_spec import CORRUPTION, PENDING, SUCCESS, TableSpec, corruption_ref
 
 KEY = ("dataset", "defense", "attack", "profile", "seed")
 
@@ -392,6 +393,40 @@ def _strongest(rows: list[dict]) -> tuple[int, int]:
     return min(round(to_float(r["robust_acc"]) * n) for r in rows if int(to_float(r["n"])) == n), n
 
 
+# ------------------------------------------------ common corruptions (bench.report.corruption_board renders their table)
+def is_corruption(attack: str) -> bool:
+    return parse_attack(attack) is not None
+
+
+def without_corruptions(sl: Slice) -> Slice:
+    """The slice minus its corruption cells (the main leaderboard: corruptions are no threat model)."""
+    return Slice(sl.results, sl.dataset, sl.profile, sl.seed,
+                 {k: r for k, r in sl.cells.items() if not is_corruption(k[1])})
+
+
+def only_corruptions(sl: Slice) -> Slice:
+    return Slice(sl.results, sl.dataset, sl.profile, sl.seed, {k: r for k, r in sl.cells.items() if is_corruption(k[1])})
+
+
+def pooled_cell(sl: Slice, defense: str, attacks: list[str], notes: Notes, what: str) -> Cell:
+    """Accuracy pooled over the finished cells of `attacks`; a footnote when some of them did not run or finish."""
+    rows = [sl.cells.get((defense, a)) for a in attacks]
+    done = [r for r in rows if r is not None and r["status"] == "ok" and int(to_float(r["n"]))]
+    if not done:
+        failed = [a for a, r in zip(attacks, rows) if r is not None]
+        if failed:
+            return Cell("failed " + notes.mark(f"{defense} {what}: no finished cell ({', '.join(failed)})"))
+        return Cell("not run")
+    k = sum(round(to_float(r["robust_acc"]) * int(to_float(r["n"]))) for r in done)
+    n = sum(int(to_float(r["n"])) for r in done)
+    cell = accuracy_cell(k, n)
+    if len(done) < len(attacks):
+        cell.text += " " + notes.mark(f"{defense} {what}: over {len(done)} of {len(attacks)} cells (the others did "
+                                      f"not run or finish)")
+    return cell
+
+
+
 def _count(v: float) -> str:
     for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
         if v >= size:
@@ -526,7 +561,8 @@ def leaderboard(results: Results, dataset: str, profile: str, seed=None) -> Tabl
     seed = seed if seed is not None else results.default_seed(dataset, profile)
     if seed is None:
         return None
-    sl = results.slice(dataset, profile, seed)
+    # common corruptions are no threat model: their own table (bench.report.corruption_board), not columns here
+    sl = without_corruptions(results.slice(dataset, profile, seed))
     if not sl.cells:
         return None
     notes = Notes()
@@ -641,6 +677,12 @@ def _spec_cell(cfg, name: str, spec: TableSpec, row, ref: str, sl: Slice, notes:
         return worst_cell(sl, row.defense, spec.worst_attacks(row), notes)
     if ref.startswith(SUCCESS):
         return success_cell(sl, row.defense, ref[len(SUCCESS):], notes)
+    if ref.startswith(CORRUPTION):
+        name, severities = corruption_ref(ref)
+        pooled = [corruption_ref(r) for r in spec.row_cells(row) if r.startswith(CORRUPTION)] if name == "mean" \
+            else [(name, severities)]
+        attacks = [attack_name(c, s) for c, sevs in pooled if c != "mean" for s in sevs]
+        return pooled_cell(sl, row.defense, attacks, notes, ref)
     return attack_cell(sl, row.defense, ref, notes)
 
 

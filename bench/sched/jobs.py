@@ -33,7 +33,8 @@ def env_spec(env) -> dict:
     """What a worker needs to rebuild the parent's Env (paths only, so it pickles cheaply)."""
     return {"config": str(env.cfg.path), "data_root": str(env.data_root), "cache": str(env.cache.root),
             "results": str(env.store.root), "plugins": extra_plugin_modules(),
-            "weights_root": str(env.weights_root) if env.weights_root else ""}
+            "weights_root": str(env.weights_root) if env.weights_root else "",
+            "corruptions_root": str(env.corruptions_root) if env.corruptions_root else ""}
 
 
 def extra_plugin_modules() -> list[list[str]]:
@@ -63,7 +64,8 @@ def make_env(spec: dict, device: str):
         importlib.import_module(name)
     return Env(load_config(spec["config"]), Path(spec["data_root"]), ArtifactCache(Path(spec["cache"])),
                ResultsStore(Path(spec["results"])), torch.device(device),
-               weights_root=Path(spec["weights_root"]) if spec.get("weights_root") else None)
+               weights_root=Path(spec["weights_root"]) if spec.get("weights_root") else None,
+               corruptions_root=Path(spec["corruptions_root"]) if spec.get("corruptions_root") else None)
 
 
 def execute(env, spec: dict) -> dict:
