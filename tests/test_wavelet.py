@@ -4,6 +4,11 @@ gradient modes are what the paper defines, and the locally linear attack equals 
 on a multiclass one."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -192,3 +197,48 @@ def test_iterative_locally_linear_stays_in_budget_and_is_at_least_the_single_ste
     it = _run("locally_linear", model, x, y, eps=0.05, steps=20, step_size="eps/4")
     assert (it.x_adv - x).abs().max() <= 0.05 + 1e-6 and it.x_adv.min() >= 0 and it.x_adv.max() <= 1
     assert it.fooled.sum() >= one.fooled.sum()
+
+
+# ---------------------------------------------------------------- through the real `bench` entry point
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _bench(*args, cwd=REPO):
+    return subprocess.run([sys.executable, "-m", "bench.cli", *args], capture_output=True, text=True, cwd=cwd,
+                          env={**os.environ, "BENCH_PROGRESS": "0"}, timeout=300)
+
+
+@pytest.mark.parametrize("extra, words", [
+    ('[defenses.wavelet_bad]\nextends = "wavelet"\nwavelet = "bior4.4"\n', ["wavelet_bad", "bior4.4", "orthogonal"]),
+])
+def test_bad_wavelet_settings_are_one_paragraph_exit_2(tmp_path, extra, words):
+    path = tmp_path / "bench.toml"
+    path.write_text((REPO / "bench.toml").read_text() + "\n" + extra)
+    p = _bench("list", "--config", str(path))
+    assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
+    assert all(w in p.stderr for w in words), p.stderr
+
+
+@pytest.mark.slow
+def test_wavelet_trains_and_is_attacked_end_to_end(tmp_path):
+    p = _bench("run", "-d", "wavelet", "-a", "ll_002_identity", "--dataset", "mnist", "--profile", "smoke",
+               "--n-test", "50", "--results-dir", str(tmp_path / "r"))
+    assert p.returncode == 0, p.stderr
+    rows = (tmp_path / "r" / "results.csv").read_text().splitlines()
+    assert len(rows) == 2 and "wavelet" in rows[1] and "ll_002_identity" in rows[1]
+
+
+def test_momentum_fgsm_without_momentum_in_one_step_is_fgsm_and_iterating_does_not_hurt():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 5)).eval()
+    x = torch.rand(200, 1, 8, 8)
+    y = model(x).argmax(1)
+    one = _run("mi_fgsm", model, x, y, eps=0.05, steps=1, step_size="eps", decay=0.0)
+    fg = _run("fgsm", model, x, y, eps=0.05)
+    assert torch.equal(one.x_adv, fg.x_adv) and torch.equal(one.fooled, fg.fooled)
+    it = _run("mi_fgsm", model, x, y, eps=0.05, steps=20, step_size="eps/10", decay=1.0)
+    assert (it.x_adv - x).abs().max() <= 0.05 + 1e-6
+    with torch.no_grad():
+        assert torch.equal(model(it.x_adv).argmax(1) != y, it.fooled)
+    assert it.fooled.sum() >= fg.fooled.sum() > 0
