@@ -10,7 +10,7 @@ the layer's forward values, the identity's gradient."""
 from __future__ import annotations
 
 import contextlib
-from typing import Literal
+from typing import ClassVar, Literal
 
 from bench import (ConfigError, Defense, DefenseParams, Field, Number, BenchError, build_classifier, file_key,
                    locate_file, register_defense, set_on_modules)
@@ -31,6 +31,13 @@ class STLParams(DefenseParams):
     pad: int = Field(16, ge=0, description="symmetric padding of the split (the authors' code: 16)")
     arch: Literal["vgg16", "resnet32"] = Field("vgg16", description="the classifier trained on STL outputs")
     width: Number = Field(1.0, gt=0, le=1, description="vgg16 channel multiplier (1 = 64..512 channels)")
+    classifier_weights: str = Field("", description="'' = train the classifier on STL outputs; else a checkpoint of "
+                                                    "a vanilla classifier of this arch (a zoo .pt or a state_dict, "
+                                                    "relative to bench.toml): 003 Table 5's STL in front of an "
+                                                    "unmodified model (set epochs = 0)")
+
+    # added after the first STL checkpoints were keyed: out of the serialized recipe while unset (StrictModel)
+    omit_at_default: ClassVar[dict] = {**DefenseParams.omit_at_default, "classifier_weights": ""}
 
 
 @register_defense("stl")
@@ -43,8 +50,12 @@ class STL(Defense):
 
     @classmethod
     def file_digests(cls, params, root) -> dict:
-        """The dictionary file's sha256 keys the checkpoint (the classifier is trained on its outputs)."""
-        return {"dictionary": file_key(params.dictionary, root)}
+        """The dictionary file's sha256 keys the checkpoint (the classifier is trained on its outputs), and so does a
+        vanilla classifier's checkpoint."""
+        out = {"dictionary": file_key(params.dictionary, root)}
+        if params.classifier_weights:
+            out["classifier_weights"] = file_key(params.classifier_weights, root)
+        return out
 
     def build_model(self) -> STLNet:
         p, (c, h, w) = self.params, self.info.shape
@@ -59,7 +70,21 @@ class STL(Defense):
         stl = SparseTransformationLayer(ConvBPDN(atoms, h, w, p.lmbda, p.iterations, p.rho or None),
                                         p.tikhonov_lmbda, p.pad)
         classifier = VGG(self.info, width=p.width) if p.arch == "vgg16" else build_classifier(p.arch, self.info)
+        if p.classifier_weights:
+            self._load_classifier(classifier, locate_file(p.classifier_weights, self.context.config_root))
         return STLNet(stl, classifier)
+
+    def _load_classifier(self, classifier, path) -> None:
+        import torch
+
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = state.get("model", state) if isinstance(state, dict) else state
+        try:
+            classifier.load_state_dict(state)
+        except (RuntimeError, TypeError, AttributeError) as e:
+            first = str(e).strip().splitlines()[0]
+            raise BenchError(f"classifier_weights {self.params.classifier_weights!r} does not fit the STL's "
+                             f"{self.params.arch} (width {self.params.width}): {first}") from None
 
     @contextlib.contextmanager
     def surrogate(self, model, spec):
