@@ -12,6 +12,8 @@ from __future__ import annotations
 import contextlib
 from typing import ClassVar, Literal
 
+import torch
+
 from bench import (ConfigError, Defense, DefenseParams, Field, Number, BenchError, build_classifier, file_key,
                    locate_file, register_defense, set_on_modules)
 
@@ -75,8 +77,6 @@ class STL(Defense):
         return STLNet(stl, classifier)
 
     def _load_classifier(self, classifier, path) -> None:
-        import torch
-
         state = torch.load(path, map_location="cpu", weights_only=True)
         state = state.get("model", state) if isinstance(state, dict) else state
         try:
