@@ -28,11 +28,18 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 def pytest_collection_modifyitems(config, items):
     """The test files with the most slow tests first, each file's tests in their own order: pytest-xdist
     (addopts: --dist loadfile --no-loadscope-reorder) hands out whole files in this order, so the long ones start
-    early and the short ones fill in at the end instead of one long file running alone."""
+    early and the short ones fill in at the end instead of one long file running alone. The first worker to need
+    the natural smoke checkpoint trains it while any other that needs it waits: the other workers start on the
+    heaviest files that do not need it."""
     from collections import Counter
 
     slow = Counter(item.path for item in items if item.get_closest_marker("slow"))
-    items.sort(key=lambda item: -slow[item.path])  # a stable sort: files keep their tests together
+    files = sorted(dict.fromkeys(item.path for item in items), key=lambda f: -slow[f])  # stable: collection order
+    needs = {item.path for item in items if "natural_smoke" in getattr(item, "fixturenames", ())}
+    others = [f for f in files[1:] if f not in needs][:int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) - 1]
+    order = files[:1] + others + [f for f in files[1:] if f not in others]
+    rank = {f: i for i, f in enumerate(order)}
+    items.sort(key=lambda item: rank[item.path])  # a stable sort: files keep their tests together, in order
 
 
 def _data_root() -> Path:
