@@ -94,30 +94,18 @@ def test_weak_old_smoke_step_is_not_converged_and_the_default_is(planted_env, na
     assert out["default"]["verdict"] == "pass", out
 
 
-_NATURAL_ADV = {}  # (n, norm, eps) -> the natural network's own adversarial examples: the same for every planted model
-
-
-def _natural_adv(planted_env, natural_smoke, n, norm, eps):
-    """The natural network's own PGD (CW loss, 20 steps of eps/8) examples of the first n test images."""
-    from attacks.pgd import CWLinf
-
-    if (n, norm, eps) not in _NATURAL_ADV:
-        x, y = load_subset("cifar10", "test", planted_env.data_root, n, 0)
-        nat = natural_smoke.model.eval()
-        atk = CWLinf(CWLinf.Params(norm=norm, eps=eps, steps=20, step_size="eps/8"))
-        ctx = AttackContext(defense=natural_smoke.defense, device=torch.device("cpu"), seed=0, batch_size=n,
-                            eval_model=nat)
-        _NATURAL_ADV[n, norm, eps] = x, y, atk.run(nat, x, y, ctx).x_adv
-    return _NATURAL_ADV[n, norm, eps]
-
-
 def _truth(planted_env, natural_smoke, defense, n, norm="linf", eps=8 / 255):
     """Robust accuracy of the planted model on the natural network's own PGD (CW loss, 20 steps of eps/8)
     examples in the given norm and eps."""
+    from attacks.pgd import CWLinf
     from bench.runner import train
 
     planted = train(defense, "cifar10", "smoke", 0, env=planted_env)
-    x, y, x_adv = _natural_adv(planted_env, natural_smoke, n, norm, eps)
+    x, y = load_subset("cifar10", "test", planted_env.data_root, n, 0)
+    nat = natural_smoke.model.eval()
+    atk = CWLinf(CWLinf.Params(norm=norm, eps=eps, steps=20, step_size="eps/8"))
+    ctx = AttackContext(defense=natural_smoke.defense, device=torch.device("cpu"), seed=0, batch_size=n, eval_model=nat)
+    x_adv = atk.run(nat, x, y, ctx).x_adv
     torch.manual_seed(0)
     with torch.no_grad():
         clean = planted.model(x).argmax(1) == y
