@@ -1,5 +1,5 @@
 """Shared fixtures: the real datasets (BENCH_DATA or ../shared/data) and one smoke-trained natural model
-per test session, cached in a session folder so every test module reuses it."""
+per test run, cached in a folder every test module (and every pytest-xdist worker) reuses."""
 from __future__ import annotations
 
 import os
@@ -18,6 +18,28 @@ def tiny_natural(name: str, n_train: int = 300, batch_size: int = 30, lr: str = 
             f'optimizer = "adam"\nlr = {lr}\nweight_decay = 0.0\nschedule = "constant"\naugment = "none"\n'
             f'monitor_n = 20\n')
 os.environ.setdefault("BENCH_PROGRESS", "0")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # pytest-xdist runs one worker per core: one thread each (and in the bench processes they spawn), so two
+    # workers on two cores do not fight over four threads (before torch is imported, which reads them)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("MKL_NUM_THREADS", "1")
+
+
+def pytest_collection_modifyitems(config, items):
+    """The test files with the most slow tests first, each file's tests in their own order: pytest-xdist
+    (addopts: --dist loadfile --no-loadscope-reorder) hands out whole files in this order, so the long ones start
+    early and the short ones fill in at the end instead of one long file running alone. The first worker to need
+    the natural smoke checkpoint trains it while any other that needs it waits: the other workers start on the
+    heaviest files that do not need it."""
+    from collections import Counter
+
+    slow = Counter(item.path for item in items if item.get_closest_marker("slow"))
+    files = sorted(dict.fromkeys(item.path for item in items), key=lambda f: -slow[f])  # stable: collection order
+    needs = {item.path for item in items if "natural_smoke" in getattr(item, "fixturenames", ())}
+    others = [f for f in files[1:] if f not in needs][:int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) - 1]
+    order = files[:1] + others + [f for f in files[1:] if f not in others]
+    rank = {f: i for i, f in enumerate(order)}
+    items.sort(key=lambda item: rank[item.path])  # a stable sort: files keep their tests together, in order
 
 
 def _data_root() -> Path:
@@ -35,8 +57,22 @@ def data_root() -> Path:
 
 
 @pytest.fixture(scope="session")
-def session_results(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("results")
+def shared_cache(tmp_path_factory) -> Path:
+    """One artifact cache for the whole test run: under pytest-xdist each worker has its own base temp folder
+    inside the run's, so the run's folder is the one they all see. bench locks each checkpoint while it trains,
+    so the first worker that needs one trains it and the others wait for it and load it."""
+    base = tmp_path_factory.getbasetemp()
+    folder = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "shared-cache"
+    folder.mkdir(exist_ok=True)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def session_results(tmp_path_factory, shared_cache) -> Path:
+    """This worker's results folder; its cache is the run's shared one."""
+    results = tmp_path_factory.mktemp("results")
+    (results / "cache").symlink_to(shared_cache, target_is_directory=True)
+    return results
 
 
 @pytest.fixture(scope="session")

@@ -32,9 +32,12 @@ def test_kill_mid_run_keeps_rows_and_resumes(tmp_path, data_root):
     """kill -9 during training: earlier rows stay intact, and the re-run resumes from the last finished epoch."""
     cfg = tmp_path / "bench.toml"
     text = (REPO / "bench.toml").read_text()
+    # small trainings: the first only has to leave a row behind; the second has to be killed after epoch 1 is saved
+    # and before it finishes, with epochs left to resume (four batches of 100 an epoch, six epochs)
     text = text.replace("[defenses.natural.profile.smoke]\nepochs = 3\nn_train = 10000",
-                        "[defenses.natural.profile.smoke]\nepochs = 3\nn_train = 600")
-    cfg.write_text(text + '\n[defenses.natural_b]\nplugin = "natural"\nepochs = 6\nn_train = 1500\nbatch_size = 100\nmonitor_n = 50\n')
+                        "[defenses.natural.profile.smoke]\nepochs = 1\nn_train = 200")
+    assert "n_train = 200" in text
+    cfg.write_text(text + '\n[defenses.natural_b]\nplugin = "natural"\nepochs = 6\nn_train = 400\nbatch_size = 100\nmonitor_n = 50\n')
     results = tmp_path / "results"
     base = [sys.executable, "-m", "bench.cli", "run", "--config", str(cfg), "--data-root", str(data_root),
             "--results-dir", str(results), "--n-test", "20", "--attack", "fgsm"]
