@@ -307,6 +307,43 @@ def _row_problem(r: dict) -> str:
     return ""
 
 
+FINISHED = "ok"  # the status of a row that holds a measurement; failed and blocked rows hold a reason only
+
+
+class CellRows:
+    """The row that stands for each cell, chosen the one way every table, board, export, regression check and
+    `bench status` uses: a cell's latest finished row; a row that did not finish (failed, blocked) only when no
+    attempt of the cell finished. results.csv keeps every attempt, so an attempt that failed after a finished one
+    (`--force`, another --n-test, a checkpoint damaged since) never hides the number already measured; it is kept
+    in `newer_failure` so the tables can say that the last attempt failed and why.
+
+    `key(row)` says which rows are attempts of one cell (the tables: dataset, defense, attack, profile, seed;
+    `bench status`: the cell's content key). Rows are ordered by timestamp, then by their place in the file, so
+    the row written last wins among equal timestamps."""
+
+    def __init__(self, rows: list[dict], key):
+        ordered = [r for _, r in sorted(enumerate(rows), key=lambda ir: (str(ir[1].get("timestamp", "")), ir[0]))]
+        self.shown: dict = {}
+        self.newer_failure: dict = {}  # key -> the latest unfinished attempt newer than the shown finished row
+        for r in ordered:
+            k = key(r)
+            finished = r.get("status") == FINISHED
+            if finished or self.shown.get(k, {}).get("status") != FINISHED:
+                self.shown[k] = r
+                self.newer_failure.pop(k, None)
+            else:
+                self.newer_failure[k] = r
+
+    def failure_note(self, k) -> str:
+        """'a newer attempt of this cell failed: <reason>' ("" when none): the footnote beside a finished row."""
+        r = self.newer_failure.get(k)
+        if r is None:
+            return ""
+        reason = str(r.get("warnings") or "no reason recorded")
+        return (f"a newer attempt of this cell failed ({r.get('status') or 'failed'}, "
+                f"{r.get('timestamp') or 'no date'}): {reason}")
+
+
 class ResultsStore:
     """One CSV row per finished cell (append-only, rewritten atomically) + one JSON manifest per cell.
 

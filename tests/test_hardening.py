@@ -511,3 +511,46 @@ def test_unwritable_folder_is_one_clear_error(tmp_path, monkeypatch):
     with pytest.raises(store.StoreError, match="is not writable") as e:
         store.ensure_writable_dir(tmp_path, "results folder")
     assert str(tmp_path) in str(e.value)
+
+
+# ------------------------------------------------------------------ a failed attempt never hides a finished row
+
+def _sha(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize("retry", [["--n-test", "6", "--plain"], ["--force", "--plain"]], ids=["other-n", "force"])
+def test_a_failed_retry_never_hides_the_finished_row(retry, results_copy):
+    """A finished cell, then its checkpoint truncated and the cell retried (another --n-test, or --force): the retry
+    is refused (exit 2, the file named) and its blocked row is appended, but `bench table`, the CSV export, the
+    threat boards and `bench status` still show the finished number, with a footnote that the newer attempt
+    failed and why; the finished row and the checkpoint are left byte-identical."""
+    cfg, results = results_copy
+    (ckpt,) = results.glob("cache/checkpoints/*.pt")
+    ckpt.write_bytes(ckpt.read_bytes()[:5000])
+    (done,) = csv_rows(results)
+    before = (results / "results.csv").read_bytes()
+    ckpt_sha = _sha(ckpt)
+    p = bench(*CELL, *retry, "--config", cfg, "--results-dir", results)
+    assert_refused(p, 2, str(ckpt), "is damaged")
+    assert (results / "results.csv").read_bytes().startswith(before) and _sha(ckpt) == ckpt_sha
+    assert [r["status"] for r in csv_rows(results)] == ["ok", "blocked"]
+    shown = f"{100 * float(done['robust_acc']):.1f} ± "
+    t = bench("table", "--config", cfg, "--results-dir", results)
+    out = output(t)
+    assert t.returncode == 0 and "Traceback" not in out, out
+    board = (results / "leaderboard.md").read_text()
+    (line,) = [x for x in board.splitlines() if x.startswith("| natural")]
+    assert shown in line and "blocked" not in line, board
+    assert "natural × fgsm: a newer attempt of this cell failed (blocked, " in board and str(ckpt) in board, board
+    assert f"n {done['n']}." in board and "n , " not in board, board
+    assert shown in (results / "leaderboard.csv").read_text()
+    boards = [b for b in (results / "leaderboards").rglob("*.md") if b.name != "index.md"]
+    assert boards and all("a newer attempt of this cell failed (blocked" in b.read_text() for b in boards), boards
+    s = bench("status", "-d", "natural", "-a", "fgsm", "--n-test", N, "--config", cfg, "--results-dir", results)
+    assert s.returncode == 0 and "cells: 1 ok" in output(s), output(s)
+    if "--force" in retry:  # the same cell: its finished row stands, and status says a newer attempt was blocked
+        assert "newer attempt blocked" in output(s), output(s)
+    assert (results / "results.csv").read_bytes().startswith(before) and _sha(ckpt) == ckpt_sha
