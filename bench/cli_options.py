@@ -34,6 +34,7 @@ ProfileOpt = typer.Option(None, "--profile", "-p", help="smoke | quick | paper (
 DatasetOpt = typer.Option(None, "--dataset", help="cifar10 | mnist | fashion_mnist (default from [settings]).")
 SeedOpt = typer.Option(None, "--seed", callback=check_seed, help=f"Seed for training, the test subset and attack randomness: 0 to {SEED_MAX} (default from [settings]).")
 DeviceOpt = typer.Option(None, "--device", help="auto | cpu | cuda | cuda:N (default from [settings]).")
+RetrainOpt = typer.Option(False, "--retrain", help="Train a checkpoint whose model zoo entry is missing or damaged (into the local cache; the zoo is left as it is) instead of stopping with the remedy (restore the committed file).")
 OutOpt = typer.Option(None, "--out", help="Folder for the output (default: the results folder).")
 
 

@@ -39,6 +39,9 @@ class Env:
     ready_made: dict = field(default_factory=dict, repr=False, compare=False)
     # where external zoo entries' checkpoints are read from (bench.external): --weights-root, BENCH_WEIGHTS, bench.toml
     weights_root: Path | None = None
+    # bench run --retrain: a model zoo entry with its checkpoint missing or damaged is trained into the local cache
+    # instead of stopping the run with the remedy (bench.zoo)
+    retrain: bool = False
 
     @classmethod
     def create(cls, config=None, data_root=None, device=None, results_dir=None, weights_root=None) -> "Env":

@@ -13,9 +13,11 @@ import json
 import math
 import os
 import pickle
+import re
 import tempfile
 import threading
 import time
+import warnings
 from collections import Counter
 from pathlib import Path
 
@@ -81,17 +83,45 @@ def _remedy(path: Path, also: Path | None = None) -> str:
     return f"Delete {path}{extra} and run the same command again: bench recreates it (a checkpoint is retrained)."
 
 
-def _torch_load_bytes(data: bytes, path: Path, map_location="cpu", also: Path | None = None):
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")  # torch bolds part of its refusal for a terminal
+
+
+def torch_text(e: BaseException) -> str:
+    """An error of torch as plain text: ANSI escape codes removed, lines joined."""
+    return " ".join(line.strip() for line in _ANSI.sub("", str(e)).splitlines() if line.strip())
+
+
+def refusal_reason(e: BaseException) -> str:
+    """What weights_only refused, in torch's words ('Trying to load unsupported GLOBAL posix.system whose module
+    posix is blocked.'), without torch's advice around it: bench's remedy is never to load with
+    weights_only=False, which would run the payload."""
+    lines = [line.strip() for line in _ANSI.sub("", str(e)).splitlines() if line.strip()]
+    for line in lines:
+        if "GLOBAL" in line or "nsupported" in line:
+            line = line.removeprefix("WeightsUnpickler error:").strip()
+            return (line.split(". ")[0].rstrip(".") + ".")[:200]
+    return "an object other than tensors and plain containers"
+
+
+def _quiet_torch_load(source, map_location):
+    # torch warns (UserWarning, "please file an issue") about a pickle protocol other than 2 before refusing a
+    # legacy pickle: bench's own message says what the file is and what to do, so that warning is only noise
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return torch.load(source, map_location=map_location, weights_only=True)
+
+
+def _torch_load_bytes(data: bytes, path: Path, map_location="cpu", also: Path | None = None, remedy: str = ""):
+    remedy = remedy or _remedy(path, also)
     try:
-        return torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
+        return _quiet_torch_load(io.BytesIO(data), map_location)
     except pickle.UnpicklingError as e:  # weights_only refuses anything but tensors and plain containers
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise StoreError(f"Refused to load {path}: it holds Python objects other than tensors, which bench never "
-                         f"writes, so it may be malicious or made by another tool ({first[:200]}). "
-                         f"{_remedy(path, also)}") from None
+                         f"writes, so it may be malicious or made by another tool (torch: {refusal_reason(e)}). "
+                         f"{remedy}") from None
     except Exception as e:  # a truncated or damaged file: zip / pickle / EOF errors
-        raise StoreError(f"{path} is damaged and cannot be loaded ({type(e).__name__}: {str(e)[:200]}); it is "
-                         f"probably truncated (a full disk, an interrupted copy). {_remedy(path, also)}") from None
+        raise StoreError(f"{path} is damaged and cannot be loaded ({type(e).__name__}: {torch_text(e)[:200]}); it "
+                         f"is probably truncated (a full disk, an interrupted copy). {remedy}") from None
 
 
 def safe_torch_load(path: Path, map_location="cpu"):
@@ -132,14 +162,14 @@ def read_weights(path: Path):
     """torch.load(weights_only=True) of a weights file, a user's or RobustBench's (a pickle payload is refused,
     never run), its failures one BenchError naming the file."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return _quiet_torch_load(path, "cpu")
     except pickle.UnpicklingError as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise BenchError(f"Refused to load {path}: it holds Python objects other than tensors (a pickle payload, "
                          f"which can run code when loaded); bench loads weights with torch.load(weights_only=True) "
-                         f"only ({first[:160]}). Save a state_dict: torch.save(model.state_dict(), PATH).") from None
+                         f"only (torch: {refusal_reason(e)}). Save a state_dict: torch.save(model.state_dict(), "
+                         f"PATH).") from None
     except Exception as e:
-        raise BenchError(f"{path} is not a weights file torch can read ({type(e).__name__}: {str(e)[:160]}). "
+        raise BenchError(f"{path} is not a weights file torch can read ({type(e).__name__}: {torch_text(e)[:160]}). "
                          f"Save a state_dict: torch.save(model.state_dict(), PATH).") from None
 
 

@@ -554,3 +554,88 @@ def test_a_failed_retry_never_hides_the_finished_row(retry, results_copy):
     if "--force" in retry:  # the same cell: its finished row stands, and status says a newer attempt was blocked
         assert "newer attempt blocked" in output(s), output(s)
     assert (results / "results.csv").read_bytes().startswith(before) and _sha(ckpt) == ckpt_sha
+
+
+# ------------------------------------------------------------------ the model zoo: remedies that keep committed data
+
+def _git(*args, cwd):
+    return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=True,
+                          env={**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+                               "GIT_COMMITTER_EMAIL": "t@t"})
+
+
+@pytest.fixture
+def zoo_repo(tmp_path):
+    """A git repository holding a copy of the smallest committed zoo entry (committed), and a bench.toml whose zoo
+    is that folder: (repository, config, checkpoint, card, the card's defense and dataset)."""
+    import json
+
+    cards = sorted((REPO / "results" / "zoo").glob("*.json"), key=lambda c: json.loads(c.read_text())["zoo_mb"])
+    card = json.loads(cards[0].read_text())
+    repo = tmp_path / "repo"
+    zoo = repo / "results" / "zoo"
+    zoo.mkdir(parents=True)
+    for suffix in (".pt", ".json"):
+        shutil.copy(cards[0].with_suffix(suffix), zoo)
+    text = (REPO / "bench.toml").read_text().replace('zoo_dir = "results/zoo"', f'zoo_dir = "{zoo}"', 1)
+    (repo / "bench.toml").write_text(text)
+    _git("init", "-q", cwd=repo)
+    _git("add", "-A", cwd=repo)
+    _git("commit", "-qm", "zoo", cwd=repo)
+    return repo, repo / "bench.toml", zoo / cards[0].with_suffix(".pt").name, zoo / cards[0].name, card
+
+
+def _zoo_cell(card, *more):
+    return ["run", "-d", card["entry"], "-a", "fgsm", "--dataset", card["dataset"], "--profile", card["profile"],
+            "--n-test", "4", *more]
+
+
+@pytest.mark.parametrize("damage", ["truncated", "deleted"])
+def test_a_damaged_or_missing_zoo_checkpoint_is_restored_from_git_not_retrained(damage, zoo_repo, tmp_path):
+    """A committed zoo checkpoint truncated (its sha256 no longer the card's) or deleted with its card kept: `bench zoo
+    verify` and `bench run` (one cell and the scheduler) name the file and advise `git checkout -- <path>`, never
+    deleting the committed files and retraining; `bench run` stops with exit 2 before training or writing a row, and
+    the zoo's files are left as they were."""
+    repo, cfg, pt, side, card = zoo_repo
+    if damage == "truncated":
+        pt.write_bytes(pt.read_bytes()[:3000])
+    else:
+        pt.unlink()
+    before = {f: _sha(f) for f in (pt, side) if f.exists()}
+    rel = pt.relative_to(repo)
+    v = bench("zoo", "verify", "--config", cfg, cwd=repo)
+    assert_refused(v, 1, str(pt), f"`git checkout -- {rel}`", "DAMAGED" if damage == "truncated" else "MISSING")
+    assert ("does not match its card" if damage == "truncated" else "is missing; its card") in output(v)
+    for more in ([], ["-a", "pgd_linf", "--plain"]):
+        p = bench(*_zoo_cell(card, *more), "--config", cfg, "--results-dir", tmp_path / "r", cwd=repo)
+        assert_refused(p, 2, str(pt), f"`git checkout -- {rel}`", "--retrain")
+        out = output(p)
+        assert "Delete" not in out and "training on" not in out and "[scheduler] FAILED" not in out, out
+        assert not (tmp_path / "r" / "results.csv").exists()
+    assert {f: _sha(f) for f in (pt, side) if f.exists()} == before
+    # outside the repository's folder the command names it; a zoo git does not track says what differs instead
+    v = bench("zoo", "verify", "--config", cfg, cwd=tmp_path)
+    assert f"git -C {repo} checkout -- {rel}" in output(v), output(v)
+    _git("rm", "-q", "--cached", "-r", "results", cwd=repo)
+    v = bench("zoo", "verify", "--config", cfg, cwd=repo)
+    assert v.returncode == 1 and "git does not track" in output(v) and "git checkout" not in output(v), output(v)
+    if damage == "truncated":
+        assert "its sha256 is " in output(v) and "(3000 bytes), the card records " in output(v), output(v)
+
+
+def test_retrain_trains_a_missing_zoo_checkpoint_into_the_cache(zoo_repo, tmp_path):
+    """--retrain (documented in --help) goes past a missing zoo checkpoint to training it into the local cache: with
+    a data folder that lacks the training split, the run reaches the training's data check, naming the missing
+    file; the zoo is untouched."""
+    repo, cfg, pt, side, card = zoo_repo
+    pt.unlink()
+    card_sha = _sha(side)
+    assert "--retrain" in output(bench("run", "--help"))
+    data = tmp_path / "data"
+    data.mkdir()  # no dataset at all: the first file the training needs is named
+    p = bench(*_zoo_cell(card, "--retrain"), "--config", cfg, "--results-dir", tmp_path / "r", "--data-root", data,
+              cwd=repo)
+    out = output(p)
+    assert p.returncode == 2 and "Traceback" not in out, out
+    assert "--retrain: training checkpoint" in out and str(data) in out, out
+    assert not pt.exists() and _sha(side) == card_sha and not (tmp_path / "r" / "results.csv").exists()

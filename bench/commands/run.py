@@ -7,8 +7,8 @@ from typing import List, Optional
 import typer
 
 from .. import progress
-from ..cli_options import (ConfigOpt, DataOpt, DatasetOpt, DeviceOpt, ProfileOpt, ResultsOpt, SeedOpt, WeightsOpt,
-                           check_n_test)
+from ..cli_options import (ConfigOpt, DataOpt, DatasetOpt, DeviceOpt, ProfileOpt, ResultsOpt, RetrainOpt, SeedOpt,
+                           WeightsOpt, check_n_test)
 from ..cli_options import make_env as _env
 from ..errors import BenchError
 from ..sched.selection import check_names, select_cells
@@ -28,6 +28,7 @@ def run(
     seed: Optional[int] = SeedOpt,
     device: Optional[str] = DeviceOpt,
     force: bool = typer.Option(False, "--force", help="Recompute cells that already have a finished row."),
+    retrain: bool = RetrainOpt,
     matrix: Optional[str] = typer.Option(None, "--matrix", "-m", help="Run a [matrices.NAME] of bench.toml on the scheduler (bare --matrix: settings.matrix); --defense/--attack/--dataset/--profile narrow or override it."),
     devices: Optional[str] = typer.Option(None, "--devices", help="Scheduler workers: auto (one per visible GPU, else one CPU worker) | cpu | GPU indices such as 0,1."),
     backend: Optional[str] = typer.Option(None, "--backend", help="Scheduler backend: local (default: worker processes here) | ray (each job a Ray task; pip install 'bench[ray]')."),
@@ -58,6 +59,7 @@ def run(
         env = _env(config, data_root, device, results_dir,
                    check=lambda cfg: check_names(cfg, defense, attack, suite, matrix, dataset, profile),
                    weights_root=weights_root)
+    env.retrain = retrain
     cfg = env.cfg
     sel = select_cells(cfg, matrix, defense, attack, suite, dataset, profile, seed)  # the cells `bench status` shows
     defenses, attacks, suites, datasets, profile, seed = (sel.defenses, sel.attacks, sel.suites, sel.datasets,

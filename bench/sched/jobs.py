@@ -33,7 +33,7 @@ def env_spec(env) -> dict:
     """What a worker needs to rebuild the parent's Env (paths only, so it pickles cheaply)."""
     return {"config": str(env.cfg.path), "data_root": str(env.data_root), "cache": str(env.cache.root),
             "results": str(env.store.root), "plugins": extra_plugin_modules(),
-            "weights_root": str(env.weights_root) if env.weights_root else ""}
+            "weights_root": str(env.weights_root) if env.weights_root else "", "retrain": env.retrain}
 
 
 def extra_plugin_modules() -> list[list[str]]:
@@ -63,7 +63,8 @@ def make_env(spec: dict, device: str):
         importlib.import_module(name)
     return Env(load_config(spec["config"]), Path(spec["data_root"]), ArtifactCache(Path(spec["cache"])),
                ResultsStore(Path(spec["results"])), torch.device(device),
-               weights_root=Path(spec["weights_root"]) if spec.get("weights_root") else None)
+               weights_root=Path(spec["weights_root"]) if spec.get("weights_root") else None,
+               retrain=bool(spec.get("retrain")))
 
 
 def execute(env, spec: dict) -> dict:
