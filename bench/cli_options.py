@@ -44,7 +44,7 @@ def make_env(config, data_root, device, results_dir, check=None, weights_root=No
     that they can be written, so a bad name leaves no folder behind."""
     from . import progress
     from .runner import Env
-    from .store import ensure_writable_dir
+    from .store import ensure_cache_dir, ensure_writable_dir
 
     env = Env.create(config=config, data_root=data_root, device=device, results_dir=results_dir,
                      weights_root=weights_root)
@@ -52,5 +52,5 @@ def make_env(config, data_root, device, results_dir, check=None, weights_root=No
     if check is not None:
         check(env.cfg)
     ensure_writable_dir(env.store.root, "results folder")
-    ensure_writable_dir(env.cache.root, "cache folder")
+    ensure_cache_dir(env.cache.root)
     return env

@@ -238,6 +238,16 @@ def ensure_writable_dir(path: Path, what: str) -> Path:
     return path
 
 
+def ensure_cache_dir(path: Path) -> Path:
+    """The cache folder before a command's work: created when missing (and then checked writable); an existing one
+    is taken as it is, even read-only, since a run whose checkpoints are all in it only reads them. Whatever
+    writes there (a training, a copy from the model zoo, a training's lock) checks it first, with the message."""
+    path = Path(path)
+    if path.is_dir():
+        return path
+    return ensure_writable_dir(path, "cache folder")
+
+
 class ArtifactCache:
     """Content-addressed artifacts: `<root>/<kind>/<key>.pt` plus a readable `<key>.json` of what made it."""
 

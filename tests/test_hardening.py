@@ -381,24 +381,6 @@ def test_damaged_checkpoint_on_the_scheduler_blocks_its_cells_once_with_the_reme
     assert rows[0] == finished_row and len(rows) == 3 and all(r["status"] == "ok" for r in rows), rows
 
 
-def test_malicious_checkpoint_is_refused_without_a_traceback(results_copy, tmp_path):
-    import torch
-
-    cfg, results = results_copy
-    (ckpt,) = results.glob("cache/checkpoints/*.pt")
-    marker = tmp_path / "pwned"
-
-    class Evil:
-        def __reduce__(self):
-            return os.system, (f"touch {marker}",)
-
-    torch.save({"model": Evil(), "meta_json": "{}"}, ckpt)
-    ckpt.with_suffix(".json").unlink()  # no recorded sha256: only weights_only stands in the way
-    p = bench(*CELL[:-1], "6", "--config", cfg, "--results-dir", results)
-    assert_refused(p, 2, "Refused to load", str(ckpt), "Delete")
-    assert not marker.exists()
-
-
 # ------------------------------------------------------------------ Ctrl-C and concurrent processes
 
 def _interrupt_when(p: subprocess.Popen, pattern: str, sig=signal.SIGINT) -> str:
@@ -639,3 +621,122 @@ def test_retrain_trains_a_missing_zoo_checkpoint_into_the_cache(zoo_repo, tmp_pa
     assert p.returncode == 2 and "Traceback" not in out, out
     assert "--retrain: training checkpoint" in out and str(data) in out, out
     assert not pt.exists() and _sha(side) == card_sha and not (tmp_path / "r" / "results.csv").exists()
+
+
+# ------------------------------------------------------------------ the last unclear messages
+
+def _store_digests(results: Path) -> dict:
+    """sha256 of every file bench keeps in a results folder (rows, manifests, checkpoints, cards)."""
+    return {str(f.relative_to(results)): _sha(f) for f in sorted(results.rglob("*"))
+            if f.is_file() and f.suffix in (".csv", ".json", ".pt")}
+
+
+def test_an_attack_with_eps_zero_is_refused_at_load(tmp_path):
+    """eps = 0 would report robust = clean under an attack's name: refused when bench.toml is read (bench list)."""
+    cfg = make_config(tmp_path, edit=in_attack("linf_budget", 'eps = "8/255"', "eps = 0"))
+    for cmd in (["list"], [*CELL, "--results-dir", tmp_path / "r"]):
+        p = bench(*cmd, "--config", cfg)
+        assert_refused(p, 2, "'attacks.linf_budget.eps' = 0", "perturbs nothing", "clean accuracy", "above 0")
+    assert not (tmp_path / "r").exists() or not (tmp_path / "r" / "results.csv").exists()
+
+
+@pytest.mark.parametrize("legacy", [False, True], ids=["zip", "legacy-pickle-protocol-4"])
+def test_a_malicious_checkpoint_refusal_is_benchs_paragraph_only(legacy, results_copy, tmp_path):
+    """A pickle payload in a cached checkpoint: the error is bench's one paragraph, without torch's UserWarning
+    about the pickle protocol, torch's advice to load with weights_only=False, or ANSI escape codes."""
+    import torch
+
+    cfg, results = results_copy
+    (ckpt,) = results.glob("cache/checkpoints/*.pt")
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return os.system, (f"touch {marker}",)
+
+    kwargs = {"_use_new_zipfile_serialization": False, "pickle_protocol": 4} if legacy else {}
+    torch.save({"model": Evil(), "meta_json": "{}"}, ckpt, **kwargs)
+    ckpt.with_suffix(".json").unlink()  # no recorded sha256: only weights_only stands in the way
+    before = _store_digests(results)
+    p = bench(*CELL[:-1], "6", "--config", cfg, "--results-dir", results)
+    assert_refused(p, 2, f"error: Refused to load {ckpt}", "may be malicious", "(torch: ", f"Delete {ckpt}")
+    out = output(p)
+    assert out.splitlines()[1].startswith(f"error: Refused to load {ckpt}"), out  # after the config line
+    for noise in ("UserWarning", "please file an issue", "weights_only` set to `False", "weights_only=False",
+                  "\x1b["):
+        assert noise not in out, (noise, out)
+    assert not marker.exists() and _store_digests(results) == before
+
+
+def test_random_bytes_as_a_regression_baseline(results_copy, tmp_path):
+    cfg, results = results_copy
+    baseline = tmp_path / "default-smoke-cpu.csv"
+    baseline.write_bytes(b"\x8f\x00" + os.urandom(500))
+    before = _sha(baseline), _store_digests(results)
+    p = bench("regress", "--baseline", baseline, "--config", cfg, "--results-dir", results)
+    assert_refused(p, 2, str(baseline), "is not a CSV results file")
+    assert "cut off" not in output(p) and (_sha(baseline), _store_digests(results)) == before
+
+
+def test_an_option_given_twice_quotes_the_rejected_value(results_copy):
+    cfg, results = results_copy
+    before = _store_digests(results)
+    p = bench(*CELL[:-2], "--n-test", "40", "--n-test", "0", "--config", cfg, "--results-dir", results)
+    assert_refused(p, 2, "--n-test: 0 is not allowed", "1 to 10000")
+    assert "'40'" not in output(p) and _store_digests(results) == before
+
+
+def test_a_data_root_that_is_a_file(results_copy):
+    cfg, results = results_copy
+    before = _store_digests(results)
+    p = bench(*CELL, "--config", cfg, "--results-dir", results, "--data-root", REPO / "README.md")
+    assert_refused(p, 2, str(REPO / "README.md"), "is a file, not a folder", "--data-root")
+    assert "download" not in output(p) and _store_digests(results) == before
+
+
+def test_a_read_only_cache_holding_the_checkpoint_is_used(results_copy):
+    """The cache folder read-only, with the checkpoint the cell needs in it: the cell runs (its row goes to the
+    writable results folder) and the cache is left as it was. (Read-only by chmod for a user other than root, and
+    by tests/readonly_hook for root too, whom chmod does not stop.)"""
+    cfg, results = results_copy
+    cache = results / "cache"
+    before = _store_digests(cache)
+    folders = [cache, *(d for d in cache.rglob("*") if d.is_dir())]
+    for d in folders:
+        d.chmod(0o555)
+    hook = {"PYTHONPATH": os.pathsep.join(filter(None, [str(REPO / "tests" / "readonly_hook"),
+                                                        os.environ.get("PYTHONPATH")])),
+            "BENCH_TEST_READONLY": str(cache)}
+    try:
+        p = bench(*CELL[:-1], "6", "--config", cfg, "--results-dir", results, env_extra=hook)
+        # what a training would need is refused with the folder named, not attempted
+        (ckpt,) = cache.glob("checkpoints/*.pt")
+        ckpt.rename(ckpt.with_suffix(".moved"))
+        q = bench(*CELL[:-1], "5", "--config", cfg, "--results-dir", results, env_extra=hook)
+        ckpt.with_suffix(".moved").rename(ckpt)
+    finally:
+        for d in folders:
+            d.chmod(0o755)
+    out = output(p)
+    assert p.returncode == 0 and "Traceback" not in out and "using cached checkpoint" in out, out
+    assert len(csv_rows(results)) == 2 and _store_digests(cache) == before
+    assert_refused(q, 2, str(cache), "not writable")
+    assert "training on" not in output(q) and len(csv_rows(results)) == 2
+
+
+@pytest.mark.slow
+def test_a_killed_scheduler_leaves_no_leaked_semaphore_warning(tmp_path):
+    """kill -9 of a `bench run` on the scheduler: multiprocessing's resource tracker outlives it and cleans up its
+    queues' semaphores; it used to warn 'There appear to be N leaked semaphore objects' on the user's terminal."""
+    cfg = make_config(tmp_path, epochs=6)
+    p = spawn(*CELL, "-a", "pgd_linf", "--plain", "--config", cfg, "--results-dir", tmp_path / "r")
+    lines = []
+    for line in p.stdout:
+        lines.append(line)
+        if line.startswith("epoch=1 "):
+            p.kill()
+            break
+    rest = p.stdout.read()  # until every holder of the pipe (the orphaned tracker too) has exited
+    p.wait(timeout=60)
+    assert any(line.startswith("epoch=1 ") for line in lines), "".join(lines)
+    assert "leaked semaphore" not in rest and "resource_tracker" not in rest, rest

@@ -107,7 +107,7 @@ def _model_env(model, weights, defense, attack, matrix, devices, backend, ray_ad
     """The Env of `bench run --model`, with the model as an in-memory defense entry, loaded and checked before the
     results folder is touched: a wrong factory, weights file or output shape leaves nothing behind."""
     from ..runner import Env, check_ready_made
-    from ..store import ensure_writable_dir
+    from ..store import ensure_cache_dir, ensure_writable_dir
     from ..user_model import add_model_entry
 
     if model is None:
@@ -133,7 +133,7 @@ def _model_env(model, weights, defense, attack, matrix, devices, backend, ray_ad
     name = add_model_entry(env.cfg, model, weights, attacks, ds, prof)
     check_ready_made(env, name, ds, prof, seed, keep=True)  # --model's cells run in this process
     ensure_writable_dir(env.store.root, "results folder")
-    ensure_writable_dir(env.cache.root, "cache folder")
+    ensure_cache_dir(env.cache.root)
     return env, [name]
 
 
