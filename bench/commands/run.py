@@ -99,7 +99,8 @@ def run(
         lines = "; ".join(f"{r['defense']} × {r['attack']} ({r['dataset']}) {r['status']}: {r['warnings']}"
                           for r in summary.problems)
         raise BenchError(f"{summary.failed} cell(s) failed and {summary.blocked} blocked ({summary.ok} finished "
-                         f"in this run); their rows in results.csv say why, and re-running retries them. {lines}")
+                         f"in this run); their rows in results.csv say why, and re-running retries them (a cell "
+                         f"finished earlier keeps its finished row on every table; --force retries it). {lines}")
 
 
 def _model_env(model, weights, defense, attack, matrix, devices, backend, ray_address, shards, config, data_root,
