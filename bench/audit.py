@@ -10,12 +10,10 @@ fails, the adapted attacks (EOT, the defense's BPDA surrogates, the other loss, 
 of the run, and the defense's number for the threat model is the per-point worst case over all of them."""
 from __future__ import annotations
 
-import json
 import math
 import re
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
@@ -27,7 +25,8 @@ from .exact import exact_fp32
 from .runner import (Env, attack_batch_size, attack_points, attack_traits, harness_services, predict, train,
                      verdict_settings)
 from .stats import wilson_interval
-from .store import atomic_write_json, content_hash
+from .store import content_hash
+from .verdicts.audit_reports import report_path, write
 
 DEFAULT_ATTACK = {"linf": "pgd_linf", "l2": "pgd_l2", "l1": "pgd_l1"}
 # the variant roles `--only` can pick (the base attack always runs: every check compares against it)
@@ -147,11 +146,6 @@ def _needed(role: str, checks: dict) -> bool:
     return True
 
 
-def _paired(a: torch.Tensor, b: torch.Tensor, n: int, s) -> tuple[bool, int, int]:
-    a_only, b_only = int((a & ~b).sum()), int((b & ~a).sum())
-    return verdicts.paired_excess(a_only, b_only, n, s.alpha, s.min_points), a_only, b_only
-
-
 def audit(env: Env, defense: str, dataset: str, profile: str, seed: int, attack: str | None = None,
           threat_model: str | None = None, n_test: int | None = None, only: tuple[str, ...] | str = ()) -> dict:
     """only: the variant roles to run besides the base attack (empty = all); a partial audit's checks cover
@@ -236,7 +230,7 @@ def audit(env: Env, defense: str, dataset: str, profile: str, seed: int, attack:
                                 "backward_passes": counter.backward_images - b0,
                                 "seconds": round(time.time() - t0, 2), "warnings": sorted(set(ctx.warnings)),
                                 "_fooled": fooled}
-    report = _verdicts(results, correct, s)
+    report = verdicts.audit_checks(results, correct, s)
     report.update(audit_key=audit_key(env, defense, dataset, profile, seed, attack, norm, eps, n_test),
                   defense=defense, dataset=dataset, profile=profile, seed=seed, attack=attack, norm=norm, eps=eps,
                   only=list(only),
@@ -247,122 +241,6 @@ def audit(env: Env, defense: str, dataset: str, profile: str, seed: int, attack:
         r.pop("_fooled", None)
     report["variants"] = results
     return report
-
-
-def _verdicts(results: dict, correct: torch.Tensor, s) -> dict:
-    """The expensive checks from the paired per-point outcomes, and the adapted (worst-case) number."""
-    n = len(correct)
-    ran = {k: v for k, v in results.items() if "_fooled" in v}
-    base = ran["base"]["_fooled"]
-    by_role = lambda role: [(k, v) for k, v in ran.items() if v["role"] == role]  # noqa: E731
-    checks: dict = {}
-    unb = [v for _, v in by_role("unbounded")]
-    if unb:
-        acc = unb[0]["robust_acc"]
-        checks["unbounded"] = verdicts._check(
-            "fail" if acc > s.unbounded_max else "pass", "cannot succeed unbounded" if acc > s.unbounded_max else "ok",
-            f"with eps = the whole image box the attack leaves {acc:.1%}" +
-            (": masking or a broken attack" if acc > s.unbounded_max else ""), acc, s.unbounded_max, n)
-    # budget: a point fooled at a smaller eps but not at a larger one, beyond the noise
-    ladder = sorted([(v["eps_factor"], v["_fooled"]) for _, v in by_role("budget")] + [(1.0, base)],
-                    key=lambda t: t[0])
-    bad = []
-    for (f_small, small), (f_big, big) in zip(ladder, ladder[1:]):
-        hit, a_only, b_only = _paired(small, big, n, s)
-        if hit:
-            bad.append(f"eps x{f_small:g} fools {a_only} points eps x{f_big:g} leaves (reverse {b_only})")
-    if by_role("budget"):  # a check is reported only where its attacks ran: never a pass for nothing compared
-        checks["budget_monotonicity"] = verdicts._check(
-            "fail" if bad else "pass", "accuracy rises with eps" if bad else "ok",
-            "; ".join(bad) or "accuracy does not rise with eps beyond the noise")
-    bad = []
-    for k, v in by_role("effort"):
-        hit, a_only, b_only = _paired(v["_fooled"], base, n, s)
-        if hit:
-            bad.append(f"{k} fools {a_only} more points (reverse {b_only})")
-    if by_role("effort"):
-        checks["effort"] = verdicts._check("warn" if bad else "pass", "not converged" if bad else "ok",
-                                           ("; ".join(bad) + ": more effort lowers the accuracy, use it") if bad
-                                           else "more steps and restarts fool no more points beyond the noise")
-    for k, v in by_role("loss"):
-        hit, a_only, b_only = _paired(v["_fooled"], base, n, s)
-        other_weak, _, _ = _paired(base, v["_fooled"], n, s)
-        why = (f"{k} fools {a_only} points the base loss leaves robust (reverse {b_only}): "
-               + ("CE saturated?" if "CW" in k else "margin loss weak?") if hit else
-               f"the two losses agree within the noise ({a_only} vs {b_only})" +
-               ("; the base loss is the stronger one" if other_weak else ""))
-        checks["loss_disagreement"] = verdicts._check("fail" if hit else "pass", "loss disagreement" if hit else "ok", why)
-    white = base.clone()
-    for role in ("effort", "loss", "budget"):
-        for k, v in by_role(role):
-            if role != "budget" or ran[k].get("eps", 0) <= ran["base"]["eps"] * (1 + 1e-9):
-                white |= v["_fooled"]
-    for role, name, label in (("black_box", "black_box", "black-box stronger than white-box: gradient masking"),
-                              ("single_step", "single_step", "single-step stronger than iterative: gradient masking")):
-        bad = []
-        for k, v in by_role(role):
-            hit, a_only, b_only = _paired(v["_fooled"], white if role == "black_box" else base, n, s)
-            if hit:
-                bad.append(f"{k} fools {a_only} points the white-box attacks leave robust (reverse {b_only})")
-        if by_role(role):
-            checks[name] = verdicts._check("fail" if bad else "pass", label.split(":")[0] if bad else "ok",
-                                           ("; ".join(bad) + f": {label.split(': ')[1]}") if bad else
-                                           "fools no point beyond the noise that the white-box attacks leave")
-    # an adaptation (EOT, another backward surrogate) that fools points the base attack leaves robust means the
-    # base attack's gradients were the weak part: the cell's number overstates robustness
-    adapted = [(k, v) for k, v in ran.items() if v["role"].startswith("adapted:")]
-    if adapted:
-        bad = []
-        for k, v in adapted:
-            hit, a_only, b_only = _paired(v["_fooled"], base, n, s)
-            if hit:
-                bad.append(f"{k} fools {a_only} points the base attack leaves robust (reverse {b_only})")
-        checks["adaptation"] = verdicts._check(
-            "fail" if bad else "pass", "adapted attack stronger" if bad else "ok",
-            ("; ".join(bad) + ": the base attack's gradients are weak, report the adapted number") if bad
-            else "no adaptation fools points beyond the noise that the base attack leaves")
-    # the adapted number: per point, the worst case over every attack at (or inside) the audited budget
-    worst = torch.zeros(n, dtype=torch.bool)
-    used = []
-    for k, v in ran.items():
-        if v["role"] in ("unbounded",) or (v["role"] == "budget" and v["eps"] > ran["base"]["eps"] * (1 + 1e-9)):
-            continue
-        worst |= v["_fooled"]
-        used.append(k)
-    k_w = int((correct & ~worst).sum())
-    lo, hi = wilson_interval(k_w, n)
-    base_k = ran["base"]["robust"]
-    return {"checks": checks, "original": {"robust": base_k, "robust_acc": base_k / n, "ci": ran["base"]["ci"]},
-            "adapted": {"robust": k_w, "robust_acc": k_w / n, "ci": [lo, hi], "attacks": used},
-            "verdict": verdicts.worst({**checks, **ran["base"]["checks"]}),
-            "per_sample_adapted_robust": (correct & ~worst).tolist()}
-
-
-def report_path(root, defense: str, dataset: str, profile: str, norm: str, eps: float, only=()) -> Path:
-    name = f"{defense}-{dataset}-{profile}-{norm}-{eps:.6g}" + (f"-only-{'+'.join(only)}" if only else "")
-    return Path(root) / "audit" / f"{name.replace('/', '_')}.json"
-
-
-def write(report: dict, root) -> Path:
-    path = report_path(root, report["defense"], report["dataset"], report["profile"], report["norm"], report["eps"],
-                       report.get("only") or ())
-    atomic_write_json(path, report)
-    return path
-
-
-def load_reports(root) -> list[dict]:
-    """Every readable full audit report under root/audit (a torn or foreign file is skipped, never fatal; so is a
-    partial one, `--only`, whose checks do not cover the whole audit)."""
-    out = []
-    for path in sorted((Path(root) / "audit").glob("*.json")):
-        try:
-            r = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue
-        if isinstance(r, dict) and {"defense", "dataset", "profile", "norm", "eps", "adapted"} <= r.keys() \
-                and not r.get("only"):
-            out.append(r)
-    return out
 
 
 def threat_models(env: Env, attacks: list[str], dataset: str, profile: str) -> list[tuple[str, str]]:
@@ -394,7 +272,7 @@ def audit_matrix(env: Env, defenses: list[str], attacks: list[str], datasets: li
                 norm, eps = parse_threat_model(tm)
                 path = report_path(env.store.root, defense, dataset, profile, norm, eps)
                 key = audit_key(env, defense, dataset, profile, seed, base, norm, eps, n_test)
-                old = _read(path)
+                old = verdicts.read_report(path)
                 if old and old.get("audit_key") == key and not force:
                     progress.log(f"audit {defense} ({dataset}, {tm}): up to date in {path}")
                     reports.append(old)
@@ -416,13 +294,6 @@ def audit_key(env: Env, defense: str, dataset: str, profile: str, seed: int, att
     return content_hash({"checkpoint": ckpt, "config": content_hash(env.cfg.path.read_text()), "attack": attack,
                          "norm": norm, "eps": float(eps), "n": n_test or env.cfg.profiles[profile].n_test,
                          "seed": seed})
-
-
-def _read(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
 
 
 def summary(report: dict) -> str:

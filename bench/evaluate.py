@@ -4,6 +4,8 @@
     res = bench.evaluate(model, attacks=["pgd_linf", "fgsm"], dataset="cifar10", n=1000)
     res["pgd_linf"].robust_acc, res["pgd_linf"].robust      # a float, a per-sample bool array
     res.worst_case_acc                                     # robust to every attack, per sample
+    res["pgd_linf"].checks, res["pgd_linf"].verdict        # the per-cell verdicts (bench.verdicts)
+    res.reliable, res.unreliable_reasons                   # is the worst case a robustness number?
 
 The attacks are bench.toml entries at a profile (`profile`, default settings.profile) and run exactly as in a
 cell (bench.runner.attack_trained, same seeded test points and batch seeds), so the numbers equal a `bench run
@@ -44,6 +46,15 @@ class AttackResult:
     wall_s: float
     warnings: list[str] = field(default_factory=list)
     checks: dict = field(default_factory=dict)  # the per-cell verdicts (bench.verdicts), {} when off
+    traits: dict = field(default_factory=dict)  # how the attack works (gradient_based, single_step, ...)
+    paired_test: dict = field(default_factory=dict)  # [verdicts.audit] alpha / min_points of the checks across attacks
+
+    @property
+    def verdict(self) -> str:
+        """The worst of its checks: "fail" (the number is not a robustness number), "warn", "pass" or "skip"."""
+        from .verdicts import worst
+
+        return worst(self.checks)
 
     def as_row(self) -> dict:
         """The scalar fields (floats, ints, strings) as one dict, e.g. for a pandas DataFrame."""
@@ -80,6 +91,35 @@ class Evaluation:
 
     def rows(self) -> list[dict]:
         return [r.as_row() for r in self.results.values()]
+
+    @property
+    def cross_checks(self) -> dict[str, dict]:
+        """{"Linf 8/255: black_box": check, ...}: the leaderboards' checks across the attacks of one threat model
+        (a black-box or single-step attack fooling points every iterative gradient attack left robust), on the
+        per-sample outcomes here (every attack ran on the same points)."""
+        from .report.rows import threat_label
+        from .verdicts.cross_cell import judge
+
+        groups: dict[tuple, list] = {}
+        for r in self.results.values():
+            if r.kind == "bounded" and r.eps is not None and r.traits:
+                groups.setdefault((r.norm, float(f"{r.eps:.6g}")), []).append(
+                    (r.attack, r.traits, r.paired_test, dict(zip(r.index.tolist(), r.robust.tolist()))))
+        return {f"{threat_label(tm)}: {name}": c for tm, cells in sorted(groups.items())
+                for name, c in judge(cells).items()}
+
+    @property
+    def unreliable_reasons(self) -> list[str]:
+        """Why the worst case is not a robustness number: each failed check of an attack that enters it, and
+        each failed check across attacks; [] when it is reliable."""
+        out = [f"{r.attack}: {name}: {c['reason']}" for r in self.results.values()
+               if r.kind == "bounded" or r.eps is not None for name, c in r.checks.items() if c["verdict"] == "fail"]
+        return out + [f"{name}: {c['reason']}" for name, c in self.cross_checks.items() if c["verdict"] == "fail"]
+
+    @property
+    def reliable(self) -> bool:
+        """The worst case is a robustness number: no check failed (bench.verdicts; unreliable_reasons says which)."""
+        return not self.unreliable_reasons
 
 
 def _env(config, data_root, device):
@@ -171,7 +211,9 @@ def _params(**kwargs):
 
 def _result(name: str, part: dict, wilson_interval, wall: float, env, ares, test_index) -> AttackResult:
     """The same numbers bench.runner.merge_parts computes for a one-shard cell."""
-    from .runner import attack_traits, cell_checks
+    from .runner import attack_traits, cell_checks, verdict_settings
+
+    traits, audit = attack_traits(ares.cls(ares.params)), verdict_settings(env.cfg).audit
 
     correct = np.array(part["correct"], dtype=bool)
     n = len(correct)
@@ -201,4 +243,5 @@ def _result(name: str, part: dict, wilson_interval, wall: float, env, ares, test
                         index=test_index, forward_passes=int(part["clean_passes"] + part["forward_passes"]),
                         backward_passes=int(part["backward_passes"]), wall_s=float(wall),
                         warnings=list(part["warnings"]),
-                        checks=cell_checks(env, attack_traits(ares.cls(ares.params)), [part]))
+                        checks=cell_checks(env, traits, [part]), traits=traits,
+                        paired_test={"alpha": audit.alpha, "min_points": audit.min_points})

@@ -29,7 +29,7 @@ from .data import TEST_SET_SIZE
 from .errors import BenchError
 from .exact import exact_fp32
 from .runner import (Env, _f, _now, attack_batch_size, attack_context, attack_points, attack_traits, attack_uses,
-                     clean_target, log_row, train)
+                     clean_target, log_row, train, verdict_settings)
 from .stats import wilson_interval
 from .store import atomic_write_bytes, atomic_write_json, content_hash, file_lock
 
@@ -228,33 +228,12 @@ def compute(env: Env, plan: SuitePlan, force: bool = False) -> tuple[dict, dict]
         progress.log(f"[{plan.defense} × {plan.attack}] stage {i + 1}/{len(plan.stages)} {stage.attack}: "
                      f"{summary['fooled']} of {len(given)} fooled{' (saved earlier)' if reused else ''}, "
                      f"{len(alive)} still robust")
-    black_box = black_box_check(env, plan, summaries, n)
+    gradient = [bool(st.resolved.cls(st.resolved.params).gradient_based) for st in plan.stages]
+    black_box = verdicts.suite_black_box([st.attack for st in plan.stages], gradient, summaries, n,
+                                         verdict_settings(env.cfg).audit)
     if black_box:
         checks["black_box"] = black_box
     return _row(env, plan, trained, target, alive, fooled_by, norms, summaries, checks, warnings, clean_s)
-
-
-def black_box_check(env: Env, plan: SuitePlan, summaries: list[dict], n: int) -> dict | None:
-    """bench audit's "black-box stronger than white-box" on the suite's own stages: a stage that does not follow
-    the target's gradients (score- or decision-based, transfer) fooling points that every earlier gradient stage
-    left robust is what that check looks for. The suite never runs it on the points white-box stages fooled, so
-    the reverse count is 0 and the audit's test (one-sided exact McNemar, more than min_points of the n points)
-    reduces to: it fooled more than min_points·n of them, with p = 0.5^k < alpha."""
-    gradient = [bool(st.resolved.cls(st.resolved.params).gradient_based) for st in plan.stages]
-    if not any(gradient) or all(gradient):
-        return None
-    a = (env.cfg.verdicts or verdicts.VerdictSettings()).audit
-    bad, seen_white = [], False
-    for st, grad, summary in zip(plan.stages, gradient, summaries):
-        seen_white |= grad
-        if not grad and seen_white and verdicts.paired_excess(summary["fooled"], 0, n, a.alpha, a.min_points):
-            bad.append(f"{st.attack} fools {summary['fooled']} of the {summary['given']} points the gradient "
-                       f"stages before it left robust")
-    if bad:
-        return verdicts._check("fail", "black-box stronger than white-box",
-                               "; ".join(bad) + ": gradient masking (or white-box attacks too weak)")
-    return verdicts._check("pass", "ok", "no later black-box stage fools more than the noise of what the gradient "
-                                         "stages left robust")
 
 
 def _run_stage(env: Env, plan: SuitePlan, target, stage: Stage, alive: torch.Tensor, label: str) -> dict:

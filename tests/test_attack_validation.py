@@ -1,4 +1,4 @@
-"""Strength validation of the white-box attacks (issue 6) on real models: the smoke natural ResNet-32 on
+"""Strength validation of the white-box attacks on real models: the smoke natural ResNet-32 on
 CIFAR-10 (~100 correctly classified test images) and a small PGD-trained MLP on MNIST.
 
 Against the reference implementations (torchattacks, foolbox) on the same model, inputs and settings, our
@@ -81,7 +81,7 @@ def test_linf_at_least_as_strong_as_torchattacks_and_foolbox(batch):
 
 @pytest.mark.parametrize("profile", ["smoke", "quick"])
 def test_pgd_linf_profile_defaults_as_strong_as_torchattacks_and_foolbox(batch, profile):
-    """Issue 19: the step size bench.toml gives pgd_linf in the smoke and quick profiles (resolved from the real
+    """The step size bench.toml gives pgd_linf in the smoke and quick profiles (resolved from the real
     entry, one restart) leaves at most 1 point more than torchattacks PGD and foolbox LinfPGD with the same steps
     and Madry's step 2.5 eps / steps, random start, at 1, 2 and 8/255. (The old smoke default, 10 steps of eps/8,
     failed this at 2/255.)"""

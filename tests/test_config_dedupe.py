@@ -6,7 +6,7 @@ entry's description; the error where an entry cannot resolve, e.g. my_model with
 bench.toml before the entries were rewritten with `extends`. Regenerate it only for a deliberate change of a
 resolved setting: `python -c "import sys; sys.path.insert(0, 'tests'); import test_config_dedupe as t; t.dump()"`.
 
-Issue 25 asks for < 5 % repeated leaf keys. Abstract bases (`abstract = true`: the per-dataset Linf / L2 budgets,
+The target is < 5 % repeated leaf keys. Abstract bases (`abstract = true`: the per-dataset Linf / L2 budgets,
 the PGD step and restart cuts, 001's EOT settings, the adversarial-training, HaH-recipe and sparse-front-end blocks)
 and list-valued `extends` took it from 13.0 % to 2.0 % with `bench list` and every resolved entry unchanged; what
 is left repeats across plug-ins whose other settings differ (e.g. pgd_l1_bpda restates pgd_l1's L1 budget)."""

@@ -1,10 +1,10 @@
-"""Checks across the cells of one defense at one threat model (bench/report/cross_checks.py), from per-sample
+"""Checks across the cells of one defense at one threat model (bench/verdicts/cross_cell.py), from per-sample
 verdicts only: a black-box or single-step cell fooling points every iterative gradient cell left robust fails the
 check and makes that threat model's worst case unreliable; honest differences within the noise do not."""
 import json
 
 from bench.report import threat_board
-from bench.report.cross_checks import cross_checks
+from bench.verdicts.cross_cell import cross_checks
 from bench.report.tables import Results, leaderboard
 from synthetic_results import BLACK, SINGLE, WHITE, cell, fooling, write
 
@@ -132,7 +132,7 @@ def test_a_suite_row_neither_takes_part_nor_blocks_the_verdict(tmp_path):
 
 
 def test_a_suite_row_is_the_threat_models_worst_case_on_the_boards(tmp_path):
-    """Issue 22: the leaderboards take a suite row (attack suite:NAME, per-sample verdicts in its manifest) into
+    """The leaderboards take a suite row (attack suite:NAME, per-sample verdicts in its manifest) into
     its threat model's worst case like any cell: here it fools 60 points, the independent PGD cell 20."""
     row, manifest = cell("m", "suite:linf", OK, fooling(N, range(60)))
     manifest["suite"] = {"name": "linf", "stages": []}

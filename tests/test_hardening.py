@@ -1,4 +1,4 @@
-"""Hardened CLI and results store (issue 24), each case through the real `bench` entry point in a subprocess:
+"""Hardened CLI and results store, each case through the real `bench` entry point in a subprocess:
 the exit code (2 = usage / input error, 130 = interrupted), no traceback, a message that names the bad value or
 the remedy, and results.csv byte-identical wherever the command must not touch it.
 

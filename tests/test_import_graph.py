@@ -197,3 +197,17 @@ def test_diagnostics_across_models_come_from_the_defense_class(tmp_path):
     assert out == {"blockwise_plot": str(tmp_path / "blockwise_hah_vgg16.png")}
     assert (tmp_path / "blockwise_hah_vgg16.png").stat().st_size > 0
     assert Defense.compare_diagnostics(reports, tmp_path, 0.1) == {}
+
+
+def test_reports_read_verdicts_through_the_verdicts_package():
+    """bench/report/ reads audit reports and cross-cell checks through bench.verdicts, never the audit runner (nor
+    the runner that attacks), and only bench/verdicts/ applies the paired test behind the masking checks."""
+    graph = _graph(_modules("bench"))
+    bad = [f"{m} -> {t} (line {line})" for m, edges in graph.items() if m.startswith("bench.report")
+           for t, line in edges.items() if t in ("bench.audit", "bench.runner", "bench.suite")]
+    assert not bad, "the report package must not import the attack runners:\n" + "\n".join(bad)
+    readers = [m for m, edges in graph.items() if "bench.verdicts.audit_reports" in edges or "bench.verdicts" in edges]
+    assert any(m.startswith("bench.report") for m in readers), readers
+    paired = [m for m, edges in graph.items() if "bench.stats" in edges and not m.startswith("bench.verdicts")
+              and any("paired_excess" in names for t, names, _ in _imports(m, _modules("bench")[m]) if t == "bench.stats")]
+    assert not paired, f"the paired test is applied in bench/verdicts/ only (bench.verdicts.rules): {paired}"

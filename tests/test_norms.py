@@ -1,4 +1,4 @@
-"""The norm objects of bench.pgd and PGDParams.settings() against the hand-written code they replaced (issue 25),
+"""The norm objects of bench.pgd and PGDParams.settings() against the hand-written code they replaced,
 copied here verbatim as the reference: draws, steps, measured norms and budget fix-ups must match bitwise, and
 every PGD-engine plug-in must give exactly the PGDSettings it gave before."""
 from __future__ import annotations
@@ -14,7 +14,7 @@ from bench.params import step_value
 from bench.pgd import NORMS, PGDSettings, _ball_draw, enforce_budget, norm_of, project_l1_box, random_start, step
 
 
-# ---------------------------------------------------------------- the reference: the pre-issue-25 code
+# ---------------------------------------------------------------- the reference: the code the norm objects replaced
 
 def _view(v, like):
     return v.view(-1, *([1] * (like.dim() - 1)))

@@ -1,6 +1,7 @@
 """Polarizing front end: ternary outputs, L1 normalisation, surrogates that never change the forward, the
 three-stage schedule, config validation, and a smoke training end to end."""
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -169,3 +170,7 @@ def test_smoke_training_end_to_end_with_diagnostics(env):
     for f in files:
         with open(f, "rb") as fh:
             assert fh.read(8) == b"\x89PNG\r\n\x1a\n"
+    # the summary file names its figures relative to its own folder (no machine path in a copied or committed one)
+    folder = Path(summary["summary_path"]).parent
+    written = json.loads((folder / "summary.json").read_text())["defenses"]["polarizing"]["files"]
+    assert written == [Path(f).relative_to(folder).as_posix() for f in files]

@@ -1,4 +1,4 @@
-"""Evaluating a model you already have (issue 20): `bench run --model`, a `plugin = "pretrained"` entry,
+"""Evaluating a model you already have: `bench run --model`, a `plugin = "pretrained"` entry,
 RobustBench models and `bench.evaluate`. No training, no training split, keys that follow the files' contents."""
 from __future__ import annotations
 
@@ -332,7 +332,7 @@ def test_bad_model_input_is_one_paragraph_and_writes_nothing(tmp_path):
 @pytest.mark.slow
 @pytest.mark.ci
 def test_own_model_cli_equals_the_plugin_entry_and_evaluate(tmp_path, data_root):
-    """The acceptance run: factory file + weights, n = 500, pgd_linf, no training, under a minute; the same
+    """The reference run: factory file + weights, n = 500, pgd_linf, no training, under a minute; the same
     per-sample verdicts through `bench run --model`, a `plugin = "pretrained"` entry and bench.evaluate."""
     import json
 

@@ -393,7 +393,7 @@ def test_concurrent_matrix_runs_compute_each_cell_once(tiny_config, data_root, t
     assert sum(out.count("[tiny_a] training on") for out in outs) == 1, outs
 
 
-# ------------------------------------------------------------------ kill -9 battery (issue 24)
+# ------------------------------------------------------------------ kill -9 battery
 
 KILL = """
 [defenses.kill_a]

@@ -1,4 +1,4 @@
-"""What is committed re-renders as committed (issue 21, part 5): each committed quick snapshot under results/measured/
+"""What is committed re-renders as committed: each committed quick snapshot under results/measured/
 (results.csv, the run manifests it keeps under runs/) rendered by `bench table` into a scratch folder gives every
 committed table byte for byte (leaderboard.md|csv|html, the per-threat-model leaderboards with their exports and
 model cards, the paper tables), and no committed rendering is missing from or stale beside a fresh one.

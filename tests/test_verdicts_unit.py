@@ -1,4 +1,4 @@
-"""The verdict checks (bench/verdicts.py) on tiny models built here: each check fires on its planted case and
+"""The verdict checks (bench/verdicts/cell.py) on tiny models built here: each check fires on its planted case and
 stays quiet on an honest model. Seconds, no data set."""
 import torch
 import torch.nn as nn
@@ -11,9 +11,10 @@ S = VerdictSettings()
 PGD = {"gradient_based": True, "eot": 1, "loss": "ce", "backward": "autograd"}
 
 
-class _Attack:  # the two things the probes read of an attack
-    def __init__(self, loss="ce"):
+class _Attack:  # what the probes read of an attack
+    def __init__(self, loss="ce", norm="linf", eps=8 / 255):
         self.params = type("P", (), {"loss": loss, "kappa": 50.0, "backward": "autograd"})()
+        self.norm, self.eps = norm, eps
 
 
 def _net(seed=0):
@@ -133,10 +134,23 @@ def test_checks_column_round_trips_and_tolerates_garbage():
     assert from_column("") == {} and from_column("not json") == {}
 
 
-def test_paired_excess_needs_significance_and_size():
-    assert paired_excess(30, 2, 200, 0.05, 0.02)
-    assert not paired_excess(3, 1, 200, 0.05, 0.02)  # too few to tell
-    assert not paired_excess(2, 30, 200, 0.05, 0.02)  # the other way round
+def test_black_box_rule_needs_significance_and_size_and_is_the_one_every_kind_applies():
+    """"A black-box attack fools points every gradient attack left robust", beyond the noise: the audit, the suites
+    and the checks across cells all decide it with bench.verdicts.rules.black_box_stronger."""
+    import ast
+    from pathlib import Path
+
+    from bench.verdicts import black_box_stronger
+
+    assert black_box_stronger(30, 2, 200, 0.05, 0.02) and paired_excess(30, 2, 200, 0.05, 0.02)
+    assert not black_box_stronger(3, 1, 200, 0.05, 0.02)  # too few to tell
+    assert not black_box_stronger(2, 30, 200, 0.05, 0.02)  # the other way round
+    assert not black_box_stronger(4, 0, 200, 0.05, 0.02)  # significant (p = 1/16) but only 2 % of the points
+    assert black_box_stronger(5, 0, 200, 0.05, 0.02)
+    pkg = Path(__file__).resolve().parents[1] / "bench" / "verdicts"
+    for name in ("audit_checks", "suite_checks", "cross_cell"):
+        used = {n.id for n in ast.walk(ast.parse((pkg / f"{name}.py").read_text())) if isinstance(n, ast.Name)}
+        assert "black_box_stronger" in used, name
 
 
 def test_shipped_incomplete_threshold_separates_the_measured_quick_cells():
@@ -180,3 +194,74 @@ def test_audit_runs_its_single_step_and_black_box_attacks_at_the_audited_threat_
         for name in ("fgsm", "square", "transfer_natural"):
             p = plan[name].atk.params
             assert (p.norm, p.eps) == (norm, eps), (name, norm, p.norm, p.eps)
+
+
+# ---------------------------------------------------------------- shattered gradients (finite, non-zero, useless)
+
+def _wiggle(n, x):  # planted_wiggle: quantised input plus a high-frequency term whose derivative is all there is
+    return n(torch.round(x * 15) / 15 + 1e-3 * torch.sin(1e4 * x))
+
+
+def _scrambled(n, x):  # planted_scrambled_backward: rounding with a random-looking surrogate gradient
+    from planted.masking import _ScrambledRound
+
+    return n(_ScrambledRound.apply(x, 15.0))
+
+
+def _lastbit(n, x):  # planted_lastbit_noise: benign noise in the last bits of the logits
+    z = n(x)
+    return z + 1e-7 * z.detach().abs().amax(1, keepdim=True) * torch.randn_like(z)
+
+
+def test_shattered_gradients_fail_and_honest_gradients_pass_in_every_norm():
+    for norm, eps in (("linf", 8 / 255), ("l2", 0.5), ("l1", 12.0)):
+        honest = _checks(_net(), _Attack(norm=norm, eps=eps))["shattered_gradients"]
+        assert honest["verdict"] == "pass" and honest["fraction"] <= S.shattered_warn, (norm, honest)
+        for fn in (_wiggle, _scrambled):
+            checks = _checks(_Fn(_net(), fn), _Attack(norm=norm, eps=eps))
+            assert checks["shattered_gradients"]["verdict"] == "fail", (norm, fn.__name__, checks)
+            assert checks["gradient_health"]["verdict"] == "pass", checks  # finite, non-zero: only this check sees it
+
+
+def test_shattered_check_leaves_the_other_kinds_to_their_own_checks():
+    """Zero gradients (nothing to test), a stochastic model (noisy loss) and a gradient-free attack: skip, never a
+    second fail beside the check that names the cause; benign last-bit noise: pass everywhere."""
+    assert _checks(_Fn(_net(), lambda n, x: n(torch.round(x * 15) / 15)))["shattered_gradients"]["verdict"] == "skip"
+    noisy = _checks(_Fn(_net(), lambda n, x: n(x + 0.05 * torch.randn_like(x))))
+    assert noisy["randomness"]["verdict"] == "fail" and noisy["shattered_gradients"]["verdict"] == "skip"
+    assert _checks(_net(), traits={**PGD, "gradient_based": False})["shattered_gradients"]["verdict"] == "skip"
+    assert _checks(_net(), _Attack(eps=None))["shattered_gradients"]["verdict"] == "skip"  # a minimum-norm attack
+    benign = _checks(_Fn(_net(), _lastbit))
+    assert worst(benign) == "pass", benign
+
+
+def test_shattered_threshold_fails_strongly_and_warns_in_between():
+    assert finalize({"grad_useless": [10, 64]}, S, PGD)["shattered_gradients"]["verdict"] == "fail"
+    assert finalize({"grad_useless": [4, 64]}, S, PGD)["shattered_gradients"]["verdict"] == "warn"
+    assert finalize({"grad_useless": [3, 64]}, S, PGD)["shattered_gradients"]["verdict"] == "pass"
+
+
+def test_shipped_shattered_thresholds_separate_the_measured_models():
+    """bench.toml's shattered_* judged against what was measured (results/measured/shattered_gradients.json, 64
+    points per model and attack at the shipped step): every honest model passes, every planted shattered one
+    (and the misleading fixed-pattern backward) fails, in Linf, with the margin loss and in L2."""
+    import json
+    from pathlib import Path
+
+    from bench.config import load_config
+
+    root = Path(__file__).resolve().parents[1]
+    s = load_config(root / "bench.toml").verdicts
+    rows = json.loads((root / "results/measured/shattered_gradients.json").read_text())["rows"]
+    honest = {"natural", "pgd_at", "trades", "rfgsm", "hah", "vgg16", "planted_lastbit_noise"}
+    shattered = {"planted_wiggle", "planted_scrambled_backward", "planted_misleading_backward"}
+    seen = set()
+    for r in rows:
+        useless = r["by_step"][f"{s.shattered_step:g}"]["useless"]
+        if r["defense"] not in honest | shattered or not useless:
+            continue
+        verdict = finalize({"grad_useless": useless}, s, PGD)["shattered_gradients"]["verdict"]
+        expected = "pass" if r["defense"] in honest else "fail"
+        assert verdict == expected, (r["defense"], r["profile"], r["attack"], useless, verdict)
+        seen.add((r["defense"], r["attack"]))
+    assert len(seen) == 3 * len(honest | shattered), sorted(seen)

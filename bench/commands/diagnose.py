@@ -39,9 +39,21 @@ def run_diagnostics(env, defenses: list[str], dataset: str, profile: str, seed: 
         compare.setdefault(method.__qualname__, method)
     for method in compare.values():
         summary.update(method(summary["defenses"], out, noise_sigma))
-    atomic_write_json(out / "summary.json", summary)
+    # the file names its figures relative to its own folder, so a copied or committed summary names no machine's path
+    atomic_write_json(out / "summary.json", _relative_to(summary, out))
     summary["summary_path"] = str(out / "summary.json")
     return summary
+
+
+def _relative_to(value, folder: Path):
+    """`value` with every path string under `folder` made relative to it (the figures a report lists)."""
+    if isinstance(value, dict):
+        return {k: _relative_to(v, folder) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_relative_to(v, folder) for v in value]
+    if isinstance(value, str) and value.startswith(str(folder) + "/"):
+        return Path(value).relative_to(folder).as_posix()
+    return value
 
 
 def register(app) -> None:

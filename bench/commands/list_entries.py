@@ -11,12 +11,19 @@ from ..cli_options import ConfigOpt
 ORDER = 2
 
 
-def list_(config: Optional[Path] = ConfigOpt):
+def list_(config: Optional[Path] = ConfigOpt,
+          markdown: bool = typer.Option(False, "--markdown", help="Print the docs site's reference page instead "
+                                        "(`bench list --markdown > docs/reference.md`).")):
     """Show every registered defense and attack (one line each, with parameters) and the bench.toml entries."""
     from ..config import load_config
     from ..registry import plugins
 
     cfg = load_config(config)
+    if markdown:
+        from ..reference import render_markdown
+
+        typer.echo(render_markdown(cfg), nl=False)
+        return
     for kind, title in (("defense", "Defenses"), ("attack", "Attacks")):
         typer.echo(f"{title} (registered plug-ins):")
         for name, cls in plugins(kind).items():

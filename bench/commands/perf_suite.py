@@ -18,7 +18,7 @@ def compare(env, defense: str, suite: str, dataset: str, profile: str, seed: int
     import tempfile
 
     from bench import provenance, verdicts
-    from bench.report.cross_checks import cross_checks
+    from bench.verdicts.cross_cell import cross_checks
     from bench.report.tables import Results
     from bench.runner import Env, run_cell, train
     from bench.store import ArtifactCache, ResultsStore

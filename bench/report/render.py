@@ -14,7 +14,7 @@ def render(rows: list[dict], dataset: str, profile: str, out_dir: Path, seed=Non
            latex: bool = False) -> Path | None:
     """Write `leaderboard.md` / `.csv` (and `.tex`) for a dataset/profile into out_dir; None when nothing ran."""
     out_dir = Path(out_dir)
-    from ..audit import load_reports
+    from ..verdicts import load_reports
 
     results = Results(rows, runs_dir or ResultsStore(out_dir).manifest_dir, load_reports(out_dir))
     table = leaderboard(results, dataset, profile, seed)

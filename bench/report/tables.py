@@ -21,7 +21,7 @@ from tabulate import tabulate
 
 from ..stats import wilson_interval
 from ..store import CellRows, ResultsStore, atomic_write_bytes
-from .cross_checks import failed_by_threat_model
+from ..verdicts.cross_cell import failed_by_threat_model
 from .rows import NORM_NAMES, format_eps, to_float
 from .table_spec import PENDING, SUCCESS, TableSpec
 
@@ -140,7 +140,7 @@ class Results:
 
     @classmethod
     def load(cls, root: Path) -> "Results":
-        from ..audit import load_reports
+        from ..verdicts import load_reports
 
         store = ResultsStore(root)
         return cls(store.rows(), store.manifest_dir, load_reports(root))
@@ -374,7 +374,7 @@ def _mark_unreliable(cell: Cell, defense: str, rows: list[dict], notes: Notes, s
     """'(unreliable)' and a footnote naming the failed checks when a row that went into the worst case has a check
     with verdict fail (zero gradients, a random model attacked without EOT, probabilities for logits), or when a
     black-box or single-step cell fooled points every iterative gradient cell of its threat model left robust
-    (bench.report.cross_checks, over `judged`: every finished cell, whatever its n): that points at an evaluation
+    (bench.verdicts.cross_cell, over `judged`: every finished cell, whatever its n): that points at an evaluation
     the other attacks may be fooled by too, so the minimum is no robustness number to trust. The word is part of
     the text, so the CSV export carries it too."""
     failed = failed_by_threat_model(sl.results, sl.dataset, judged)

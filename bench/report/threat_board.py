@@ -23,7 +23,7 @@ from pathlib import Path
 
 from ..stats import wilson_interval
 from ..store import atomic_write_bytes
-from .cross_checks import cross_checks, sample_indices
+from ..verdicts.cross_cell import cross_checks, sample_indices
 from .rows import format_eps, threat_label, threat_model, to_float
 from .tables import (Notes, Results, Slice, Table, _count, check_note, flagged_checks, flags_of, provenance_lines,
                      split_warning)
@@ -84,7 +84,7 @@ class Entry:
     flags: list[str] = field(default_factory=list)
     architecture: str = ""
     forward_passes_per_prediction: int = 1  # a stochastic defense's ensemble of E passes: E
-    cross: dict = field(default_factory=dict)  # checks across its cells (bench.report.cross_checks)
+    cross: dict = field(default_factory=dict)  # checks across its cells (bench.verdicts.cross_cell)
 
 
 def _verdict(row: dict) -> str:

@@ -1,4 +1,4 @@
-"""Defenses that hide their weakness and declare nothing: bench must find it by measuring (bench/verdicts.py).
+"""Defenses that hide their weakness and declare nothing: bench must find it by measuring (bench/verdicts/).
 
 Each wraps the dataset's standard classifier, trained as usual; the trick acts only at evaluation time where
 training through it would not work (saturated logits, probabilities), so the network under it is an ordinary
@@ -131,3 +131,62 @@ class PlantedMisleadingBackward(_Planted):
             yield model
         finally:
             self.exact = False
+
+
+# ---------------------------------------------------------------- shattered gradients: finite, non-zero, useless
+
+@register_defense("planted_wiggle")
+class PlantedWiggle(_Planted):
+    """Input quantised to 16 levels (no gradient), plus a tiny high-frequency term a·sin(ω·x): the decisions are
+    those of the quantised input (a = 1e-3 moves no pixel across a level), but the input gradient is all the
+    wiggle's, a·ω·cos(ω·x) = ±10 per pixel, a pattern that changes completely within 1e-3 of x (Athalye et al.
+    2018's shattered gradients: finite, non-zero, and pointing nowhere)."""
+
+    class Params(PlantedParams):
+        levels: int = Field(16, ge=2)
+        amplitude: Number = Field(1e-3, gt=0)
+        frequency: Number = Field(1e4, gt=0)
+
+    def transform(self, net, x):
+        q = self.params.levels - 1
+        return net(torch.round(x * q) / q + self.params.amplitude * torch.sin(self.params.frequency * x))
+
+
+class _ScrambledRound(torch.autograd.Function):
+    """Forward: rounding to `levels` (non-differentiable). Backward: the straight-through gradient times a ±1
+    pattern hashed from the input's own values, so it changes with every pixel value (a surrogate gradient that
+    looks random from point to point, unlike planted_misleading_backward's one fixed pattern)."""
+
+    @staticmethod
+    def forward(ctx, x, q):
+        ctx.save_for_backward(x)
+        return torch.round(x * q) / q
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        signs = torch.sign(torch.sin(x * 7919.0 + 0.5) + 1e-12)
+        return g * signs, None
+
+
+@register_defense("planted_scrambled_backward")
+class PlantedScrambledBackward(_Planted):
+    """Rounded input whose custom backward returns a random-looking surrogate gradient (see _ScrambledRound)."""
+
+    class Params(PlantedParams):
+        levels: int = Field(16, ge=2)
+
+    def transform(self, net, x):
+        return net(_ScrambledRound.apply(x, float(self.params.levels - 1)))
+
+
+@register_defense("planted_lastbit_noise")
+class PlantedLastBitNoise(_Planted):
+    """Benign randomness: noise in the last bits of the logits (1e-7 of their scale, what a non-deterministic
+    GPU kernel leaves), which no check may mistake for a stochastic defense or for shattered gradients."""
+
+    eval_only = True
+
+    def transform(self, net, x):
+        z = net(x)
+        return z + 1e-7 * z.detach().abs().amax(1, keepdim=True) * torch.randn_like(z)

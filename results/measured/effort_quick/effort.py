@@ -1,7 +1,7 @@
-# How results/measured/effort_quick/*.json were made (stop 34), kept as provenance, not a bench command:
+# How results/measured/effort_quick/*.json were made, kept as provenance, not a bench command:
 #   BENCH_DATA=... OMP_NUM_THREADS=1 python results/measured/effort_quick/effort.py DEFENSE DATASET ATTACK OUT.json RESULTS_DIR [N]
 # (quick profile, seed 0, N test points, default the profile n_test = 1000; the checkpoint comes from the zoo).
-# Since stop 35 `bench audit --only effort` does this with bench itself (it also runs 5x restarts).
+# `bench audit --only effort` now does this with bench itself (it also runs 5x restarts).
 """bench audit restricted to two variants: the base attack and 5x its steps (same absolute step), on the same
 points, n = the profile's n_test; writes the audit report (effort check = exact one-sided McNemar)."""
 import json, sys

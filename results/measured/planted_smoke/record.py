@@ -1,4 +1,4 @@
-# How results/measured/planted_smoke/planted_smoke.json was made, kept as provenance (issue 19's acceptance: each
+# How results/measured/planted_smoke/planted_smoke.json was made, kept as provenance (what it shows: each
 # planted defense flagged by the right check on its pgd_linf smoke cell, the honest model by none, and bench audit's
 # adapted number near the truth). The same set-up as tests/test_verdicts.py, which asserts the bounds; this writes
 # the numbers themselves. Run from the repository root:

@@ -17,8 +17,8 @@ black_box verdict)."""
 from __future__ import annotations
 
 from ..data import TEST_SET_SIZE, subset_indices
-from ..stats import paired_excess
-from .rows import threat_label, threat_model, to_float
+from ..report.rows import threat_label, threat_model, to_float
+from .rules import black_box_stronger, paired_excess
 
 
 def sample_indices(row: dict, dataset: str) -> list[int] | None:
@@ -62,7 +62,12 @@ def cross_checks(results, dataset: str, rows: list[dict]) -> dict[str, dict]:
     model; a check is present only when both sides ran (an iterative gradient attack and a cell it judges) on
     enough shared points for a verdict. An attack that mixes both kinds (standard AutoAttack runs Square after its
     gradient attacks) counts as iterative gradient: its own Square points then count as white-box ones."""
-    cells = _cells(results, dataset, rows)
+    return judge(_cells(results, dataset, rows))
+
+
+def judge(cells: list[tuple[str, dict, dict, dict]] | None) -> dict[str, dict]:
+    """The checks of cross_checks on cells given directly: (attack, attack_traits, {"alpha", "min_points"},
+    {point: robust}) each (bench.evaluate's attacks, which ran on the same points)."""
     if not cells:
         return {}
     iterative = [(a, robust) for a, t, _, robust in cells if t.get("gradient_based") and not t.get("single_step")]
@@ -82,7 +87,8 @@ def cross_checks(results, dataset: str, rows: list[dict]) -> dict[str, dict]:
             white = {i for i in points if not all(r[i] for _, r in iterative)}
             fooled = {i for i in points if not robust[i]}
             a_only, b_only = len(fooled - white), len(white - fooled)
-            if paired_excess(a_only, b_only, n, alpha, test["min_points"]):
+            excess = black_box_stronger if name == "black_box" else paired_excess
+            if excess(a_only, b_only, n, alpha, test["min_points"]):
                 bad.append((f"{a} fools {a_only} of the {n - len(white)} points every iterative gradient attack "
                             f"({names}) left robust, of {n} shared (reverse {b_only})", n))
             else:

@@ -1,10 +1,11 @@
-"""Attack-failure and gradient-masking verdicts, measured by bench on every cell, never declared by a defense.
+"""The per-cell checks: attack-failure and gradient-masking verdicts, measured by bench on every cell, never
+declared by a defense.
 
-A robustness number is only as good as the attack behind it: an attack that gets zero gradients, attacks a
-random model without EOT, optimises probabilities instead of logits or stops before it converged reports
-robustness that is not there. The cheap checks below run inside every cell, on the points the attack sees and
+A robustness number is only as good as the attack behind it: an attack that gets zero gradients, follows
+finite gradients that point nowhere (shattered), attacks a random model without EOT, optimises probabilities
+instead of logits or stops before it converged reports robustness that is not there. The cheap checks below run inside every cell, on the points the attack sees and
 at almost no extra cost (most numbers come from passes the attack makes anyway); `bench audit`
-(bench/audit.py) adds the expensive ones and re-runs what an expert would.
+(bench/audit.py, its checks in bench/verdicts/audit_checks.py) adds the expensive ones and re-runs what an expert would.
 
 Every check reports what it measured (the fraction of points affected), the threshold it compares with (from
 [verdicts] in bench.toml) and a verdict: pass, warn (the attack may be weak), fail (the number is not a
@@ -19,46 +20,9 @@ import contextlib
 import json
 
 import torch
-from pydantic import Field
 
-from .params import Number, StrictModel
-from .pgd import PGDSettings, _grad, dead_gradients  # noqa: F401  (dead_gradients: public here too)
-from .stats import paired_excess  # noqa: F401  (the audit's and the suite's paired test: public here too)
-
-class AuditSettings(StrictModel):
-    """[verdicts.audit]: the expensive checks and adaptations of `bench audit` (entries of bench.toml)."""
-
-    budget_factors: list[Number] = Field([0.5, 2.0], description="eps multipliers of the budget-monotonicity check")
-    effort_factor: int = Field(5, ge=2, description="x steps and x restarts of the effort check")
-    eot_samples: int = Field(20, ge=2, description="EOT passes of the adapted attack on a stochastic model")
-    single_step_attack: str = Field("fgsm", description="attack entry of the single-step check")
-    black_box: list[str] = Field(default_factory=list, description="black-box attack entries (their eps is set to the audited one)")
-    alpha: Number = Field(0.05, gt=0, lt=1, description="significance of the paired comparisons (one-sided)")
-    min_points: Number = Field(0.02, ge=0, description="a paired difference must also exceed this fraction of the points")
-    unbounded_max: Number = Field(0.05, ge=0, le=1, description="accuracy an unbounded attack may leave")
-
-
-class VerdictSettings(StrictModel):
-    """[verdicts] of bench.toml: thresholds of the per-cell checks (each commented there with its reason)."""
-
-    enabled: bool = True
-    probe_points: int = Field(64, ge=1, description="points per cell the model probes run on")
-    grad_vanishing: Number = Field(1e-12, ge=0, description="a gradient with L1 norm below this times d is vanishing")
-    grad_warn: Number = Field(0.02, ge=0, le=1)
-    grad_fail: Number = Field(0.2, ge=0, le=1)
-    random_passes: int = Field(3, ge=2, description="forward passes of the same batch in eval mode")
-    random_tol: Number = Field(1e-4, ge=0, description="relative logit spread above which a point is stochastic")
-    random_warn: Number = Field(0.01, ge=0, le=1)
-    prob_tol: Number = Field(1e-4, ge=0, description="|row sum - 1| under which an output row looks like probabilities")
-    prob_fail: Number = Field(0.9, ge=0, le=1)
-    incomplete_window: Number = Field(0.1, gt=0, lt=1, description="the last fraction of steps watched")
-    incomplete_min_steps: int = Field(5, ge=2, description="attacks with fewer steps are single-shot: skipped")
-    incomplete_gain: Number = Field(0.05, ge=0, description="late gain of the running-best loss, relative to the total gain")
-    incomplete_warn: Number = Field(0.05, ge=0, le=1)
-    incomplete_min_points: int = Field(10, ge=1, description="fewer surviving points than this: no verdict")
-    silent_warn: Number = Field(0.01, ge=0, le=1)
-    audit: AuditSettings = Field(default_factory=AuditSettings)
-
+from ..pgd import PGDSettings, _grad, attack_loss, dead_gradients  # noqa: F401  (dead_gradients: public here too)
+from .settings import VerdictSettings
 
 # ---------------------------------------------------------------- measurements (summed over batches)
 
@@ -114,8 +78,46 @@ class Probe:
         finally:
             for q in weights:
                 q.requires_grad_(True)
-        self.add("grad_clean", int(dead_gradients(g, s.grad_vanishing).sum()), len(x))
+        dead = dead_gradients(g, s.grad_vanishing)
+        self.add("grad_clean", int(dead.sum()), len(x))
+        live = ~dead.to(x.device)
+        self.step_probe(model, x[live], y[live], g[live], logits[live], atk, settings, s)
         return logits
+
+    @torch.no_grad()
+    def step_probe(self, model, x: torch.Tensor, y: torch.Tensor, g: torch.Tensor, logits: torch.Tensor, atk,
+                   settings: PGDSettings, s: VerdictSettings) -> None:
+        """Shattered gradients (finite, non-zero, useless): does one step along the gradient raise the loss of the
+        true model more than a random step of the same size? The step is the attack's steepest-ascent direction
+        (sign(g) in Linf, g in L2 and L1) scaled to shattered_step·eps in the attack's norm; the random step has the
+        same norm (Rademacher in Linf, Gaussian in L2 and L1). A point is counted when the gradient step's loss gain
+        is no larger than the random step's |gain|: on an honest model the gradient step gains ~sqrt(d) times
+        more; where the gradient carries no information about the loss at the attack's scale, they gain alike.
+        Two forward passes, no backward (the loss at x is the gradient pass's); the loss is the attack's own,
+        through the model (never a surrogate's forward)."""
+        norm, eps = getattr(atk, "norm", None), getattr(atk, "eps", None)
+        if norm not in ("linf", "l2", "l1") or not eps or not len(x):
+            return
+        gen = torch.Generator().manual_seed(0)  # a fixed direction per point: verdicts reproduce, the RNG is untouched
+        noise = torch.randn(x.shape, generator=gen, dtype=torch.float64).to(x.device)
+        if norm == "linf":
+            ascent, rand = g.sign(), noise.sign()
+        else:
+            ascent, rand = g.double(), noise
+        h = float(s.shattered_step) * float(eps)
+        order = {"linf": float("inf"), "l2": 2, "l1": 1}[norm]
+
+        def scaled(v):
+            return (v * h / _view_norm(v, order)).to(x.dtype)
+
+        def loss(z):
+            return attack_loss(z.double(), y, settings.loss, settings.kappa)
+
+        base = loss(logits)
+        gain_g = loss(model((x + scaled(ascent)).clamp(0, 1))) - base
+        gain_r = loss(model((x + scaled(rand)).clamp(0, 1))) - base
+        useless = ~(gain_g > gain_r.abs())  # (NaN gains count as useless too)
+        self.add("grad_useless", int(useless.sum()), len(x))
 
     def trace(self, trace: dict | None, robust: torch.Tensor, s: VerdictSettings) -> None:
         """The PGD engine's own record (bench.pgd.run_pgd(trace=...)): dead gradients at the attack's start and
@@ -133,6 +135,11 @@ class Probe:
         total = (final - start).clamp_min(0)
         improving = (late > s.incomplete_gain * total) & (late > 1e-9)
         self.add("incomplete", int(improving.sum()), int(keep.sum()))
+
+
+def _view_norm(v: torch.Tensor, order: float) -> torch.Tensor:
+    n = v.flatten(1).norm(p=order, dim=1).clamp_min(1e-300)
+    return n.view(-1, *([1] * (v.dim() - 1)))
 
 
 def merge_probes(states: list[dict]) -> dict:
@@ -226,6 +233,7 @@ def finalize(state: dict, s: VerdictSettings, attack: dict) -> dict:
         why = ("single-step attack" if state.get("steps", 99) < s.incomplete_min_steps
                else "the attack records no per-step loss")
         checks["incomplete_optimization"] = _check("skip", "no trace", why)
+    checks["shattered_gradients"] = _shattered(state, s, attack, stochastic)
     if "silent" in state and stochastic:
         checks["silent_success"] = _check("skip", "random model", "a stochastic model may answer a point differently "
                                           "each time; the randomness check covers it")
@@ -240,6 +248,26 @@ def finalize(state: dict, s: VerdictSettings, attack: dict) -> dict:
     else:
         checks["silent_success"] = _check("skip", "no verdict", "the attack's own verdict is not about this model")
     return checks
+
+
+def _shattered(state: dict, s: VerdictSettings, attack: dict, stochastic: bool) -> dict:
+    if not attack.get("gradient_based"):
+        return _check("skip", "no gradients", "the attack does not use the model's gradients")
+    if stochastic:
+        return _check("skip", "random model", "a stochastic model's loss changes by chance from pass to pass; the "
+                      "randomness check covers it")
+    if "grad_useless" not in state:
+        return _check("skip", "no verdict", "no live gradient to test, or the attack has no Linf/L2/L1 budget")
+    f, n = _frac(state["grad_useless"])
+    verdict = "fail" if f > s.shattered_fail else "warn" if f > s.shattered_warn else "pass"
+    return _check(
+        verdict, "shattered gradients" if verdict != "pass" else "gradients informative",
+        f"on {f:.1%} of {n} points with a live gradient, a step of {s.shattered_step:g}·eps along the "
+        f"{attack.get('loss', 'ce').upper()} gradient (backward {attack.get('backward') or 'autograd'}) raised the "
+        f"loss no more than a random step of the same size" +
+        (": shattered gradients (finite, non-zero, pointing nowhere): use a BPDA surrogate, EOT over the "
+         "transformation, or a black-box attack" if verdict != "pass" else ""),
+        f, s.shattered_warn if verdict != "fail" else s.shattered_fail, n)
 
 
 def worst(checks: dict) -> str:
