@@ -80,14 +80,16 @@ def _click_exceptions():
 
 
 def _given_value(argv: list[str], opts) -> str | None:
-    """What the user typed for an option (--opt VALUE or --opt=VALUE), for the error message."""
+    """What the user typed for an option (--opt VALUE or --opt=VALUE), for the error message: the last one when
+    it is given twice, as click keeps the last (`--n-test 40 --n-test 0` rejects 0)."""
+    found = None
     for i, arg in enumerate(argv):
         for opt in opts:
             if arg == opt and i + 1 < len(argv):
-                return argv[i + 1]
-            if arg.startswith(opt + "=") and opt.startswith("--"):
-                return arg[len(opt) + 1:]
-    return None
+                found = argv[i + 1]
+            elif arg.startswith(opt + "=") and opt.startswith("--"):
+                found = arg[len(opt) + 1:]
+    return found
 
 
 def _usage_message(e, argv: list[str]) -> str | None:

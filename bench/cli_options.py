@@ -35,6 +35,7 @@ ProfileOpt = typer.Option(None, "--profile", "-p", help="smoke | quick | paper (
 DatasetOpt = typer.Option(None, "--dataset", help="cifar10 | mnist | fashion_mnist (default from [settings]).")
 SeedOpt = typer.Option(None, "--seed", callback=check_seed, help=f"Seed for training, the test subset and attack randomness: 0 to {SEED_MAX} (default from [settings]).")
 DeviceOpt = typer.Option(None, "--device", help="auto | cpu | cuda | cuda:N (default from [settings]).")
+RetrainOpt = typer.Option(False, "--retrain", help="Train a checkpoint whose model zoo entry is missing or damaged (into the local cache; the zoo is left as it is) instead of stopping with the remedy (restore the committed file).")
 OutOpt = typer.Option(None, "--out", help="Folder for the output (default: the results folder).")
 
 
@@ -44,7 +45,7 @@ def make_env(config, data_root, device, results_dir, check=None, weights_root=No
     that they can be written, so a bad name leaves no folder behind."""
     from . import progress
     from .runner import Env
-    from .store import ensure_writable_dir
+    from .store import ensure_cache_dir, ensure_writable_dir
 
     env = Env.create(config=config, data_root=data_root, device=device, results_dir=results_dir,
                      weights_root=weights_root, corruptions_root=corruptions_root)
@@ -52,5 +53,5 @@ def make_env(config, data_root, device, results_dir, check=None, weights_root=No
     if check is not None:
         check(env.cfg)
     ensure_writable_dir(env.store.root, "results folder")
-    ensure_writable_dir(env.cache.root, "cache folder")
+    ensure_cache_dir(env.cache.root)
     return env

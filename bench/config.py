@@ -451,17 +451,23 @@ def _resolve_entry(cfg: Config, kind: str, name: str, dataset: str, profile: str
     for _, layer in layers:
         merged.update(layer)
     params = _validate(cls.Params, merged, prefix, layers)
-    _check_budget(params, dataset, prefix, layers, default_norm="linf" if kind == "defense" else None)
+    _check_budget(params, dataset, prefix, layers, default_norm="linf" if kind == "defense" else None,
+                  attack=kind == "attack")
     return Resolved(kind=kind, name=name, plugin=plugin_name, params=params, source=prefix, root=cfg.root)
 
 
-def _check_budget(params, dataset: str, prefix: str, layers, default_norm=None) -> None:
+def _check_budget(params, dataset: str, prefix: str, layers, default_norm=None, attack: bool = False) -> None:
     """An eps beyond the largest distance two images in [0, 1] can have is a typo (every point would be fooled).
     Defenses without a `norm` train against Linf budgets (adversarial training)."""
     from .data import INFO
     from .params import budget_problem
 
     problem = budget_problem(params, INFO[dataset].shape, dataset, default_norm)
+    eps = getattr(params, "eps", None)
+    if attack and not problem and not isinstance(eps, bool) and isinstance(eps, (int, float)) and eps == 0:
+        # refused rather than run: its row would report robust = clean under an attack's name
+        problem = ("an attack with eps = 0 perturbs nothing, so its robust accuracy would be the clean accuracy "
+                   "(every leaderboard shows that in its clean column). Allowed: a budget above 0")
     if problem:
         origin = prefix
         for path, layer in layers:

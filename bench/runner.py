@@ -42,6 +42,9 @@ class Env:
     weights_root: Path | None = None
     # data an attack reads for itself (bench.corruptions): --corruptions-root, BENCH_CORRUPTIONS, bench.toml
     corruptions_root: Path | None = None
+    # bench run --retrain: a model zoo entry with its checkpoint missing or damaged is trained into the local cache
+    # instead of stopping the run with the remedy (bench.zoo)
+    retrain: bool = False
 
     @classmethod
     def create(cls, config=None, data_root=None, device=None, results_dir=None, weights_root=None,
@@ -55,6 +58,9 @@ class Env:
                 raise BenchError(f"The {what} {path} is a file, not a folder. Point it at a folder (--results-dir, "
                                  f"or results_dir / cache_dir in {cfg.path}).")
         root = resolve_data_root(data_root, cfg.resolve_path(s.data_root))
+        if root.is_file():  # found now, not as a failed download into a "folder" that is a file
+            raise BenchError(f"The data root {root} is a file, not a folder. Point it at the folder holding the "
+                             f"datasets: --data-root, BENCH_DATA, or data_root in {cfg.path}.")
         return cls(cfg, root, ArtifactCache(cache), ResultsStore(results),
                    provenance.resolve_device(device or s.device),
                    weights_root=resolve_weights_root(weights_root, cfg.resolve_path(s.weights_root)),

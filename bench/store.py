@@ -13,9 +13,11 @@ import json
 import math
 import os
 import pickle
+import re
 import tempfile
 import threading
 import time
+import warnings
 from collections import Counter
 from pathlib import Path
 
@@ -81,17 +83,45 @@ def _remedy(path: Path, also: Path | None = None) -> str:
     return f"Delete {path}{extra} and run the same command again: bench recreates it (a checkpoint is retrained)."
 
 
-def _torch_load_bytes(data: bytes, path: Path, map_location="cpu", also: Path | None = None):
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")  # torch bolds part of its refusal for a terminal
+
+
+def torch_text(e: BaseException) -> str:
+    """An error of torch as plain text: ANSI escape codes removed, lines joined."""
+    return " ".join(line.strip() for line in _ANSI.sub("", str(e)).splitlines() if line.strip())
+
+
+def refusal_reason(e: BaseException) -> str:
+    """What weights_only refused, in torch's words ('Trying to load unsupported GLOBAL posix.system whose module
+    posix is blocked.'), without torch's advice around it: bench's remedy is never to load with
+    weights_only=False, which would run the payload."""
+    lines = [line.strip() for line in _ANSI.sub("", str(e)).splitlines() if line.strip()]
+    for line in lines:
+        if "GLOBAL" in line or "nsupported" in line:
+            line = line.removeprefix("WeightsUnpickler error:").strip()
+            return (line.split(". ")[0].rstrip(".") + ".")[:200]
+    return "an object other than tensors and plain containers"
+
+
+def _quiet_torch_load(source, map_location):
+    # torch warns (UserWarning, "please file an issue") about a pickle protocol other than 2 before refusing a
+    # legacy pickle: bench's own message says what the file is and what to do, so that warning is only noise
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return torch.load(source, map_location=map_location, weights_only=True)
+
+
+def _torch_load_bytes(data: bytes, path: Path, map_location="cpu", also: Path | None = None, remedy: str = ""):
+    remedy = remedy or _remedy(path, also)
     try:
-        return torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
+        return _quiet_torch_load(io.BytesIO(data), map_location)
     except pickle.UnpicklingError as e:  # weights_only refuses anything but tensors and plain containers
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise StoreError(f"Refused to load {path}: it holds Python objects other than tensors, which bench never "
-                         f"writes, so it may be malicious or made by another tool ({first[:200]}). "
-                         f"{_remedy(path, also)}") from None
+                         f"writes, so it may be malicious or made by another tool (torch: {refusal_reason(e)}). "
+                         f"{remedy}") from None
     except Exception as e:  # a truncated or damaged file: zip / pickle / EOF errors
-        raise StoreError(f"{path} is damaged and cannot be loaded ({type(e).__name__}: {str(e)[:200]}); it is "
-                         f"probably truncated (a full disk, an interrupted copy). {_remedy(path, also)}") from None
+        raise StoreError(f"{path} is damaged and cannot be loaded ({type(e).__name__}: {torch_text(e)[:200]}); it "
+                         f"is probably truncated (a full disk, an interrupted copy). {remedy}") from None
 
 
 def safe_torch_load(path: Path, map_location="cpu"):
@@ -132,14 +162,14 @@ def read_weights(path: Path):
     """torch.load(weights_only=True) of a weights file, a user's or RobustBench's (a pickle payload is refused,
     never run), its failures one BenchError naming the file."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return _quiet_torch_load(path, "cpu")
     except pickle.UnpicklingError as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise BenchError(f"Refused to load {path}: it holds Python objects other than tensors (a pickle payload, "
                          f"which can run code when loaded); bench loads weights with torch.load(weights_only=True) "
-                         f"only ({first[:160]}). Save a state_dict: torch.save(model.state_dict(), PATH).") from None
+                         f"only (torch: {refusal_reason(e)}). Save a state_dict: torch.save(model.state_dict(), "
+                         f"PATH).") from None
     except Exception as e:
-        raise BenchError(f"{path} is not a weights file torch can read ({type(e).__name__}: {str(e)[:160]}). "
+        raise BenchError(f"{path} is not a weights file torch can read ({type(e).__name__}: {torch_text(e)[:160]}). "
                          f"Save a state_dict: torch.save(model.state_dict(), PATH).") from None
 
 
@@ -206,6 +236,16 @@ def ensure_writable_dir(path: Path, what: str) -> Path:
                          f"Make it writable or choose another folder (--results-dir, or results_dir / cache_dir in "
                          f"bench.toml).") from None
     return path
+
+
+def ensure_cache_dir(path: Path) -> Path:
+    """The cache folder before a command's work: created when missing (and then checked writable); an existing one
+    is taken as it is, even read-only, since a run whose checkpoints are all in it only reads them. Whatever
+    writes there (a training, a copy from the model zoo, a training's lock) checks it first, with the message."""
+    path = Path(path)
+    if path.is_dir():
+        return path
+    return ensure_writable_dir(path, "cache folder")
 
 
 class ArtifactCache:
@@ -305,6 +345,43 @@ def _row_problem(r: dict) -> str:
     if not _finite_or_empty(r.get("eps", "")):
         return f"eps {r['eps']!r} is not a finite number"
     return ""
+
+
+FINISHED = "ok"  # the status of a row that holds a measurement; failed and blocked rows hold a reason only
+
+
+class CellRows:
+    """The row that stands for each cell, chosen the one way every table, board, export, regression check and
+    `bench status` uses: a cell's latest finished row; a row that did not finish (failed, blocked) only when no
+    attempt of the cell finished. results.csv keeps every attempt, so an attempt that failed after a finished one
+    (`--force`, another --n-test, a checkpoint damaged since) never hides the number already measured; it is kept
+    in `newer_failure` so the tables can say that the last attempt failed and why.
+
+    `key(row)` says which rows are attempts of one cell (the tables: dataset, defense, attack, profile, seed;
+    `bench status`: the cell's content key). Rows are ordered by timestamp, then by their place in the file, so
+    the row written last wins among equal timestamps."""
+
+    def __init__(self, rows: list[dict], key):
+        ordered = [r for _, r in sorted(enumerate(rows), key=lambda ir: (str(ir[1].get("timestamp", "")), ir[0]))]
+        self.shown: dict = {}
+        self.newer_failure: dict = {}  # key -> the latest unfinished attempt newer than the shown finished row
+        for r in ordered:
+            k = key(r)
+            finished = r.get("status") == FINISHED
+            if finished or self.shown.get(k, {}).get("status") != FINISHED:
+                self.shown[k] = r
+                self.newer_failure.pop(k, None)
+            else:
+                self.newer_failure[k] = r
+
+    def failure_note(self, k) -> str:
+        """'a newer attempt of this cell failed: <reason>' ("" when none): the footnote beside a finished row."""
+        r = self.newer_failure.get(k)
+        if r is None:
+            return ""
+        reason = str(r.get("warnings") or "no reason recorded")
+        return (f"a newer attempt of this cell failed ({r.get('status') or 'failed'}, "
+                f"{r.get('timestamp') or 'no date'}): {reason}")
 
 
 class ResultsStore:

@@ -381,24 +381,6 @@ def test_damaged_checkpoint_on_the_scheduler_blocks_its_cells_once_with_the_reme
     assert rows[0] == finished_row and len(rows) == 3 and all(r["status"] == "ok" for r in rows), rows
 
 
-def test_malicious_checkpoint_is_refused_without_a_traceback(results_copy, tmp_path):
-    import torch
-
-    cfg, results = results_copy
-    (ckpt,) = results.glob("cache/checkpoints/*.pt")
-    marker = tmp_path / "pwned"
-
-    class Evil:
-        def __reduce__(self):
-            return os.system, (f"touch {marker}",)
-
-    torch.save({"model": Evil(), "meta_json": "{}"}, ckpt)
-    ckpt.with_suffix(".json").unlink()  # no recorded sha256: only weights_only stands in the way
-    p = bench(*CELL[:-1], "6", "--config", cfg, "--results-dir", results)
-    assert_refused(p, 2, "Refused to load", str(ckpt), "Delete")
-    assert not marker.exists()
-
-
 # ------------------------------------------------------------------ Ctrl-C and concurrent processes
 
 def _interrupt_when(p: subprocess.Popen, pattern: str, sig=signal.SIGINT) -> str:
@@ -511,3 +493,250 @@ def test_unwritable_folder_is_one_clear_error(tmp_path, monkeypatch):
     with pytest.raises(store.StoreError, match="is not writable") as e:
         store.ensure_writable_dir(tmp_path, "results folder")
     assert str(tmp_path) in str(e.value)
+
+
+# ------------------------------------------------------------------ a failed attempt never hides a finished row
+
+def _sha(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize("retry", [["--n-test", "6", "--plain"], ["--force", "--plain"]], ids=["other-n", "force"])
+def test_a_failed_retry_never_hides_the_finished_row(retry, results_copy):
+    """A finished cell, then its checkpoint truncated and the cell retried (another --n-test, or --force): the retry
+    is refused (exit 2, the file named) and its blocked row is appended, but `bench table`, the CSV export, the
+    threat boards and `bench status` still show the finished number, with a footnote that the newer attempt
+    failed and why; the finished row and the checkpoint are left byte-identical."""
+    cfg, results = results_copy
+    (ckpt,) = results.glob("cache/checkpoints/*.pt")
+    ckpt.write_bytes(ckpt.read_bytes()[:5000])
+    (done,) = csv_rows(results)
+    before = (results / "results.csv").read_bytes()
+    ckpt_sha = _sha(ckpt)
+    p = bench(*CELL, *retry, "--config", cfg, "--results-dir", results)
+    assert_refused(p, 2, str(ckpt), "is damaged")
+    assert (results / "results.csv").read_bytes().startswith(before) and _sha(ckpt) == ckpt_sha
+    assert [r["status"] for r in csv_rows(results)] == ["ok", "blocked"]
+    shown = f"{100 * float(done['robust_acc']):.1f} ± "
+    t = bench("table", "--config", cfg, "--results-dir", results)
+    out = output(t)
+    assert t.returncode == 0 and "Traceback" not in out, out
+    board = (results / "leaderboard.md").read_text()
+    (line,) = [x for x in board.splitlines() if x.startswith("| natural")]
+    assert shown in line and "blocked" not in line, board
+    assert "natural × fgsm: a newer attempt of this cell failed (blocked, " in board and str(ckpt) in board, board
+    assert f"n {done['n']}." in board and "n , " not in board, board
+    assert shown in (results / "leaderboard.csv").read_text()
+    boards = [b for b in (results / "leaderboards").rglob("*.md") if b.name != "index.md"]
+    assert boards and all("a newer attempt of this cell failed (blocked" in b.read_text() for b in boards), boards
+    s = bench("status", "-d", "natural", "-a", "fgsm", "--n-test", N, "--config", cfg, "--results-dir", results)
+    assert s.returncode == 0 and "cells: 1 ok" in output(s), output(s)
+    if "--force" in retry:  # the same cell: its finished row stands, and status says a newer attempt was blocked
+        assert "newer attempt blocked" in output(s), output(s)
+    assert (results / "results.csv").read_bytes().startswith(before) and _sha(ckpt) == ckpt_sha
+
+
+# ------------------------------------------------------------------ the model zoo: remedies that keep committed data
+
+def _git(*args, cwd):
+    return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=True,
+                          env={**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+                               "GIT_COMMITTER_EMAIL": "t@t"})
+
+
+@pytest.fixture
+def zoo_repo(tmp_path):
+    """A git repository holding a copy of the smallest committed zoo entry (committed), and a bench.toml whose zoo
+    is that folder: (repository, config, checkpoint, card, the card's defense and dataset)."""
+    import json
+
+    cards = sorted((REPO / "results" / "zoo").glob("*.json"), key=lambda c: json.loads(c.read_text())["zoo_mb"])
+    card = json.loads(cards[0].read_text())
+    repo = tmp_path / "repo"
+    zoo = repo / "results" / "zoo"
+    zoo.mkdir(parents=True)
+    for suffix in (".pt", ".json"):
+        shutil.copy(cards[0].with_suffix(suffix), zoo)
+    text = (REPO / "bench.toml").read_text().replace('zoo_dir = "results/zoo"', f'zoo_dir = "{zoo}"', 1)
+    (repo / "bench.toml").write_text(text)
+    _git("init", "-q", cwd=repo)
+    _git("add", "-A", cwd=repo)
+    _git("commit", "-qm", "zoo", cwd=repo)
+    return repo, repo / "bench.toml", zoo / cards[0].with_suffix(".pt").name, zoo / cards[0].name, card
+
+
+def _zoo_cell(card, *more):
+    return ["run", "-d", card["entry"], "-a", "fgsm", "--dataset", card["dataset"], "--profile", card["profile"],
+            "--n-test", "4", *more]
+
+
+@pytest.mark.parametrize("damage", ["truncated", "deleted"])
+def test_a_damaged_or_missing_zoo_checkpoint_is_restored_from_git_not_retrained(damage, zoo_repo, tmp_path):
+    """A committed zoo checkpoint truncated (its sha256 no longer the card's) or deleted with its card kept: `bench zoo
+    verify` and `bench run` (one cell and the scheduler) name the file and advise `git checkout -- <path>`, never
+    deleting the committed files and retraining; `bench run` stops with exit 2 before training or writing a row, and
+    the zoo's files are left as they were."""
+    repo, cfg, pt, side, card = zoo_repo
+    if damage == "truncated":
+        pt.write_bytes(pt.read_bytes()[:3000])
+    else:
+        pt.unlink()
+    before = {f: _sha(f) for f in (pt, side) if f.exists()}
+    rel = pt.relative_to(repo)
+    v = bench("zoo", "verify", "--config", cfg, cwd=repo)
+    assert_refused(v, 1, str(pt), f"`git checkout -- {rel}`", "DAMAGED" if damage == "truncated" else "MISSING")
+    assert ("does not match its card" if damage == "truncated" else "is missing; its card") in output(v)
+    for more in ([], ["-a", "pgd_linf", "--plain"]):
+        p = bench(*_zoo_cell(card, *more), "--config", cfg, "--results-dir", tmp_path / "r", cwd=repo)
+        assert_refused(p, 2, str(pt), f"`git checkout -- {rel}`", "--retrain")
+        out = output(p)
+        assert "Delete" not in out and "training on" not in out and "[scheduler] FAILED" not in out, out
+        assert not (tmp_path / "r" / "results.csv").exists()
+    assert {f: _sha(f) for f in (pt, side) if f.exists()} == before
+    # outside the repository's folder the command names it; a zoo git does not track says what differs instead
+    v = bench("zoo", "verify", "--config", cfg, cwd=tmp_path)
+    assert f"git -C {repo} checkout -- {rel}" in output(v), output(v)
+    _git("rm", "-q", "--cached", "-r", "results", cwd=repo)
+    v = bench("zoo", "verify", "--config", cfg, cwd=repo)
+    assert v.returncode == 1 and "git does not track" in output(v) and "git checkout" not in output(v), output(v)
+    if damage == "truncated":
+        assert "its sha256 is " in output(v) and "(3000 bytes), the card records " in output(v), output(v)
+
+
+def test_retrain_trains_a_missing_zoo_checkpoint_into_the_cache(zoo_repo, tmp_path):
+    """--retrain (documented in --help) goes past a missing zoo checkpoint to training it into the local cache: with
+    a data folder that lacks the training split, the run reaches the training's data check, naming the missing
+    file; the zoo is untouched."""
+    repo, cfg, pt, side, card = zoo_repo
+    pt.unlink()
+    card_sha = _sha(side)
+    assert "--retrain" in output(bench("run", "--help"))
+    data = tmp_path / "data"
+    data.mkdir()  # no dataset at all: the first file the training needs is named
+    p = bench(*_zoo_cell(card, "--retrain"), "--config", cfg, "--results-dir", tmp_path / "r", "--data-root", data,
+              cwd=repo)
+    out = output(p)
+    assert p.returncode == 2 and "Traceback" not in out, out
+    assert "--retrain: training checkpoint" in out and str(data) in out, out
+    assert not pt.exists() and _sha(side) == card_sha and not (tmp_path / "r" / "results.csv").exists()
+
+
+# ------------------------------------------------------------------ the last unclear messages
+
+def _store_digests(results: Path) -> dict:
+    """sha256 of every file bench keeps in a results folder (rows, manifests, checkpoints, cards)."""
+    return {str(f.relative_to(results)): _sha(f) for f in sorted(results.rglob("*"))
+            if f.is_file() and f.suffix in (".csv", ".json", ".pt")}
+
+
+def test_an_attack_with_eps_zero_is_refused_at_load(tmp_path):
+    """eps = 0 would report robust = clean under an attack's name: refused when bench.toml is read (bench list)."""
+    cfg = make_config(tmp_path, edit=in_attack("linf_budget", 'eps = "8/255"', "eps = 0"))
+    for cmd in (["list"], [*CELL, "--results-dir", tmp_path / "r"]):
+        p = bench(*cmd, "--config", cfg)
+        assert_refused(p, 2, "'attacks.linf_budget.eps' = 0", "perturbs nothing", "clean accuracy", "above 0")
+    assert not (tmp_path / "r").exists() or not (tmp_path / "r" / "results.csv").exists()
+
+
+@pytest.mark.parametrize("legacy", [False, True], ids=["zip", "legacy-pickle-protocol-4"])
+def test_a_malicious_checkpoint_refusal_is_benchs_paragraph_only(legacy, results_copy, tmp_path):
+    """A pickle payload in a cached checkpoint: the error is bench's one paragraph, without torch's UserWarning
+    about the pickle protocol, torch's advice to load with weights_only=False, or ANSI escape codes."""
+    import torch
+
+    cfg, results = results_copy
+    (ckpt,) = results.glob("cache/checkpoints/*.pt")
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return os.system, (f"touch {marker}",)
+
+    kwargs = {"_use_new_zipfile_serialization": False, "pickle_protocol": 4} if legacy else {}
+    torch.save({"model": Evil(), "meta_json": "{}"}, ckpt, **kwargs)
+    ckpt.with_suffix(".json").unlink()  # no recorded sha256: only weights_only stands in the way
+    before = _store_digests(results)
+    p = bench(*CELL[:-1], "6", "--config", cfg, "--results-dir", results)
+    assert_refused(p, 2, f"error: Refused to load {ckpt}", "may be malicious", "(torch: ", f"Delete {ckpt}")
+    out = output(p)
+    assert out.splitlines()[1].startswith(f"error: Refused to load {ckpt}"), out  # after the config line
+    for noise in ("UserWarning", "please file an issue", "weights_only` set to `False", "weights_only=False",
+                  "\x1b["):
+        assert noise not in out, (noise, out)
+    assert not marker.exists() and _store_digests(results) == before
+
+
+def test_random_bytes_as_a_regression_baseline(results_copy, tmp_path):
+    cfg, results = results_copy
+    baseline = tmp_path / "default-smoke-cpu.csv"
+    baseline.write_bytes(b"\x8f\x00" + os.urandom(500))
+    before = _sha(baseline), _store_digests(results)
+    p = bench("regress", "--baseline", baseline, "--config", cfg, "--results-dir", results)
+    assert_refused(p, 2, str(baseline), "is not a CSV results file")
+    assert "cut off" not in output(p) and (_sha(baseline), _store_digests(results)) == before
+
+
+def test_an_option_given_twice_quotes_the_rejected_value(results_copy):
+    cfg, results = results_copy
+    before = _store_digests(results)
+    p = bench(*CELL[:-2], "--n-test", "40", "--n-test", "0", "--config", cfg, "--results-dir", results)
+    assert_refused(p, 2, "--n-test: 0 is not allowed", "1 to 10000")
+    assert "'40'" not in output(p) and _store_digests(results) == before
+
+
+def test_a_data_root_that_is_a_file(results_copy):
+    cfg, results = results_copy
+    before = _store_digests(results)
+    p = bench(*CELL, "--config", cfg, "--results-dir", results, "--data-root", REPO / "README.md")
+    assert_refused(p, 2, str(REPO / "README.md"), "is a file, not a folder", "--data-root")
+    assert "download" not in output(p) and _store_digests(results) == before
+
+
+def test_a_read_only_cache_holding_the_checkpoint_is_used(results_copy):
+    """The cache folder read-only, with the checkpoint the cell needs in it: the cell runs (its row goes to the
+    writable results folder) and the cache is left as it was. (Read-only by chmod for a user other than root, and
+    by tests/readonly_hook for root too, whom chmod does not stop.)"""
+    cfg, results = results_copy
+    cache = results / "cache"
+    before = _store_digests(cache)
+    folders = [cache, *(d for d in cache.rglob("*") if d.is_dir())]
+    for d in folders:
+        d.chmod(0o555)
+    hook = {"PYTHONPATH": os.pathsep.join(filter(None, [str(REPO / "tests" / "readonly_hook"),
+                                                        os.environ.get("PYTHONPATH")])),
+            "BENCH_TEST_READONLY": str(cache)}
+    try:
+        p = bench(*CELL[:-1], "6", "--config", cfg, "--results-dir", results, env_extra=hook)
+        # what a training would need is refused with the folder named, not attempted
+        (ckpt,) = cache.glob("checkpoints/*.pt")
+        ckpt.rename(ckpt.with_suffix(".moved"))
+        q = bench(*CELL[:-1], "5", "--config", cfg, "--results-dir", results, env_extra=hook)
+        ckpt.with_suffix(".moved").rename(ckpt)
+    finally:
+        for d in folders:
+            d.chmod(0o755)
+    out = output(p)
+    assert p.returncode == 0 and "Traceback" not in out and "using cached checkpoint" in out, out
+    assert len(csv_rows(results)) == 2 and _store_digests(cache) == before
+    assert_refused(q, 2, str(cache), "not writable")
+    assert "training on" not in output(q) and len(csv_rows(results)) == 2
+
+
+@pytest.mark.slow
+def test_a_killed_scheduler_leaves_no_leaked_semaphore_warning(tmp_path):
+    """kill -9 of a `bench run` on the scheduler: multiprocessing's resource tracker outlives it and cleans up its
+    queues' semaphores; it used to warn 'There appear to be N leaked semaphore objects' on the user's terminal."""
+    cfg = make_config(tmp_path, epochs=6)
+    p = spawn(*CELL, "-a", "pgd_linf", "--plain", "--config", cfg, "--results-dir", tmp_path / "r")
+    lines = []
+    for line in p.stdout:
+        lines.append(line)
+        if line.startswith("epoch=1 "):
+            p.kill()
+            break
+    rest = p.stdout.read()  # until every holder of the pipe (the orphaned tracker too) has exited
+    p.wait(timeout=60)
+    assert any(line.startswith("epoch=1 ") for line in lines), "".join(lines)
+    assert "leaked semaphore" not in rest and "resource_tracker" not in rest, rest

@@ -62,11 +62,14 @@ def test_missing_and_newly_failing_cells_are_flagged(tmp_path):
                              cell("natural", "pgd_l2", CORRECT, [], status="failed", warnings="OOM")])
     now = snapshot(Results.load(tmp_path / "now"), {"quick"})
     assert _regressions(compare(base, now)) == [("cw_linf", "missing", "")]
-    write(tmp_path / "later", [*_cells(), cell("natural", "cw_linf", CORRECT, [], status="failed",
-                                               timestamp="2026-02-01T00:00:00+00:00")])
+    failed_cw = cell("natural", "cw_linf", CORRECT, [], status="failed", timestamp="2026-02-01T00:00:00+00:00")
+    write(tmp_path / "later", [_cells()[0], failed_cw])  # the cell's only attempt failed
     later = snapshot(Results.load(tmp_path / "later"), {"quick"})
     found = compare(base, later)
     assert _regressions(found) == [("cw_linf", "failing", "status")]
+    # a failed retry after a finished row does not hide it (bench.store.CellRows): the finished row is compared
+    write(tmp_path / "retried", [*_cells(), failed_cw])
+    assert _regressions(compare(base, snapshot(Results.load(tmp_path / "retried"), {"quick"}))) == []
     assert [(f.key[2], f.kind) for f in compare(base, now) if not f.regression] == [("pgd_l2", "new")]
 
 

@@ -116,11 +116,34 @@ def test_leaderboard_shows_norms_reasons_costs_and_provenance(tmp_path):
     assert table.header.index("boundary (mean L2)") > table.header.index("pgd_linf (Linf 8/255)")
 
 
-def test_latest_row_wins_and_a_later_failure_shows(tmp_path):
-    write(tmp_path, [cell("natural", "pgd_linf", CORRECT, [], timestamp="2026-01-01T00:00:00+00:00"),
-                     cell("natural", "pgd_linf", CORRECT, [], status="failed", warnings="killed",
-                          timestamp="2026-01-02T00:00:00+00:00")])
-    assert _row_of(leaderboard(Results.load(tmp_path), "cifar10", "quick"), "natural")["pgd_linf (Linf 8/255)"].startswith("failed")
+def test_a_later_failure_never_hides_the_finished_row_and_is_footnoted(tmp_path):
+    """A failed retry (--force, another n, a checkpoint damaged since) keeps the finished number in the table, the
+    worst case and the caption, with a footnote saying the newer attempt failed and why; a failure with no finished
+    attempt before it still shows as the cell's state, and a later finished row replaces an older one."""
+    write(tmp_path, [cell("natural", "pgd_linf", CORRECT, [False] * N, timestamp="2026-01-01T00:00:00+00:00"),
+                     cell("natural", "pgd_linf", CORRECT[:40], [False] * 40, status="blocked", warnings="checkpoint X is damaged",
+                          timestamp="2026-01-02T00:00:00+00:00"),
+                     cell("natural", "fgsm", CORRECT, [False] * N, status="failed", warnings="killed",
+                          timestamp="2026-01-02T00:00:00+00:00"),
+                     cell("trades", "pgd_linf", CORRECT, [True] * 30, timestamp="2026-01-01T00:00:00+00:00"),
+                     cell("trades", "pgd_linf", CORRECT, [False] * N, timestamp="2026-01-03T00:00:00+00:00")])
+    table = leaderboard(Results.load(tmp_path), "cifar10", "quick")
+    natural = _row_of(table, "natural")
+    assert natural["pgd_linf (Linf 8/255)"].startswith("90.0 ± ") and natural["fgsm (Linf 8/255)"].startswith("failed")
+    assert natural["worst case"].startswith("≤ 90.0 ± ")  # over the finished pgd_linf; fgsm failed
+    mark = re.search(r"\[(\d+)\]", natural["pgd_linf (Linf 8/255)"]).group(1)
+    assert table.notes[int(mark) - 1].startswith("natural × pgd_linf: a newer attempt of this cell failed (blocked, "
+                                                 "2026-01-02") and "checkpoint X is damaged" in table.notes[int(mark) - 1]
+    assert table.caption.endswith("n 100."), table.caption  # not the blocked attempt's n = 40
+    assert _row_of(table, "trades")["pgd_linf (Linf 8/255)"].startswith("90.0 ± ")  # the later finished row
+    assert "newer attempt" not in _row_of(table, "trades")["pgd_linf (Linf 8/255)"]
+    # the same one rule in the regression snapshot and the threat boards
+    (rec,) = [r for r in snapshot(Results.load(tmp_path), {"quick"}) if (r["defense"], r["attack"]) == ("natural", "pgd_linf")]
+    assert rec["status"] == "ok" and str(rec["n"]) == "100"
+    from bench.report.threat_board import boards
+
+    ((entries, notes, _),) = boards(Results.load(tmp_path), "cifar10", "quick").values()
+    assert any("a newer attempt of this cell failed (blocked" in t and "natural × pgd_linf" in t for t in notes.items)
 
 
 def test_worst_case_never_trusts_a_manifest_that_disagrees_with_its_row(tmp_path):

@@ -50,3 +50,30 @@ def test_artifacts_round_trip_with_weights_only(tmp_path):
 
 def test_content_hash_is_order_independent():
     assert store.content_hash({"a": 1, "b": 2}) == store.content_hash({"b": 2, "a": 1})
+
+
+class _NotATensor:  # pickled by reference: weights_only refuses it as a global not allowed by default
+    pass
+
+
+def test_a_refused_pickle_quotes_torchs_reason_without_its_advice_or_terminal_codes(tmp_path):
+    """torch's refusal of a non-tensor object bolds a sentence with ANSI codes and suggests weights_only=False:
+    bench's message (cache and user weights alike) keeps only what was refused."""
+    import io
+
+    import torch
+
+    from bench.store import BenchError, StoreError, _torch_load_bytes, read_weights
+
+    buf = io.BytesIO()
+    torch.save({"model": _NotATensor()}, buf)
+    path = tmp_path / "w.pt"
+    path.write_bytes(buf.getvalue())
+    errors = []
+    for load, kind in ((lambda: _torch_load_bytes(buf.getvalue(), path), StoreError), (lambda: read_weights(path), BenchError)):
+        with pytest.raises(kind) as e:
+            load()
+        errors.append(str(e.value))
+    for text in errors:
+        assert str(path) in text and "GLOBAL" in text and "_NotATensor" in text, text
+        assert "\x1b" not in text and "weights_only` set to `False" not in text and "weights_only=False" not in text, text

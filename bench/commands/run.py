@@ -7,8 +7,8 @@ from typing import List, Optional
 import typer
 
 from .. import progress
-from ..cli_options import (ConfigOpt, CorruptionsOpt, DataOpt, DatasetOpt, DeviceOpt, ProfileOpt, ResultsOpt, SeedOpt, WeightsOpt,
-                           check_n_test)
+from ..cli_options import (ConfigOpt, CorruptionsOpt, DataOpt, DatasetOpt, DeviceOpt, ProfileOpt, ResultsOpt,
+                           RetrainOpt, SeedOpt, WeightsOpt, check_n_test)
 from ..cli_options import make_env as _env
 from ..errors import BenchError
 from ..sched.selection import check_names, select_cells
@@ -28,6 +28,7 @@ def run(
     seed: Optional[int] = SeedOpt,
     device: Optional[str] = DeviceOpt,
     force: bool = typer.Option(False, "--force", help="Recompute cells that already have a finished row."),
+    retrain: bool = RetrainOpt,
     matrix: Optional[str] = typer.Option(None, "--matrix", "-m", help="Run a [matrices.NAME] of bench.toml on the scheduler (bare --matrix: settings.matrix); --defense/--attack/--dataset/--profile narrow or override it."),
     devices: Optional[str] = typer.Option(None, "--devices", help="Scheduler workers: auto (one per visible GPU, else one CPU worker) | cpu | GPU indices such as 0,1."),
     backend: Optional[str] = typer.Option(None, "--backend", help="Scheduler backend: local (default: worker processes here) | ray (each job a Ray task; pip install 'bench[ray]')."),
@@ -59,6 +60,7 @@ def run(
         env = _env(config, data_root, device, results_dir,
                    check=lambda cfg: check_names(cfg, defense, attack, suite, matrix, dataset, profile),
                    weights_root=weights_root, corruptions_root=corruptions_root)
+    env.retrain = retrain
     cfg = env.cfg
     sel = select_cells(cfg, matrix, defense, attack, suite, dataset, profile, seed)  # the cells `bench status` shows
     defenses, attacks, suites, datasets, profile, seed = (sel.defenses, sel.attacks, sel.suites, sel.datasets,
@@ -98,7 +100,8 @@ def run(
         lines = "; ".join(f"{r['defense']} × {r['attack']} ({r['dataset']}) {r['status']}: {r['warnings']}"
                           for r in summary.problems)
         raise BenchError(f"{summary.failed} cell(s) failed and {summary.blocked} blocked ({summary.ok} finished "
-                         f"in this run); their rows in results.csv say why, and re-running retries them. {lines}")
+                         f"in this run); their rows in results.csv say why, and re-running retries them (a cell "
+                         f"finished earlier keeps its finished row on every table; --force retries it). {lines}")
 
 
 def _model_env(model, weights, defense, attack, matrix, devices, backend, ray_address, shards, config, data_root,
@@ -106,7 +109,7 @@ def _model_env(model, weights, defense, attack, matrix, devices, backend, ray_ad
     """The Env of `bench run --model`, with the model as an in-memory defense entry, loaded and checked before the
     results folder is touched: a wrong factory, weights file or output shape leaves nothing behind."""
     from ..runner import Env, check_ready_made
-    from ..store import ensure_writable_dir
+    from ..store import ensure_cache_dir, ensure_writable_dir
     from ..user_model import add_model_entry
 
     if model is None:
@@ -132,7 +135,7 @@ def _model_env(model, weights, defense, attack, matrix, devices, backend, ray_ad
     name = add_model_entry(env.cfg, model, weights, attacks, ds, prof)
     check_ready_made(env, name, ds, prof, seed, keep=True)  # --model's cells run in this process
     ensure_writable_dir(env.store.root, "results folder")
-    ensure_writable_dir(env.cache.root, "cache folder")
+    ensure_cache_dir(env.cache.root)
     return env, [name]
 
 

@@ -33,7 +33,7 @@ def status(
 
     from ..runner import Env
     from ..sched.plan import build_plan
-    from ..store import safe_torch_load
+    from ..store import CellRows, safe_torch_load
 
     env = Env.create(config=config, results_dir=results_dir, device="cpu")
     cfg = env.cfg
@@ -42,7 +42,9 @@ def status(
                                                           sel.profile, sel.seed)
     plan = build_plan(env, defenses, attacks, datasets, profile, seed, n_test, suites=suites)
     attacks = attacks + [f"suite:{n}" for n in suites]
-    latest = {r["cell"]: r for r in env.store.rows()}  # the last row of a cell is its state
+    # a cell's state: its latest finished row, else its latest attempt (bench.store.CellRows, as every table)
+    cell_rows = CellRows(env.store.rows(), lambda r: r["cell"])
+    latest = cell_rows.shown
     out = Console()
     counts: dict[str, int] = {}
     for ds in datasets:
@@ -55,7 +57,8 @@ def status(
             cells = []
             for a in attacks:
                 job = next(j for j in plan.cells() if (j.row["defense"], j.row["attack"], j.row["dataset"]) == (d, a, ds))
-                state, text = _cell_state(plan, job, latest.get(job.row["cell"]))
+                state, text = _cell_state(plan, job, latest.get(job.row["cell"]),
+                                          cell_rows.newer_failure.get(job.row["cell"]))
                 counts[state] = counts.get(state, 0) + 1
                 cells.append(f"[{STYLE.get(state, '')}]{text}[/]")
             table.add_row(d, *cells)
@@ -84,9 +87,10 @@ def status(
         out.print(f"  {j.spec['defense']:<20} {j.spec['dataset']:<14} {key}  {what}")
 
 
-def _cell_state(plan, job, row) -> tuple[str, str]:
+def _cell_state(plan, job, row, newer_failure=None) -> tuple[str, str]:
     if row is not None and row["status"] == "ok":
-        return "ok", f"{float(row['robust_acc']):.1%}"
+        after = f" (a newer attempt {newer_failure['status']})" if newer_failure else ""
+        return "ok", f"{float(row['robust_acc']):.1%}{after}"
     if row is not None:
         reason = row["warnings"]
         return row["status"], f"{row['status']}: {reason[:60]}{'…' if len(reason) > 60 else ''}"

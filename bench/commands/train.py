@@ -7,7 +7,7 @@ from typing import List, Optional
 import typer
 
 from .. import progress
-from ..cli_options import ConfigOpt, DataOpt, DatasetOpt, DeviceOpt, ProfileOpt, ResultsOpt, SeedOpt
+from ..cli_options import ConfigOpt, DataOpt, DatasetOpt, DeviceOpt, ProfileOpt, ResultsOpt, RetrainOpt, SeedOpt
 from ..cli_options import make_env as _env
 
 ORDER = 1
@@ -22,12 +22,14 @@ def train(
     config: Optional[Path] = ConfigOpt,
     data_root: Optional[Path] = DataOpt,
     results_dir: Optional[Path] = ResultsOpt,
+    retrain: bool = RetrainOpt,
 ):
     """Train defenses into the content-addressed checkpoint cache (reused by later runs; resumes per epoch)."""
     from ..runner import train as train_one
 
     env = _env(config, data_root, device, results_dir, check=lambda cfg: [
         cfg.defense(name, dataset or cfg.settings.dataset, profile or cfg.settings.profile) for name in defense])
+    env.retrain = retrain
     for name in defense:
         t = train_one(name, dataset=dataset, profile=profile, seed=seed, env=env)
         last = t.meta.get("history", [{}])[-1] if t.meta.get("history") else {}

@@ -120,7 +120,8 @@ def verify(config: Optional[Path] = ConfigOpt, weights_root: Optional[Path] = We
             typer.echo(f"ok       {key}")
         except StoreError as e:
             bad += 1
-            typer.echo(f"DAMAGED  {key}: {e}")
+            whole = all((zoo.root / f"{key}{suffix}").exists() for suffix in (".pt", ".json"))
+            typer.echo(f"{'DAMAGED ' if whole else 'MISSING '} {key}: {e}")
     typer.echo(f"{len(keys) - bad} of {len(keys)} zoo entries verified in {zoo.root}")
     root, present = _weights_root(cfg, weights_root), 0
     external = cards(zoo.root)

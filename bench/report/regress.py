@@ -163,9 +163,17 @@ def read_baseline(path: Path) -> list[dict]:
     if not path.is_file():
         raise BenchError(f"Baseline {path} not found. Write it from a full run of its matrix with "
                          f"`bench regress --baseline {path} --matrix M --write-baseline` (results/baselines/README.md).")
-    text = path.read_text(encoding="utf-8", errors="replace")
+    data = path.read_bytes()
+    what = "is not a CSV results file (a baseline is the CSV `bench regress --write-baseline` writes)"
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:  # random bytes, a binary file: no row to call torn
+        raise _bad(path, None, f"{what}: byte {data[e.start]:#04x} at offset {e.start} is not UTF-8 text") from None
     if not text.strip():
         raise _bad(path, None, "the file is empty")
+    first = next(csv.reader([text.splitlines()[0]]), [])
+    if "\x00" in text or not set(KEY) & set(first):
+        raise _bad(path, 1, f"{what}: its first line is not a header naming the columns {', '.join(KEY)}")
     if not text.endswith("\n"):  # bench writes every row with its newline: a missing one means a cut-off write
         raise _bad(path, text.count("\n") + 1, "the last row has no line end: the file was cut off while written")
     reader = csv.reader(io.StringIO(text))

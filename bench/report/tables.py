@@ -20,13 +20,18 @@ from pathlib import Path
 from tabulate import tabulate
 
 from ..stats import wilson_interval
-from ..store import ResultsStore, atomic_write_bytes
+from ..store import CellRows, ResultsStore, atomic_write_bytes
 from ..verdicts.cross_cell import failed_by_threat_model
 from .rows import NORM_NAMES, format_eps, to_float
 from ..corruptions.spec import attack_name, parse_attack
 from .table_spec import CORRUPTION, PENDING, SUCCESS, TableSpec, corruption_ref
 
 KEY = ("dataset", "defense", "attack", "profile", "seed")
+
+
+def row_key(row: dict) -> tuple:
+    """The cell a row is an attempt of, as the tables show cells (any n, any bench.toml)."""
+    return tuple(str(row.get(k, "")) for k in KEY)
 
 
 def is_min_norm(row: dict) -> bool:
@@ -125,11 +130,14 @@ class Results:
         self.runs_dir = Path(runs_dir) if runs_dir else None
         self.audits = audits or []  # bench audit reports (results/audit/*.json)
         self._manifests: dict[str, dict | None] = {}
-        # a stable sort keeps file order among equal timestamps, so the row written last wins
-        ordered = sorted(enumerate(rows), key=lambda ir: (ir[1].get("timestamp", ""), ir[0]))
-        self.latest: dict[tuple, dict] = {}
-        for _, r in ordered:
-            self.latest[tuple(str(r.get(k, "")) for k in KEY)] = r
+        # the row each cell key shows (bench.store.CellRows: the latest finished one; a failed or blocked attempt
+        # only where none finished), and the failures newer than a shown finished row
+        self._cells = CellRows(rows, row_key)
+        self.latest: dict[tuple, dict] = self._cells.shown
+
+    def failure_note(self, row: dict) -> str:
+        """'a newer attempt of this cell failed …' when one did after `row` (a finished row shown), else ""."""
+        return self._cells.failure_note(row_key(row)) if row.get("status") == "ok" else ""
 
     @classmethod
     def load(cls, root: Path) -> "Results":
@@ -256,7 +264,7 @@ def attack_cell(sl: Slice, defense: str, attack: str, notes: Notes) -> Cell:
         n = int(to_float(row["n"]))
         cell = Cell("", 100 * to_float(row["robust_acc"]), 100 * to_float(row["ci_low"]), 100 * to_float(row["ci_high"]))
         cell.text = f"{cell.value:.1f} ± {(cell.high - cell.low) / 2:.1f}" if n else "n = 0"
-    return _annotate(cell, row, where, notes)
+    return _annotate(cell, row, where, notes, sl.results.failure_note(row))
 
 
 def success_cell(sl: Slice, defense: str, attack: str, notes: Notes) -> Cell:
@@ -271,13 +279,15 @@ def success_cell(sl: Slice, defense: str, attack: str, notes: Notes) -> Cell:
         return Cell("none attacked")
     cell = accuracy_cell(round(to_float(row["success_rate"]) * attacked), attacked)
     cell.text += f" (of {attacked})"
-    return _annotate(cell, row, f"{defense} × {attack}", notes)
+    return _annotate(cell, row, f"{defense} × {attack}", notes, sl.results.failure_note(row))
 
 
-def _annotate(cell: Cell, row: dict, where: str, notes: Notes) -> Cell:
+def _annotate(cell: Cell, row: dict, where: str, notes: Notes, failure: str = "") -> Cell:
     flags = flags_of(row)
     if flags.get("collapsed"):
         cell.text += " (collapsed)"
+    if failure:  # the number shown stands; the reader learns that a later try of the cell did not finish
+        cell.text += " " + notes.mark(f"{where}: {failure}")
     # other training flags (a dictionary's key and its mean L1) and the code a warning names are provenance: the
     # table's provenance block lists them; a footnote keeps what a reader needs
     marks = [notes.mark(f"{where}: {w}") for w in split_warning(row.get("warnings", ""))[0]]

@@ -131,6 +131,8 @@ def entry(sl: Slice, defense: str, rows: list[dict]) -> Entry | None:
         reasons += [(defense, r["attack"], check_note(name, c), "checks") for name, c in flagged_checks(r)]
         if flags_of(r).get("collapsed"):
             reasons.append((defense, r["attack"], "training collapsed (its flags say so)", "checks"))
+        if failure := sl.results.failure_note(r):  # the number stands; a later try of the cell did not finish
+            reasons.append((defense, r["attack"], failure, "checks"))
     reasons += [(defense, "", check_note(name, c), "checks") for name, c in cross.items() if c["verdict"] == "fail"]
     flags = [f"{r['attack']}: {c['verdict']}: {c.get('short') or name} ({name})"
              for r in sorted(ok, key=lambda r: r["attack"]) for name, c in flagged_checks(r)]

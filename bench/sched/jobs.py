@@ -34,7 +34,7 @@ def env_spec(env) -> dict:
     return {"config": str(env.cfg.path), "data_root": str(env.data_root), "cache": str(env.cache.root),
             "results": str(env.store.root), "plugins": extra_plugin_modules(),
             "weights_root": str(env.weights_root) if env.weights_root else "",
-            "corruptions_root": str(env.corruptions_root) if env.corruptions_root else ""}
+            "corruptions_root": str(env.corruptions_root) if env.corruptions_root else "", "retrain": env.retrain}
 
 
 def extra_plugin_modules() -> list[list[str]]:
@@ -65,7 +65,8 @@ def make_env(spec: dict, device: str):
     return Env(load_config(spec["config"]), Path(spec["data_root"]), ArtifactCache(Path(spec["cache"])),
                ResultsStore(Path(spec["results"])), torch.device(device),
                weights_root=Path(spec["weights_root"]) if spec.get("weights_root") else None,
-               corruptions_root=Path(spec["corruptions_root"]) if spec.get("corruptions_root") else None)
+               corruptions_root=Path(spec["corruptions_root"]) if spec.get("corruptions_root") else None,
+               retrain=bool(spec.get("retrain")))
 
 
 def execute(env, spec: dict) -> dict:

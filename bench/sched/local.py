@@ -8,6 +8,7 @@ import multiprocessing as mp
 import os
 import queue
 import signal
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +47,19 @@ def physical_gpu(device: str) -> str:
     index = int(device.split(":")[1])
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     return visible.split(",")[index].strip() if visible else str(index)
+
+
+# the queues' semaphores are registered with multiprocessing's resource tracker, a process of its own that outlives
+# a parent killed with kill -9 and then unlinks them, warning "There appear to be N leaked semaphore objects"
+# on the user's terminal. Its cleanup is what a killed run needs; the warning only alarms. The tracker takes this
+# process's -W options when it starts (multiprocessing.util._args_from_interpreter_flags), so one filter here,
+# before the first queue starts it, silences it there and nowhere else.
+TRACKER_WARNINGS = "ignore::UserWarning:multiprocessing.resource_tracker"
+
+
+def _quiet_resource_tracker() -> None:
+    if TRACKER_WARNINGS not in sys.warnoptions:
+        sys.warnoptions.append(TRACKER_WARNINGS)
 
 
 def _die_with_parent() -> None:
@@ -112,6 +126,7 @@ class LocalBackend:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
         self.cpu_threads = max(1, cores // n_cpu) if n_cpu > 1 else 0  # one CPU worker keeps torch's default
         self.ctx = mp.get_context("spawn")  # CUDA cannot be used in a forked child
+        _quiet_resource_tracker()
         self.workers: list[Worker] = []
         self.started = False
         self.idle_deaths = [0] * len(devices)

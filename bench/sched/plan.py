@@ -87,7 +87,7 @@ def _train_job(env: Env, name: str, dataset: str, profile: str, seed: int) -> Jo
         job.state, job.skipped, job.spec["evaluation_only"] = DONE, True, True
     elif env.cache.has("checkpoints", key):
         job.state, job.skipped = DONE, True
-    elif ModelZoo.of(env.cfg).has(key):  # the cell's train() copies it from the zoo (planning writes nothing)
+    elif ModelZoo.of(env.cfg).has_entry(key):  # the cell's train() copies it from the zoo (planning writes nothing)
         job.state, job.skipped, job.spec["zoo"] = DONE, True, True
     return job
 
@@ -173,15 +173,29 @@ def _verify_checkpoints(env: Env, plan: Plan) -> None:
                                                        for d in plan.dependents(job.id)):
             if job.spec.get("evaluation_only"):
                 continue
+            if job.spec.get("zoo"):
+                _verify_zoo_entry(env, job)
+                continue
             try:
-                if job.spec.get("zoo"):
-                    from ..zoo import ModelZoo
-
-                    ModelZoo.of(env.cfg).verify(job.spec["key"])
-                else:
-                    env.cache.verify("checkpoints", job.spec["key"])
+                env.cache.verify("checkpoints", job.spec["key"])
             except StoreError as e:
                 job.state, job.skipped, job.reason = FAILED, False, str(e)
+
+
+def _verify_zoo_entry(env: Env, job: Job) -> None:
+    # a model zoo entry is committed data: one missing or damaged stops the run before anything is written, with
+    # the remedy that keeps it (bench.zoo); with --retrain its checkpoint is trained into the cache instead
+    from .. import progress
+    from ..zoo import ModelZoo
+
+    try:
+        ModelZoo.of(env.cfg).verify(job.spec["key"])
+    except StoreError as e:
+        if not env.retrain:
+            raise
+        progress.log(f"[{job.spec['defense']}] --retrain: training checkpoint {job.spec['key']} into the cache; the "
+                     f"model zoo entry is left as it is ({e})")
+        job.state, job.skipped, job.spec["zoo"] = PENDING, False, False
 
 
 def _skip_unneeded_trainings(plan: Plan) -> None:
