@@ -4,13 +4,22 @@ Why foolbox's FMN: it is the authors' own port (contributed by Pintor), it is al
 covers the four norms with one algorithm. adv-lib's FMN (the variant AttackBench ranks well) was the first
 choice, but adv-lib imports visdom at package import and visdom ships only as a source archive that does not
 build here; the two implement the same updates (cosine-annealed step and gamma, eps shrinks by (1 - gamma) while
-adversarial and jumps to the linearised boundary distance before the first success)."""
+adversarial and jumps to the linearised boundary distance before the first success).
+
+Before its first success FMN grows its radius by the linearised distance to the boundary, |margin| / ||grad||:
+Newton's method on the margin along the path, which never crosses a boundary it approaches from the convex side
+and slows to a crawl where the margin is flat near its root (on a naturally trained MNIST CNN, 100 or 300 steps
+fooled about 60 % of the points PGD-L2 fools at eps 2). The paper's remedy, which foolbox's FMN implements through
+`starting_points`, is to start from an adversarial point: `init_steps` DDN steps (whose radius grows by a factor
+(1 + gamma) per step whatever the margin's shape) find one, foolbox's binary search moves it to the boundary
+between x and it, and FMN then only has to shrink. Points DDN does not fool start from x, as without an init."""
 from __future__ import annotations
 
 from typing import Literal
 
 import eagerpy as ep
 import foolbox as fb
+import torch
 from foolbox.devutils import atleast_kd, flatten
 
 from bench import Field, Number, register_attack
@@ -60,10 +69,36 @@ class FMN(GradientMinNorm):
                                                             "cosine-annealed to min_stepsize")
         min_stepsize: Number | None = Field(None, gt=0, description="last step size (None = max_stepsize / 100)")
         gamma: Number = Field(0.05, gt=0, lt=1, description="first eps update factor, annealed to 0.001")
+        init_steps: int = Field(0, ge=0, description="DDN (L2) steps that look for an adversarial starting point "
+                                                     "first (0 = start from x); each is one forward and one "
+                                                     "backward pass, plus 10 forward passes of binary search")
+        init_epsilon: Number = Field(1.0, gt=0, description="the init DDN's first L2 radius")
 
     def minimize(self, model, x, y, gen):
         p = self.params
         attack = _ATTACKS[p.norm](steps=p.steps, max_stepsize=p.max_stepsize, min_stepsize=p.min_stepsize,
                                   gamma=p.gamma)
         fmodel = fb.PyTorchModel(model, bounds=(0, 1), device=x.device)
-        return attack.run(fmodel, x, fb.criteria.Misclassification(y))
+        if not p.init_steps:
+            return attack.run(fmodel, x, fb.criteria.Misclassification(y))
+        start = fb.attacks.DDNAttack(init_epsilon=p.init_epsilon, steps=p.init_steps).run(
+            fmodel, x, fb.criteria.Misclassification(y))
+        with torch.no_grad():
+            started = model(start).argmax(1) != y
+        adv = x.clone()
+        for group, starting_points in ((started, start[started]), (~started, None)):
+            if group.any():
+                adv[group] = self._from(attack, fmodel, x[group], y[group], starting_points)
+        return adv
+
+    @staticmethod
+    def _from(attack, fmodel, x, y, starting_points):
+        """FMN from the given adversarial points (None: from x). foolbox asserts that every starting point is
+        adversarial; a stochastic model may disagree with the check above, and then the group starts from x."""
+        criterion = fb.criteria.Misclassification(y)
+        if starting_points is not None:
+            try:
+                return attack.run(fmodel, x, criterion, starting_points=starting_points)
+            except AssertionError:
+                pass
+        return attack.run(fmodel, x, criterion)

@@ -142,3 +142,25 @@ def test_weakened_minimum_norm_attack_fails_regress(tmp_path):
     findings = compare(records("base", 1.0), records("weak", 1.5))
     assert [(f.metric, f.kind) for f in findings if f.regression] == [("mean_norm", "rise")]
     assert not [f for f in compare(records("base2", 1.0), records("same", 1.0)) if f.regression]
+
+
+def test_leaderboards_show_the_median_minimal_norm_and_the_curve_only_with_minimum_norm_evidence(tmp_path):
+    from bench.report import html_board, threat_board
+
+    pgd = bounded("pgd_linf", 0.03, [False] * 5 + [True, True, False], [0.0] * 5 + [0.029, 0.03, 0.0])
+    results, _ = curves_of(tmp_path, [minnorm("fmn_linf", BEST), pgd])
+    entries, notes, sl = threat_board.boards(results, "cifar10", "quick")[("linf", 0.03)]
+    # per point: 0.01 .. 0.05, 0.029, 0.03 (PGD's), 0 (misclassified): median (0.029 + 0.03) / 2
+    assert entries[0].median_norm == pytest.approx(0.0295)
+    md = threat_board.table(("linf", 0.03), entries, notes, sl).markdown()
+    assert "median min norm" in md and " 7.52/255 " in md
+    page = html_board.page({("cifar10", "quick"): threat_board.boards(results, "cifar10", "quick")})
+    assert "median min norm" in page and "Robustness curve" in page and "accuracy vs Linf eps (n 8)" in page
+
+    bare = tmp_path / "bare"  # the PGD cell alone: no curve, the table as it always was
+    write(bare, [pgd])
+    found = threat_board.boards(Results.load(bare), "cifar10", "quick")
+    entries, notes, sl = found[("linf", 0.03)]
+    assert entries[0].curve is None
+    assert "median" not in threat_board.table(("linf", 0.03), entries, notes, sl).markdown()
+    assert "median" not in (page := html_board.page({("cifar10", "quick"): found})) and "Robustness curve" not in page

@@ -197,3 +197,44 @@ def test_attacks_take_the_defense_backward_surrogate(name):
         results[backward] = (out.fooled.float().mean().item(), ctx.warnings)
     assert results["autograd"][0] < 0.5 and any("non-differentiable" in w for w in results["autograd"][1])
     assert results["identity"][0] == 1.0 and not results["identity"][1]
+
+
+class _FlatMargin(nn.Module):
+    """Two classes whose margin is g(x)^5 with g = b - w.x: the boundary is the hyperplane g = 0 (minimal L2
+    distance g / ||w||), but the linearised distance |margin| / ||grad|| is g / (5 ||w||), a fifth of it, and
+    along the path it is Newton's method on a root of multiplicity 5: it closes a fifth of the gap per step and
+    never crosses. FMN, which before its first success grows its radius by exactly that amount, stalls there."""
+
+    def __init__(self, w, b):
+        super().__init__()
+        self.w, self.b = nn.Parameter(w), nn.Parameter(b)
+
+    def forward(self, x):
+        g = self.b - x.flatten(1) @ self.w
+        return torch.stack([g ** 5, torch.zeros_like(g)], 1)
+
+
+def flat_margin_problem(n=4, shape=(3, 4, 4)):
+    gen = torch.Generator().manual_seed(1)
+    d = int(torch.tensor(shape).prod())
+    w = torch.randn(d, generator=gen)
+    w = 2 * w / w.norm()
+    x = 0.45 + 0.1 * torch.rand(n, *shape, generator=gen)
+    wx = x.flatten(1) @ w
+    model = _FlatMargin(w, wx.max() + 0.6)  # g in [0.6, 0.6 + spread]: distances of 0.3 and more
+    truth = (model.b - wx).detach() / w.norm()
+    assert (truth.max() * w.abs().max() / w.norm() < 0.4).all()  # the L2 minimiser stays inside [0, 1]^d
+    return model, x, torch.zeros(n, dtype=torch.long), truth
+
+
+def test_fmn_from_an_adversarial_start_gets_past_a_flat_margin():
+    """Without a starting point FMN-L2 fools none of these points; with a DDN init it finds every minimal norm
+    within 5 %, and never below it."""
+    model, x, y, truth = flat_margin_problem()
+    stalled, _ = run_attack("fmn", "l2", {"steps": 50}, model, x, y)
+    assert not stalled.fooled.any()
+    out, counter = run_attack("fmn", "l2", {"steps": 50, "init_steps": 10}, model, x, y)
+    found = checked_norms(out, model, x, y, "l2")
+    assert (found >= truth * (1 - 1e-5)).all(), (found, truth)
+    assert (found <= truth * 1.05).all(), (found / truth).tolist()
+    assert counter.backward_images >= (50 + 10) * len(x)  # the init's passes are counted with FMN's

@@ -204,11 +204,15 @@ def attack_board(curves: list[Curve], norm: str, caption: str) -> str:
     return "\n".join(lines)
 
 
-def _fmt(norm: str, v: float) -> str:
-    """Linf norms in pixel steps (x/255, as the budgets are written), the others as numbers."""
+def norm_text(norm: str, v: float) -> str:
+    """Linf norms in pixel steps (x/255, as the budgets are written), the others as numbers; ∞ for unfooled."""
     if not np.isfinite(v):
-        return "∞ (most points unfooled)"
+        return "∞"
     return f"{v * 255:.3g}/255" if norm == "linf" else f"{v:.4g}"
+
+
+def _fmt(norm: str, v: float) -> str:
+    return norm_text(norm, v) if np.isfinite(v) else "∞ (most points unfooled)"
 
 
 def write_attack_board(results, dataset: str, profile: str, seed, out_dir) -> Path | None:

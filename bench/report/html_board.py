@@ -1,6 +1,8 @@
 """`bench table --html`: one self-contained HTML leaderboard (inline CSS and JS, no server, no network): a tab per
 dataset / profile / threat model (bench.report.threat_board), sortable columns, the verdict marks with their reasons on
-hover, and per defense an inline SVG of its worst-case accuracy against eps for each norm."""
+hover, and per defense an inline SVG of its worst-case accuracy against eps for each norm. Where a minimum-norm
+attack ran, the table gains the median minimal norm and each such defense its robustness curve (accuracy at every
+eps from the per-sample norms, bench.report.curves) as a step line; pages without one render as before."""
 from __future__ import annotations
 
 import html
@@ -8,6 +10,7 @@ import json
 from pathlib import Path
 
 from . import threat_board
+from .curves import Curve, norm_text
 from ..store import atomic_write_bytes
 from .tables import NORM_NAMES, Results
 
@@ -48,7 +51,23 @@ def _svg(points: list[tuple[float, float]], title: str) -> str:
             f'<polyline fill="none" stroke="#1f5fa8" stroke-width="2" points="{line}"/>{dots}</svg>')
 
 
-def _row(rank: int, e, notes: list[str]) -> str:
+def _curve_svg(curve: Curve, title: str) -> str:
+    """The robustness curve as a step line: accuracy (y, [0, 1]) from eps 0 to the largest norm any attack found."""
+    w, h, pad = 260, 140, 26
+    xs, acc = curve.steps()
+    hi = float(xs[-1]) or 1.0
+    px = [pad + x / hi * (w - 2 * pad) for x in xs] + [w - pad]
+    py = [h - pad - a * (h - 2 * pad) for a in acc]
+    line = " ".join(f"{px[i]:.1f},{py[i]:.1f} {px[i + 1]:.1f},{py[i]:.1f}" for i in range(len(py)))
+    ends = (f'<text x="{pad}" y="{h - 8}" font-size="10">0</text><text x="{w - pad}" y="{h - 8}" font-size="10" '
+            f'text-anchor="end">{html.escape(norm_text(curve.norm, hi))}</text>')
+    return (f'<svg width="{w}" height="{h}" role="img" aria-label="{html.escape(title)}"><text x="{pad}" y="14" '
+            f'font-size="11">{html.escape(title)}</text><line x1="{pad}" y1="{h - pad}" x2="{w - pad}" '
+            f'y2="{h - pad}" stroke="#999"/><line x1="{pad}" y1="{pad}" x2="{pad}" y2="{h - pad}" stroke="#999"/>'
+            f'<polyline fill="none" stroke="#b3401f" stroke-width="2" points="{line}"/>{ends}</svg>')
+
+
+def _row(rank: int, e, notes: list[str], tm=None) -> str:
     verdicts = {a.verdict for a in e.attacks} | {c["verdict"] for c in e.cross.values()}
     reasons = "; ".join(notes[int(m[1:-1]) - 1] for m in e.marks) or "; ".join(
         f"{a.attack}: {a.verdict}" for a in e.attacks if a.verdict in ("warn", "fail"))
@@ -60,6 +79,8 @@ def _row(rank: int, e, notes: list[str]) -> str:
              (e.clean.text(), e.clean.acc, ""), (worst, e.worst.acc, ""), (html.escape(e.strongest), None, "name"),
              (str(sum(a.score is not None for a in e.attacks)), None, ""), (mark, None, "name"),
              (f"{e.attack_s:.1f}", e.attack_s, "")]
+    if tm is not None:  # the table shows the median minimal norm
+        cells.insert(4, (html.escape(threat_board.median_text(tm, e)), e.median_norm if e.curve else None, ""))
     return "<tr>" + "".join(f'<td class="{c}"' + (f' data-v="{v}"' if v is not None else "") + f">{t}</td>"
                             for t, v, c in cells) + "</tr>"
 
@@ -92,9 +113,14 @@ def page(boards: dict[tuple[str, str], dict], extra: list | None = None) -> str:
         for tm, (entries, notes, sl) in found.items():
             name = f"{dataset} / {profile} / {threat_board.label(tm)}"
             tabs.append(f'<button onclick="show({len(tabs)})">{html.escape(name)}</button>')
+            curved = threat_board.has_curves(entries)
+            header = HEADER[:4] + ["median min norm"] + HEADER[4:] if curved else HEADER
             head = "".join(f'<th class="{"name" if h in ("defense", "strongest attack", "checks") else ""}" '
-                           f'onclick="sortBy(this)">{h}</th>' for h in HEADER)
-            rows = "".join(_row(i, e, notes.items) for i, e in enumerate(entries, 1))
+                           f'onclick="sortBy(this)">{h}</th>' for h in header)
+            rows = "".join(_row(i, e, notes.items, tm if curved else None) for i, e in enumerate(entries, 1))
+            robustness = "".join(_curve_svg(e.curve, f"{e.defense}: accuracy vs {NORM_NAMES.get(tm[0], tm[0])} "
+                                                     f"eps (n {e.curve.n})")
+                                 for e in entries if e.curve is not None)
             plots = "".join(_svg(sorted(curves[(e.defense, tm[0])]), f"{e.defense}: {NORM_NAMES.get(tm[0], tm[0])}")
                             for e in entries if len(curves[(e.defense, tm[0])]) > 1)
             caption = (f"Worst case per test point over this threat model's attacks only; rows sorted by it. "
@@ -106,7 +132,11 @@ def page(boards: dict[tuple[str, str], dict], extra: list | None = None) -> str:
                             f'<p class="caption">{html.escape(caption)}</p>'
                             + (f'<ol class="notes">{footnotes}</ol>' if footnotes else "")
                             + f'<details class="provenance"><summary>Provenance</summary><ul>{prov}</ul></details>'
-                            + (f"<h3>Worst case vs eps</h3>{plots}" if plots else "") + "</section>")
+                            + (f"<h3>Worst case vs eps</h3>{plots}" if plots else "")
+                            + (f"<h3>Robustness curve</h3><p class=\"caption\">Accuracy at every eps: per test "
+                               f"point the smallest perturbation any attack at this norm found (minimum-norm "
+                               f"attacks and fixed-eps cells); median min norm: where it crosses 50 %.</p>"
+                               f"{robustness}" if robustness else "") + "</section>")
             data.append({"tab": name, "defenses": [e.defense for e in entries],
                          "worst": [e.worst.acc for e in entries]})
     for name, t in extra or []:

@@ -10,7 +10,11 @@ taken on the indices every cell saw; the table says on how many.
 
 Footnotes say only what a reader needs (a warning, a weak or failed check, why a worst case is only a bound), once
 per reason with the cells it is about; which code, versions, devices, checkpoints and dates made the rows is one
-provenance block per table. Beside each table: numeric CSV / JSON exports and a RobustBench model card per defense
+provenance block per table.
+
+Where a minimum-norm attack left per-sample norms for a defense at the table's norm, its row also shows the
+median minimal norm over every attack's evidence at that norm (bench.report.curves: the robustness curve's median);
+tables without such evidence render exactly as before. Beside each table: numeric CSV / JSON exports and a RobustBench model card per defense
 (model_info/<threat model>/<defense>.json). Nothing rendered carries a render time or a path of this machine, so
 re-rendering a committed snapshot gives the committed bytes (tests/test_snapshot_render.py)."""
 from __future__ import annotations
@@ -24,6 +28,7 @@ from pathlib import Path
 from ..stats import wilson_interval
 from ..store import atomic_write_bytes
 from ..verdicts.cross_cell import cross_checks, sample_indices
+from .curves import Curve, norm_text, slice_curves
 from .rows import format_eps, threat_label, threat_model, to_float
 from .tables import (Notes, Results, Slice, Table, _count, check_note, flagged_checks, flags_of, provenance_lines,
                      split_warning)
@@ -85,6 +90,11 @@ class Entry:
     architecture: str = ""
     forward_passes_per_prediction: int = 1  # a stochastic defense's ensemble of E passes: E
     cross: dict = field(default_factory=dict)  # checks across its cells (bench.verdicts.cross_cell)
+    curve: Curve | None = None  # its robustness curve at the table's norm, where a minimum-norm attack gave one
+
+    @property
+    def median_norm(self) -> float | None:
+        return self.curve.median() if self.curve is not None else None
 
 
 def _verdict(row: dict) -> str:
@@ -182,6 +192,8 @@ def boards(results: Results, dataset: str, profile: str, seed=None) -> dict:
     if seed is None:
         return {}
     sl = results.slice(dataset, profile, seed)
+    curves = {(c.defense, norm): c for norm, cs in slice_curves(sl).items() for c in cs
+              if any(e.min_norm for e in c.attacks)}
     grouped: dict[tuple[str, float], dict[str, list[dict]]] = {}
     for (defense, _), row in sl.cells.items():
         tm = threat_model(row)
@@ -191,6 +203,8 @@ def boards(results: Results, dataset: str, profile: str, seed=None) -> dict:
     for tm in sorted(grouped, key=lambda t: (t[0], t[1])):
         notes = Notes()
         entries = [e for d, rows in sorted(grouped[tm].items()) if (e := entry(sl, d, rows)) is not None]
+        for e in entries:
+            e.curve = curves.get((e.defense, tm[0]))
         entries.sort(key=lambda e: (-e.worst.acc, e.defense))
         _number_notes(entries, notes)
         out[tm] = (entries, notes, sl)
@@ -235,20 +249,38 @@ def worst_text(e: Entry) -> str:
             + (" " + "".join(e.worst_marks) if e.worst_marks else ""))
 
 
+def has_curves(entries: list[Entry]) -> bool:
+    return any(e.curve is not None for e in entries)
+
+
+def median_text(tm, e: Entry) -> str:
+    return "—" if e.curve is None else norm_text(tm[0], e.median_norm)
+
+
+MEDIAN_NOTE = (" Median min norm: half the defense's points are fooled within it, per point the smallest "
+               "perturbation any attack at this norm found (minimum-norm attacks and fixed-eps cells alike; "
+               "—: no minimum-norm attack ran on it).")
+
+
 def table(tm, entries: list[Entry], notes: Notes, sl: Slice) -> Table:
     header = ["#", "defense", "clean", "worst case", "strongest attack", "attacks", "points", "checks", "attack s",
               "fwd passes"]
+    curves = has_curves(entries)
+    if curves:
+        header.insert(4, "median min norm")
     body = []
     for i, e in enumerate(entries, 1):
         body.append([str(i), e.defense, e.clean.text(), worst_text(e), e.strongest,
                      str(sum(a.score is not None for a in e.attacks)), str(e.common if e.per_sample else e.worst.n),
                      checks_text(e), f"{e.attack_s:.1f}", _count(e.forward_passes)])
+        if curves:
+            body[-1].insert(4, median_text(tm, e))
     what = (f"Threat model {label(tm)}. Accuracy % ± 95 % Wilson half-width. Worst case: per test point over this "
             f"threat model's attacks only (a point is robust only if no attack fooled it), on the test points all "
             f"of the defense's cells saw ('points'); '≤' = some cell has no per-sample verdicts, so the strongest "
             f"single attack bounds it. Unreliable: an attack failed a per-cell check, or a black-box or single-step "
             f"attack fooled points every iterative gradient attack left robust. Per-attack numbers: "
-            f"{slug(tm)}-attacks.csv.")
+            f"{slug(tm)}-attacks.csv." + (MEDIAN_NOTE if curves else ""))
     return Table(f"{label(tm)} — {sl.dataset} / {sl.profile}", header, body, board_caption(sl, entries, what),
                  notes.items, provenance=provenance(entries, sl))
 
@@ -268,11 +300,13 @@ def numeric_csv(tm, entries: list[Entry]) -> tuple[str, str]:
     w = csv.writer(out, lineterminator="\n")
     w.writerow(["rank", "defense", "norm", "eps", "clean_acc", "clean_ci_low", "clean_ci_high", "clean_k", "clean_n",
                 "robust_acc", "ci_low", "ci_high", "robust_k", "robust_n", "per_sample", "unreliable",
-                "strongest_attack", "attacks", "attack_s", "forward_passes"])
+                "strongest_attack", "attacks", "attack_s", "forward_passes"]
+               + (["median_min_norm", "curve_n"] if has_curves(entries) else []))
     for i, e in enumerate(entries, 1):
         w.writerow([i, e.defense, tm[0], tm[1], e.clean.acc, *e.clean.ci(), e.clean.k, e.clean.n, e.worst.acc,
                     *e.worst.ci(), e.worst.k, e.worst.n, int(e.per_sample), int(e.unreliable), e.strongest,
-                    sum(a.score is not None for a in e.attacks), round(e.attack_s, 3), int(e.forward_passes)])
+                    sum(a.score is not None for a in e.attacks), round(e.attack_s, 3), int(e.forward_passes)]
+                   + (([e.median_norm, e.curve.n] if e.curve else ["", ""]) if has_curves(entries) else []))
     long = io.StringIO()
     w = csv.writer(long, lineterminator="\n")
     w.writerow(["defense", "attack", "norm", "eps", "status", "robust_acc", "ci_low", "ci_high", "robust_k",
@@ -285,7 +319,7 @@ def numeric_csv(tm, entries: list[Entry]) -> tuple[str, str]:
     return out.getvalue(), long.getvalue()
 
 
-SCORED = ("clean", "worst", "attacks", "marks", "worst_marks", "cross")  # written by _json as scores, or table-only
+SCORED = ("clean", "worst", "attacks", "marks", "worst_marks", "cross", "curve")  # written by _json as scores, or table-only
 
 
 def _json(tm, entries: list[Entry], sl: Slice) -> dict:
@@ -297,6 +331,7 @@ def _json(tm, entries: list[Entry], sl: Slice) -> dict:
             "defenses": [{**{k: v for k, v in asdict(e).items() if k not in SCORED},
                           "rank": i, "clean": score(e.clean), "worst": score(e.worst),
                           **({"cross_checks": e.cross} if e.cross else {}),
+                          **({"median_min_norm": e.median_norm, "curve_n": e.curve.n} if e.curve else {}),
                           "attacks": [{"attack": a.attack, "status": a.status, "verdict": a.verdict,
                                        **(score(a.score) or {})} for a in e.attacks]}
                          for i, e in enumerate(entries, 1)]}
@@ -334,6 +369,7 @@ def model_card(tm, e: Entry, rank: int, sl: Slice) -> dict:
             "bench": {"profile": sl.profile, "seed": sl.seed, "rank": rank, "norm": tm[0], "eps": tm[1],
                       "clean": score(e.clean), "worst_case": score(e.worst), "per_sample": e.per_sample,
                       "common_points": e.common, "strongest_attack": e.strongest, "attacks": ran,
+                      **({"median_min_norm": e.median_norm} if e.curve else {}),
                       "leaderboard": f"../../{slug(tm)}.csv"}}
 
 
