@@ -48,9 +48,15 @@ class GradientMinNorm(Attack):
     kind: ClassVar[str] = "min_norm"
     gradient_based = True
     salt: ClassVar[int] = 0  # each plug-in's own random stream
+    # the loss whose gradient the minimisation follows, for the per-cell gradient checks: FMN and FAB step on the
+    # logit margin (DDN overrides it: cross-entropy)
+    loss_kind: ClassVar[str] = "cw"
 
     def minimize(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         raise NotImplementedError
+
+    def report(self, ctx) -> None:
+        """Copy what the last `minimize` counted into the cell's manifest (ctx.info) and warnings; none by default."""
 
     def run(self, model, x, y, ctx):
         p = self.params
@@ -62,6 +68,7 @@ class GradientMinNorm(Attack):
             torch.manual_seed(ctx.seed * 1_000_003 + self.salt)
             target = EOTLogits(m, p.eot_samples).train(m.training) if p.eot_samples > 1 else m
             adv = self.minimize(target, x, y, ctx.generator(self.salt)).detach().to(x.dtype).clamp(0, 1)
+            self.report(ctx)
             with torch.no_grad():
                 if judge is not None:
                     fooled = judge(adv, y)

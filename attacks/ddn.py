@@ -20,6 +20,7 @@ class DDN(GradientMinNorm):
     """Decoupled Direction and Norm (foolbox 3): white-box minimal L2 perturbation per point."""
 
     salt = 12
+    loss_kind = "ce"  # DDN steps on the cross-entropy gradient
 
     class Params(GradientMinNormParams):
         norm: Literal["l2"] = "l2"

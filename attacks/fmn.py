@@ -86,19 +86,34 @@ class FMN(GradientMinNorm):
         with torch.no_grad():
             started = model(start).argmax(1) != y
         adv = x.clone()
+        self.started_from_ddn = self.start_fallbacks = 0
         for group, starting_points in ((started, start[started]), (~started, None)):
             if group.any():
                 adv[group] = self._from(attack, fmodel, x[group], y[group], starting_points)
         return adv
 
-    @staticmethod
-    def _from(attack, fmodel, x, y, starting_points):
+    def _from(self, attack, fmodel, x, y, starting_points):
         """FMN from the given adversarial points (None: from x). foolbox asserts that every starting point is
-        adversarial; a stochastic model may disagree with the check above, and then the group starts from x."""
+        adversarial; a stochastic model may disagree with the check above, and then the group starts from x
+        (counted: the cell's manifest and warnings say how many points lost their DDN start)."""
         criterion = fb.criteria.Misclassification(y)
         if starting_points is not None:
             try:
-                return attack.run(fmodel, x, criterion, starting_points=starting_points)
+                out = attack.run(fmodel, x, criterion, starting_points=starting_points)
+                self.started_from_ddn += len(x)
+                return out
             except AssertionError:
-                pass
+                self.start_fallbacks += len(x)
         return attack.run(fmodel, x, criterion)
+
+    def report(self, ctx) -> None:
+        if not self.params.init_steps:
+            return
+        info = ctx.info.setdefault("fmn_start", {"from_ddn": 0, "ddn_start_dropped": 0})
+        info["from_ddn"] += self.started_from_ddn
+        info["ddn_start_dropped"] += self.start_fallbacks
+        if self.start_fallbacks:
+            msg = ("FMN: foolbox's own check rejected DDN starting points the model had judged adversarial (a "
+                   "stochastic model?); those points started from the clean image")
+            if msg not in ctx.warnings:
+                ctx.warnings.append(msg)

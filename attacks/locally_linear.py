@@ -43,6 +43,7 @@ class LocallyLinear(Attack):
 
     Params = LocallyLinearParams
     gradient_based = True
+    loss_kind = "cw"  # it steps on logit margins: the per-cell gradient checks probe the margin's gradient
 
     def settings(self) -> PGDSettings:
         p = self.params

@@ -265,10 +265,21 @@ class ArtifactCache:
         buf = io.BytesIO()
         torch.save({**payload, "meta_json": json.dumps(meta, default=str)}, buf)
         data = buf.getvalue()
-        # the readable metadata records the artifact's sha256, so `load` detects a truncated or altered file
-        atomic_write_json(self.path(kind, key, ".json"),
-                          {**meta, "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)})
-        atomic_write_bytes(target, data)
+        # Two processes that computed the same artifact (test workers sharing a cache, scheduler workers) take turns,
+        # and the second keeps the first's whole copy: its .json and .pt are written as two files, and rewriting
+        # them while another process reads would pair one writer's metadata (timings differ) with the other's bytes.
+        # A damaged copy is replaced.
+        with file_lock(target):
+            if self.has(kind, key):
+                try:
+                    self._read_verified(kind, key)
+                    return target
+                except StoreError:
+                    pass
+            # the readable metadata records the artifact's sha256, so `load` detects a truncated or altered file
+            atomic_write_json(self.path(kind, key, ".json"),
+                              {**meta, "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)})
+            atomic_write_bytes(target, data)
         return target
 
     def _read_verified(self, kind: str, key: str) -> tuple[bytes, bool]:

@@ -1,5 +1,5 @@
 """The model zoo: checkpoints that took real compute, committed in the repository (settings.zoo_dir, by default
-results/zoo/) so that a fresh clone attacks them without retraining and a lent GPU's trainings outlive the machine.
+results/zoo/) so that a fresh clone attacks them without retraining and trainings run on another machine (a GPU) are kept.
 
 An entry is the checkpoint cache's own pair, `<key>.pt` and its card `<key>.json` (the cache's metadata: resolved
 config, training log, provenance, sha256) plus what a reader of the zoo wants first (entry, dataset, profile, clean

@@ -73,7 +73,8 @@ class STL(Defense):
                                         p.tikhonov_lmbda, p.pad)
         classifier = VGG(self.info, width=p.width) if p.arch == "vgg16" else build_classifier(p.arch, self.info)
         if p.classifier_weights:
-            self._load_classifier(classifier, locate_file(p.classifier_weights, self.context.config_root))
+            weights = locate_file(p.classifier_weights, self.context.config_root, self.context.weights_root)
+            self._load_classifier(classifier, weights)
         return STLNet(stl, classifier)
 
     def _load_classifier(self, classifier, path) -> None:

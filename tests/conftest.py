@@ -77,7 +77,8 @@ def session_results(tmp_path_factory, shared_cache) -> Path:
 
 @pytest.fixture(scope="session")
 def env(data_root, session_results):
-    """An Env on the repository's bench.toml with a session-private results folder and cache."""
+    """An Env on the repository's bench.toml with a results folder private to this test process, whose cache is
+    the one every test worker of the run shares (shared_cache)."""
     from bench.runner import Env
 
     return Env.create(config=REPO / "bench.toml", data_root=data_root, device="cpu", results_dir=session_results)

@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 
 from bench.config import load_config
-from bench.reference import render_markdown
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
@@ -40,15 +39,9 @@ def test_strict_build_fails_on_a_broken_link(tmp_path):
     assert proc.returncode != 0 and "no-such-page.md" in proc.stdout + proc.stderr
 
 
-def test_reference_page_is_current():
-    committed = (ROOT / "docs" / "reference.md").read_text()
-    fresh = render_markdown(load_config(ROOT / "bench.toml"))
-    assert committed == fresh, ("docs/reference.md is out of date with the registry or bench.toml: regenerate it "
-                                "with `bench list --markdown > docs/reference.md`")
-
-
 def test_bench_list_markdown_prints_the_page():
-    """The command the page names as its source, through the real entry point, prints exactly that page."""
+    """The page is current: the command it names as its source, through the real entry point, prints exactly it.
+    (A fresh process: test files of the same worker register planted plug-ins of their own into the registry.)"""
     import os
 
     env = {**os.environ, "BENCH_PROGRESS": "0"}
@@ -65,7 +58,9 @@ def test_reference_page_lists_every_plugin_and_entry():
     page = (ROOT / "docs" / "reference.md").read_text()
     cfg = load_config(ROOT / "bench.toml")
     for kind in ("defense", "attack"):
-        for name in [*plugins(kind), *cfg.entries[kind]]:
+        shipped = [name for name, cls in plugins(kind).items()  # not the planted ones other test files register
+                   if cls.__module__.split(".")[0] in ("defenses", "attacks")]
+        for name in [*shipped, *cfg.entries[kind]]:
             assert f"`{name}`" in page, (kind, name)
 
 

@@ -35,8 +35,12 @@ AUTHORS.append(["table", "--profile", "paper_cpu", "--paper"])
 # common corruptions (docs/corruptions.md): the corruptions table and 001 Table 5.2's two layouts
 CORRUPTIONS = [["table", "--profile", "quick", "--dataset", "cifar10", "--html"],
                ["table", "--profile", "quick", "--spec", "paper001_table5_2", "--spec", "paper001_table5_2_s5"]]
+# the minimum-norm folders: their leaderboards (median minimal norm, HTML curves) and attack-optimality boards
+MINNORM = {d: [["table", "--profile", "quick", "--dataset", d, "--html"],
+               ["table", "--attacks", "--profile", "quick", "--dataset", d]] for d in ("cifar10", "mnist")}
 SNAPSHOTS = [("quick_cifar10", _quick("cifar10", True)), ("quick_fashion_mnist", _quick("fashion_mnist", True)),
-             ("quick_mnist", _quick("mnist", False)), ("authors", AUTHORS), ("corruptions", CORRUPTIONS)]
+             ("quick_mnist", _quick("mnist", False)), ("authors", AUTHORS), ("corruptions", CORRUPTIONS),
+             ("minnorm_quick_cifar10", MINNORM["cifar10"]), ("minnorm_quick_mnist", MINNORM["mnist"])]
 RENDERED = ("leaderboard.md", "leaderboard.csv", "leaderboard.html", "leaderboards", "tables", "corruptions")
 
 

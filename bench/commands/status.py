@@ -7,7 +7,7 @@ from typing import List, Optional
 import typer
 
 from ..sched.selection import select_cells
-from ..cli_options import ConfigOpt, ResultsOpt, SeedOpt
+from ..cli_options import ConfigOpt, CorruptionsOpt, DataOpt, ResultsOpt, SeedOpt, WeightsOpt
 
 STYLE = {"ok": "green", "failed": "bold red", "blocked": "red", "queued": "yellow", "untrained": "dim",
          "training": "cyan"}
@@ -23,6 +23,9 @@ def status(
     seed: Optional[int] = SeedOpt,
     n_test: Optional[int] = typer.Option(None, "--n-test", min=1, help="The --n-test the matrix was run with (default: the profile's)."),
     config: Optional[Path] = ConfigOpt,
+    data_root: Optional[Path] = DataOpt,
+    weights_root: Optional[Path] = WeightsOpt,
+    corruptions_root: Optional[Path] = CorruptionsOpt,
     results_dir: Optional[Path] = ResultsOpt,
 ):
     """Show every cell of a matrix (ok with robust accuracy, failed, blocked, queued, untrained) and the
@@ -35,7 +38,10 @@ def status(
     from ..sched.plan import build_plan
     from ..store import CellRows, safe_torch_load
 
-    env = Env.create(config=config, results_dir=results_dir, device="cpu")
+    # the roots `bench run` was given: a cell's key depends on what its inputs are (an external checkpoint, the
+    # released CIFAR-10-C files), so status must look where the run looked
+    env = Env.create(config=config, data_root=data_root, results_dir=results_dir, device="cpu",
+                     weights_root=weights_root, corruptions_root=corruptions_root)
     cfg = env.cfg
     sel = select_cells(cfg, matrix, defense, attack, suite, dataset, profile, seed)  # the cells `bench run` runs
     defenses, attacks, suites, datasets, profile, seed = (sel.defenses, sel.attacks, sel.suites, sel.datasets,

@@ -7,7 +7,8 @@ from typing import List, Optional
 import typer
 
 from .. import progress
-from ..cli_options import ConfigOpt, DataOpt, DatasetOpt, DeviceOpt, ProfileOpt, ResultsOpt, RetrainOpt, SeedOpt
+from ..cli_options import (ConfigOpt, DataOpt, DatasetOpt, DeviceOpt, ProfileOpt, ResultsOpt, RetrainOpt, SeedOpt,
+                           WeightsOpt)
 from ..cli_options import make_env as _env
 
 ORDER = 1
@@ -21,6 +22,7 @@ def train(
     device: Optional[str] = DeviceOpt,
     config: Optional[Path] = ConfigOpt,
     data_root: Optional[Path] = DataOpt,
+    weights_root: Optional[Path] = WeightsOpt,
     results_dir: Optional[Path] = ResultsOpt,
     retrain: bool = RetrainOpt,
 ):
@@ -28,7 +30,8 @@ def train(
     from ..runner import train as train_one
 
     env = _env(config, data_root, device, results_dir, check=lambda cfg: [
-        cfg.defense(name, dataset or cfg.settings.dataset, profile or cfg.settings.profile) for name in defense])
+        cfg.defense(name, dataset or cfg.settings.dataset, profile or cfg.settings.profile) for name in defense],
+        weights_root=weights_root)
     env.retrain = retrain
     for name in defense:
         t = train_one(name, dataset=dataset, profile=profile, seed=seed, env=env)

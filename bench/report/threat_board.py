@@ -322,6 +322,12 @@ def numeric_csv(tm, entries: list[Entry]) -> tuple[str, str]:
 SCORED = ("clean", "worst", "attacks", "marks", "worst_marks", "cross", "curve")  # written by _json as scores, or table-only
 
 
+def _finite(norm):
+    """A median minimal norm for JSON: infinite (fewer than half the points were ever fooled) is written as null,
+    since JSON has no infinity ('Infinity' is not JSON)."""
+    return None if norm is None or norm == float("inf") else norm
+
+
 def _json(tm, entries: list[Entry], sl: Slice) -> dict:
     def score(s: Score | None):
         return None if s is None else {"acc": s.acc, "ci": list(s.ci()), "k": s.k, "n": s.n}
@@ -331,7 +337,7 @@ def _json(tm, entries: list[Entry], sl: Slice) -> dict:
             "defenses": [{**{k: v for k, v in asdict(e).items() if k not in SCORED},
                           "rank": i, "clean": score(e.clean), "worst": score(e.worst),
                           **({"cross_checks": e.cross} if e.cross else {}),
-                          **({"median_min_norm": e.median_norm, "curve_n": e.curve.n} if e.curve else {}),
+                          **({"median_min_norm": _finite(e.median_norm), "curve_n": e.curve.n} if e.curve else {}),
                           "attacks": [{"attack": a.attack, "status": a.status, "verdict": a.verdict,
                                        **(score(a.score) or {})} for a in e.attacks]}
                          for i, e in enumerate(entries, 1)]}
@@ -369,7 +375,7 @@ def model_card(tm, e: Entry, rank: int, sl: Slice) -> dict:
             "bench": {"profile": sl.profile, "seed": sl.seed, "rank": rank, "norm": tm[0], "eps": tm[1],
                       "clean": score(e.clean), "worst_case": score(e.worst), "per_sample": e.per_sample,
                       "common_points": e.common, "strongest_attack": e.strongest, "attacks": ran,
-                      **({"median_min_norm": e.median_norm} if e.curve else {}),
+                      **({"median_min_norm": _finite(e.median_norm)} if e.curve else {}),
                       "leaderboard": f"../../{slug(tm)}.csv"}}
 
 

@@ -27,7 +27,9 @@ from .settings import VerdictSettings
 # ---------------------------------------------------------------- measurements (summed over batches)
 
 def attack_loss_kind(atk) -> str:
-    loss = str(getattr(atk.params, "loss", "ce"))
+    """The loss whose gradient the attack follows: its `loss` parameter, else what its class declares (`loss_kind`:
+    FMN, FAB and the locally linear attacks step on a logit margin and have no loss parameter), else CE."""
+    loss = str(getattr(atk.params, "loss", None) or getattr(type(atk), "loss_kind", "ce"))
     return loss if loss in ("ce", "cw") else "cw"  # APGD's DLR and other margin losses: the margin
 
 
