@@ -321,8 +321,10 @@ def test_cli_table_plot_and_bad_names(tmp_path):
     res = runner.invoke(app, ["table", "--results-dir", str(tmp_path), "--profile", "smoke", "--paper",
                               "--dataset", "fashion_mnist", "--out", str(tmp_path / "fm")])
     assert res.exit_code == 0 and [p.name for p in (tmp_path / "fm" / "tables").glob("*.md")] == ["paper001_table4_1.md"]
-    res = runner.invoke(app, ["table", "--results-dir", str(tmp_path), "--paper", "--dataset", "mnist"])
-    assert res.exit_code != 0 and "No [tables.*] paper layout for dataset mnist" in str(res.exception)
+    # MNIST's layouts (002 Table II) render for smoke, quick and paper; none for the authors' paper_cpu profile
+    res = runner.invoke(app, ["table", "--results-dir", str(tmp_path), "--paper", "--dataset", "mnist",
+                              "--profile", "paper_cpu"])
+    assert res.exit_code != 0 and "No [tables.*] paper layout for dataset mnist, profile paper_cpu" in str(res.exception)
     text = Path(load_config().path).read_text()
     (tmp_path / "no_tables.toml").write_text(text[:re.search(r"^\[\[?tables\.", text, re.M).start()])
     res = runner.invoke(app, ["table", "--config", str(tmp_path / "no_tables.toml"), "--results-dir", str(tmp_path),
