@@ -62,10 +62,13 @@ class GradientMinNorm(Attack):
         p = self.params
         gradient_warnings(ctx, p.backward, p.eot_samples)
         judge = ensemble_judge(ctx)
-        # the libraries draw from torch's global RNG (FAB's restarts): fork it so the caller's stream is kept
+        # the libraries draw from torch's global RNG (FAB's restarts): fork it so the caller's stream is kept, and seed
+        # it from the batch's first point, so batches do not all replay one stream (the libraries draw per batch,
+        # not per point: a point's draw still depends on which points share its batch)
         devices = [ctx.device] if torch.device(ctx.device).type == "cuda" else []
+        seeds = ctx.point_seeds(self.salt)
         with attacked_model(ctx, model, p.backward) as m, torch.random.fork_rng(devices=devices):
-            torch.manual_seed(ctx.seed * 1_000_003 + self.salt)
+            torch.manual_seed((seeds[0] if seeds else ctx.seed * 1_000_003 + self.salt) % 2**63)
             target = EOTLogits(m, p.eot_samples).train(m.training) if p.eot_samples > 1 else m
             adv = self.minimize(target, x, y, ctx.generator(self.salt)).detach().to(x.dtype).clamp(0, 1)
             self.report(ctx)

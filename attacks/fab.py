@@ -26,7 +26,8 @@ class FAB(GradientMinNorm):
     class Params(GradientMinNormParams):
         norm: Literal["linf", "l2", "l1"] = "linf"
         restarts: int = Field(1, ge=1, description="runs per point: the first from the clean point, the others from "
-                                                   "a random point at half the best norm found so far")
+                                                   "a random point within half the median best norm "
+                                                   "of the batch's fooled points (FAB's eps is one number per batch)")
         alpha_max: Number = Field(0.1, ge=0, le=1)
         eta: Number = Field(1.05, ge=1)
         beta: Number = Field(0.9, ge=0, le=1)
