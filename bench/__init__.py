@@ -28,25 +28,52 @@ test_import_graph.py checks both directions: the harness imports no plug-in, plu
     errors, logging   BenchError, ConfigError, DataError; progress (progress.log, progress.bar)
     corruptions       CIFAR-10-C: its corruptions and parameters (corruptions.spec), the images' sources
                       (corruptions.source_inputs, regenerate, read_released)"""
-from . import corruptions, progress
-from .attack import Attack, AttackContext, AttackOutput, AttackParams, PassCounter, perturbation_norm
-from .data import load_split, resolve_data_root, subset_indices, to_float
-from .defense import Defense, DefenseContext, DefenseParams, TrainParams, set_on_modules
-from .errors import BenchError, ConfigError, DataError
-# imported here, not lazily: importing the submodule bench.evaluate later would rebind `bench.evaluate` to it
-from .evaluate import AttackResult, Evaluation, evaluate
-from .external import file_key, locate_file
-from .nets import MadryUnit, Normalize, build_classifier
-from .params import Number, StepSize, StrictModel, step_value
-from .pgd import Norm, PGDSettings, enforce_budget, norm_of, random_start, run_pgd, step
-from .provenance import versions
-from .registry import register_attack, register_defense
-from .store import ArtifactCache, atomic_write_bytes, content_hash
-from .training import fit
-from .user_model import ModelDefense, ModelParams
-from pydantic import Field
+import importlib
+import sys
+import types
 
 __version__ = "0.1.0"
+
+# The public API, loaded on first use (PEP 562): `import bench` and the command line's start stay free of torch
+# (`bench --help` and a usage error answer in a fraction of a second); `from bench import X` and `bench.X` load the
+# module that defines X then. Name -> the bench submodule that defines it.
+_LAZY = {
+    **dict.fromkeys(["Attack", "AttackContext", "AttackOutput", "AttackParams", "PassCounter", "perturbation_norm"],
+                    "attack"),
+    **dict.fromkeys(["load_split", "resolve_data_root", "subset_indices", "to_float"], "data"),
+    **dict.fromkeys(["Defense", "DefenseContext", "DefenseParams", "TrainParams", "set_on_modules"], "defense"),
+    **dict.fromkeys(["BenchError", "ConfigError", "DataError"], "errors"),
+    **dict.fromkeys(["AttackResult", "Evaluation", "evaluate"], "evaluate"),
+    **dict.fromkeys(["file_key", "locate_file"], "external"),
+    **dict.fromkeys(["MadryUnit", "Normalize", "build_classifier"], "nets"),
+    **dict.fromkeys(["Number", "StepSize", "StrictModel", "step_value"], "params"),
+    **dict.fromkeys(["Norm", "PGDSettings", "enforce_budget", "norm_of", "random_start", "run_pgd", "step"], "pgd"),
+    "versions": "provenance",
+    **dict.fromkeys(["register_attack", "register_defense"], "registry"),
+    **dict.fromkeys(["ArtifactCache", "atomic_write_bytes", "content_hash"], "store"),
+    "fit": "training",
+    **dict.fromkeys(["ModelDefense", "ModelParams"], "user_model"),
+}
+_SUBMODULES = ("corruptions", "progress")  # public names that are bench's own submodules
+
+
+def __getattr__(name: str):
+    if name in _SUBMODULES:
+        return importlib.import_module(f"{__name__}.{name}")
+    if name == "Field":
+        from pydantic import Field
+
+        value = Field
+    elif name in _LAZY:
+        value = getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value  # found directly from now on
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))
 
 
 def run(*args, **kwargs):
@@ -59,6 +86,19 @@ def train(*args, **kwargs):
     from .runner import train as _train
 
     return _train(*args, **kwargs)
+
+
+class _Package(types.ModuleType):
+    """Importing the submodule bench.evaluate binds it to the package's attribute `evaluate`, the public function
+    of the same name: the attribute stays the function (the submodule is sys.modules["bench.evaluate"])."""
+
+    def __setattr__(self, name, value):
+        if name == "evaluate" and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
 
 
 __all__ = ["Attack", "AttackContext", "AttackOutput", "AttackParams", "PassCounter", "perturbation_norm",

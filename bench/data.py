@@ -10,10 +10,10 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-import numpy as np
-import torch
-
 from .errors import DataError
+
+# numpy and torch are imported where the arrays are read: the command line's option checks (TEST_SET_SIZE) and
+# dataset names (INFO) come from here without loading torch
 
 CIFAR10_BIN_MD5 = {
     "data_batch_1.bin": "5dd7e06a14cb22eb9f671a540d1b7c25",
@@ -117,6 +117,9 @@ def check_files(name: str, root: str | os.PathLike) -> None:
 
 
 def _read_cifar_bin(folder: Path, split: str):
+    import numpy as np
+    import torch
+
     names = [f"data_batch_{i}.bin" for i in range(1, 6)] if split == "train" else ["test_batch.bin"]
     problems = _unreadable([folder / n for n in names])
     if problems:
@@ -135,6 +138,8 @@ def _read_cifar_bin(folder: Path, split: str):
 
 
 def _read_cifar_py(root: Path, split: str, download: bool):
+    import numpy as np
+    import torch
     from torchvision.datasets import CIFAR10
 
     folder = root / "cifar-10-batches-py"
@@ -148,6 +153,8 @@ def _read_cifar_py(root: Path, split: str, download: bool):
 
 
 def _read_idx(path: Path) -> np.ndarray:
+    import numpy as np
+
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "rb") as f:
         data = f.read()
@@ -175,6 +182,9 @@ def _idx_folders(root: Path, name: str) -> list[Path]:
 
 
 def _read_idx_dataset(root: Path, name: str, split: str):
+    import numpy as np
+    import torch
+
     img_stem, lbl_stem = IDX_FILES[split]
     for folder in _idx_folders(root, name):
         img, lbl = _find_idx(folder, img_stem), _find_idx(folder, lbl_stem)
@@ -256,6 +266,8 @@ def to_float(x: torch.Tensor) -> torch.Tensor:
 
 def subset_indices(n_total: int, n: int | None, seed: int, salt: str) -> torch.Tensor:
     """Deterministic seeded subset (the same for every defense and attack at a given seed)."""
+    import torch
+
     if n is None or n <= 0 or n >= n_total:
         return torch.arange(n_total)
     g = torch.Generator().manual_seed(int(hashlib.sha256(f"{salt}:{seed}".encode()).hexdigest()[:15], 16))

@@ -11,7 +11,6 @@ from ..cli_options import (ConfigOpt, CorruptionsOpt, DataOpt, DatasetOpt, Devic
                            RetrainOpt, SeedOpt, WeightsOpt, check_n_test)
 from ..cli_options import make_env as _env
 from ..errors import BenchError
-from ..sched.selection import check_names, select_cells
 
 ORDER = 0  # first in `bench --help`: the command a newcomer needs
 
@@ -51,6 +50,7 @@ def run(
     from ..report.render import render
     from ..runner import check_ready_made
     from ..runner import run as run_cells
+    from ..sched.selection import check_names, select_cells  # bench.sched loads torch: not at `bench --help`
 
     if model is not None or weights is not None:
         env, defense = _model_env(model, weights, defense, attack, matrix, devices, backend, ray_address, shards,

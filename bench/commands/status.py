@@ -6,7 +6,6 @@ from typing import List, Optional
 
 import typer
 
-from ..sched.selection import select_cells
 from ..cli_options import ConfigOpt, CorruptionsOpt, DataOpt, ResultsOpt, SeedOpt, WeightsOpt
 
 STYLE = {"ok": "green", "failed": "bold red", "blocked": "red", "queued": "yellow", "untrained": "dim",
@@ -36,6 +35,7 @@ def status(
 
     from ..runner import Env
     from ..sched.plan import build_plan
+    from ..sched.selection import select_cells
     from ..store import CellRows, safe_torch_load
 
     # the roots `bench run` was given: a cell's key depends on what its inputs are (an external checkpoint, the
