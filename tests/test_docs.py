@@ -111,6 +111,15 @@ def test_no_tracked_file_names_a_machine_path():
         "\n".join(hits[:40])
 
 
+def test_no_writer_lock_is_tracked():
+    """Writers' lock files are empty runtime files beside a results file or cache entry: committing them only adds
+    noise (and a stale one in a clone means nothing)."""
+    if not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout: no list of tracked files")
+    names = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    assert [n for n in names if n.endswith(".lock")] == []
+
+
 @pytest.mark.parametrize("line, found", [
     (b'"config_file": "' + ROOT_DIR + b'work/main/bench.toml"', True),
     (b"bench run --results-dir " + ROOT_DIR + b"tmp/ci", True),
