@@ -11,6 +11,7 @@ from bench.report.curves import optimality, slice_curves
 from bench.report.regress import meta_path, run_regress, write_from_results
 from bench.report.tables import Results
 from synthetic_results import cell, fooling, write
+from test_regress_planted import _bench  # the real `bench` console script: real exit codes, real click
 
 N, CLEAN, EPS = 200, 180, 8 / 255
 MATRIX = """
@@ -88,3 +89,42 @@ def test_a_baseline_without_stored_norms_skips_the_check(tmp_path, cfg):
     write(tmp_path / "now", _cells(1.08))
     code, text = run_regress(Results.load(tmp_path / "now"), base, None, cfg)
     assert code == 0 and "optimality |" not in text
+
+
+# ------------------------------------------------------------------ a real run through the bench entry point
+
+PLANTED = """
+[matrices.planted_fmn]
+profile = "smoke"
+datasets = ["mnist"]
+defenses = ["natural"]
+attacks = ["fmn_linf"]
+"""
+
+
+@pytest.mark.slow
+def test_a_real_weakened_fmn_fails_regress_and_an_honest_rerun_passes(tmp_path, config_copy, data_root):
+    """The smoke MNIST natural model × fmn_linf (20 steps, 50 points): baseline, honest re-run (exit 0), then FMN
+    with 10 steps planted in the settings (exit 1, its optimality named). Measured on 2 cores: optimality 1.000 ->
+    0.821 with the success rate (100 %) and the mean norm within their tolerances; 5 steps also drop the success
+    rate (to 20 %), 2 steps fool nothing."""
+    with open(config_copy, "a") as f:
+        f.write(PLANTED)
+    common = ["--config", str(config_copy), "--results-dir", str(tmp_path / "r")]
+    run = ["run", "--matrix", "planted_fmn", "--devices", "cpu", "--plain", "--data-root", str(data_root), *common]
+    base = tmp_path / "planted_fmn-smoke-cpu.csv"
+    code, out = _bench(*run)
+    assert code == 0, out
+    code, out = _bench("regress", "--baseline", str(base), "--matrix", "planted_fmn", "--write-baseline", *common)
+    assert code == 0, out
+    code, out = _bench(*run, "--force")  # the same cell again (the checkpoint is cached): an honest re-run
+    assert code == 0, out
+    code, out = _bench("regress", "--baseline", str(base), *common)
+    assert code == 0, out
+    with open(config_copy, "a") as f:
+        f.write('\n[attacks.fmn_linf.dataset.mnist.profile.smoke]\nsteps = 10\n')
+    code, out = _bench(*run, "--force")
+    assert code == 0, out
+    code, out = _bench("regress", "--baseline", str(base), *common)
+    assert code == 1, out
+    assert "| mnist/smoke/seed 0: natural × fmn_linf | drop | optimality |" in out, out
