@@ -37,6 +37,8 @@ class EarlyStopParams(GradientMinNormParams):
                                                      "steps (0 = every point runs every step)")
     stop_rtol: Number = Field(0.001, ge=0, lt=1, description="the relative drop of a point's best norm that counts "
                                                             "as progress for stop_patience")
+    stop_from: Number = Field(0.6, ge=0, le=1, description="no point leaves before this fraction of the steps (the "
+                                                          "annealed step size is still large before it)")
 
 
 def report_early_stop(ctx, saved: int) -> None:

@@ -4,7 +4,9 @@ foolbox's `run` loops (fast_minimum_norm.py, ddn.py of foolbox 3.3.4) step every
 same updates, step by step (cosine-annealed step size and gamma, the same epsilon rules, the same projections: the
 attack object's own `project` and `mid_points`, so attacks/fmn.py's fixed L2 and L0 projections apply), run on the
 points still in the batch. A point leaves once it has been adversarial and its best norm has not dropped by more
-than `rtol` (relative) for `patience` steps: like the PGD engine, which attacks only the points not yet fooled,
+than `rtol` (relative) for `patience` steps, from step `start` on (before it the step size is still large, and a
+point can sit on a plateau for 30 steps and then drop its norm by a fifth: measured on the quick PGD-AT model's
+FMN-L2, docs/curves.md): like the PGD engine, which attacks only the points not yet fooled,
 later steps cost only the points still improving. Each point keeps its own schedule position (the global step
 index), so a point that stays follows exactly the trajectory it would follow without early stop, and a point that
 leaves returns the best norm it had reached: early stop can only keep a norm at or above the full run's, never
@@ -29,10 +31,10 @@ def lp_norm(delta: torch.Tensor, p: float) -> torch.Tensor:
 
 class EarlyStop:
     """Which points may leave: adversarial once, and no relative drop of their best norm above `rtol` for
-    `patience` steps."""
+    `patience` steps, from step `start` on."""
 
-    def __init__(self, n: int, patience: int, rtol: float, device):
-        self.patience, self.rtol = patience, rtol
+    def __init__(self, n: int, patience: int, rtol: float, device, start: int = 0):
+        self.patience, self.rtol, self.start = patience, rtol, start
         self.ref = torch.full((n,), math.inf, device=device)  # the best norm at its last real drop
         self.since = torch.zeros(n, dtype=torch.long, device=device)  # the step of that drop
 
@@ -41,7 +43,7 @@ class EarlyStop:
         dropped = best < self.ref[rows] * (1 - self.rtol)
         self.ref[rows] = torch.where(dropped, best, self.ref[rows])
         self.since[rows] = torch.where(dropped, torch.full_like(self.since[rows], step), self.since[rows])
-        if not self.patience:
+        if not self.patience or step < self.start:
             return torch.ones_like(found)
         return ~(found & (step - self.since[rows] >= self.patience))
 
@@ -78,9 +80,10 @@ def boundary_start(attack, model, x: torch.Tensor, y: torch.Tensor, x1: torch.Te
 
 
 def fmn(attack, model, x: torch.Tensor, y: torch.Tensor, start: torch.Tensor | None, patience: int,
-        rtol: float) -> tuple[torch.Tensor, int]:
+        rtol: float, stop_from: float = 0.0) -> tuple[torch.Tensor, int]:
     """FMN (foolbox's FMNAttackLp.run) from `start` (x where None; a point equal to x starts from x), untargeted.
-    Returns (x + best delta, the number of point-steps early stop saved)."""
+    `stop_from`: the fraction of the steps before which no point leaves. Returns (x + best delta, the number of
+    point-steps early stop saved)."""
     p = attack.p
     delta = torch.zeros_like(x) if start is None else (start - x)
     n, steps = len(x), attack.steps
@@ -92,7 +95,7 @@ def fmn(attack, model, x: torch.Tensor, y: torch.Tensor, start: torch.Tensor | N
         worst = torch.full((n,), float(x[0].numel()), device=x.device, dtype=x.dtype)
     best_lp, best_delta = worst.clone(), delta.clone()
     found = torch.zeros(n, dtype=torch.bool, device=x.device)
-    stop = EarlyStop(n, patience, rtol, x.device)
+    stop = EarlyStop(n, patience, rtol, x.device, start=math.ceil(stop_from * steps))
     rows, saved = torch.arange(n, device=x.device), 0
     for i in range(steps):
         stepsize = _cosine(attack.max_stepsize, attack.min_stepsize, i, steps)
@@ -129,8 +132,9 @@ def fmn(attack, model, x: torch.Tensor, y: torch.Tensor, start: torch.Tensor | N
 
 
 def ddn(model, x: torch.Tensor, y: torch.Tensor, steps: int, init_epsilon: float, gamma: float, patience: int,
-        rtol: float) -> tuple[torch.Tensor, int]:
-    """DDN (foolbox's DDNAttack.run), untargeted, L2. Returns (x + best delta, the point-steps early stop saved).
+        rtol: float, stop_from: float = 0.0) -> tuple[torch.Tensor, int]:
+    """DDN (foolbox's DDNAttack.run), untargeted, L2, early stop as in `fmn`. Returns (x + best delta, the
+    point-steps early stop saved).
     A zero gradient is replaced by Gaussian noise, as foolbox does (from torch's global RNG, which the plug-in
     seeds per batch)."""
     n = len(x)
@@ -139,7 +143,7 @@ def ddn(model, x: torch.Tensor, y: torch.Tensor, steps: int, init_epsilon: float
     worst = lp_norm(torch.maximum(x, 1 - x), 2)
     best_l2, best_delta = worst.clone(), delta.clone()
     found = torch.zeros(n, dtype=torch.bool, device=x.device)
-    stop = EarlyStop(n, patience, rtol, x.device)
+    stop = EarlyStop(n, patience, rtol, x.device, start=math.ceil(stop_from * steps))
     rows, saved = torch.arange(n, device=x.device), 0
     shape = [1] * (x.dim() - 1)
     for i in range(steps):

@@ -30,7 +30,7 @@ class DDN(GradientMinNorm):
     def minimize(self, model, x, y, gen):
         p = self.params
         adv, self.saved = _minnorm_loops.ddn(model, x, y, p.steps, p.init_epsilon, p.gamma, p.stop_patience,
-                                             p.stop_rtol)
+                                             p.stop_rtol, p.stop_from)
         return adv
 
     def report(self, ctx) -> None:

@@ -85,14 +85,14 @@ class FMN(GradientMinNorm):
         if p.init_steps:
             # the init only has to find an adversarial point: the same early stop applies to it
             found, self.saved = _minnorm_loops.ddn(model, x, y, p.init_steps, p.init_epsilon, 0.05, p.stop_patience,
-                                                   p.stop_rtol)
+                                                   p.stop_rtol, p.stop_from)
             with torch.no_grad():
                 started = model(found).argmax(1) != y
             start = x.clone()
             if started.any():
                 start[started] = _minnorm_loops.boundary_start(attack, model, x[started], y[started], found[started])
             self.started_from_ddn = int(started.sum())
-        adv, saved = _minnorm_loops.fmn(attack, model, x, y, start, p.stop_patience, p.stop_rtol)
+        adv, saved = _minnorm_loops.fmn(attack, model, x, y, start, p.stop_patience, p.stop_rtol, p.stop_from)
         self.saved += saved
         return adv
 

@@ -251,11 +251,12 @@ def test_fmn_from_an_adversarial_start_gets_past_a_flat_margin():
 @pytest.mark.parametrize("name,norm", [("fmn", "linf"), ("fmn", "l2"), ("fmn", "l1"), ("ddn", "l2")])
 def test_early_stop_saves_passes_and_never_lowers_a_norm(name, norm):
     """A point that leaves the batch returns the best norm it had: never below the full run's (the staying points
-    follow the same trajectory), here within 1 % of it, for a fraction of the backward passes."""
+    follow the same trajectory), here within 1 % of it, for fewer backward passes."""
     model, x, y = linear_problem(n=6, classes=5)
     full, full_counter = run_attack(name, norm, {"steps": 200, "stop_patience": 0}, model, x, y)
     early, counter = run_attack(name, norm, {"steps": 200}, model, x, y)
     assert full_counter.backward_images == 200 * len(x)
-    assert counter.backward_images < 0.5 * full_counter.backward_images
+    # no point leaves before 60 % of the steps (stop_from), then every converged one leaves within stop_patience
+    assert counter.backward_images <= (0.6 * 200 + 10 + 1) * len(x) < full_counter.backward_images
     n_full, n_early = checked_norms(full, model, x, y, norm), checked_norms(early, model, x, y, norm)
     assert (n_early >= n_full * (1 - 1e-5)).all() and (n_early <= n_full * 1.01).all(), (n_early / n_full).tolist()
