@@ -40,7 +40,8 @@ MINNORM = {d: [["table", "--profile", "quick", "--dataset", d, "--html"],
                ["table", "--attacks", "--profile", "quick", "--dataset", d]] for d in ("cifar10", "mnist")}
 SNAPSHOTS = [("quick_cifar10", _quick("cifar10", True)), ("quick_fashion_mnist", _quick("fashion_mnist", True)),
              ("quick_mnist", _quick("mnist", False)), ("authors", AUTHORS), ("corruptions", CORRUPTIONS),
-             ("minnorm_quick_cifar10", MINNORM["cifar10"]), ("minnorm_quick_mnist", MINNORM["mnist"])]
+             ("minnorm_quick_cifar10", MINNORM["cifar10"]), ("minnorm_quick_mnist", MINNORM["mnist"]),
+             ("minnorm_quick_sparse", MINNORM["cifar10"])]
 RENDERED = ("leaderboard.md", "leaderboard.csv", "leaderboard.html", "leaderboards", "tables", "corruptions")
 
 
