@@ -11,7 +11,7 @@ from ..cli_options import (ConfigOpt, CorruptionsOpt, DataOpt, DatasetOpt, Devic
                            RetrainOpt, SeedOpt, WeightsOpt, check_n_test)
 from ..cli_options import make_env as _env
 from ..errors import BenchError
-from ..sched.selection import check_names, select_cells
+from ..sched.selection import check_backwards, select_cells
 
 ORDER = 0  # first in `bench --help`: the command a newcomer needs
 
@@ -58,7 +58,8 @@ def run(
                                   weights_root=weights_root, corruptions_root=corruptions_root)
     else:
         env = _env(config, data_root, device, results_dir,
-                   check=lambda cfg: check_names(cfg, defense, attack, suite, matrix, dataset, profile),
+                   check=lambda cfg: check_backwards(cfg, select_cells(cfg, matrix, defense, attack, suite,
+                                                                       dataset, profile, seed)),
                    weights_root=weights_root, corruptions_root=corruptions_root)
     env.retrain = retrain
     cfg = env.cfg
