@@ -48,7 +48,9 @@ FRONTENDS = {folder: [["table", "--profile", "quick", "--dataset", "mnist"],
 SNAPSHOTS = [("quick_cifar10", _quick("cifar10", True)), ("quick_fashion_mnist", _quick("fashion_mnist", True)),
              ("quick_mnist", _quick("mnist", False)), ("authors", AUTHORS), ("corruptions", CORRUPTIONS),
              ("minnorm_quick_cifar10", MINNORM["cifar10"]), ("minnorm_quick_mnist", MINNORM["mnist"]),
-             ("minnorm_quick_sparse", MINNORM["cifar10"]), *FRONTENDS.items()]
+             ("minnorm_quick_sparse", MINNORM["cifar10"]), *FRONTENDS.items(),
+             ("frontends_stl_smoke", [["table", "--profile", "smoke", "--dataset", "cifar10"],
+                                      ["table", "--profile", "smoke", "--dataset", "cifar10", "--spec", "paper003_table4"]])]
 RENDERED = ("leaderboard.md", "leaderboard.csv", "leaderboard.html", "leaderboards", "tables", "corruptions")
 
 
