@@ -131,3 +131,14 @@ def test_no_writer_lock_is_tracked():
 ])
 def test_machine_path_pattern(line, found):
     assert bool(machine_paths("x.md", line)) is found
+
+
+def test_results_index_names_every_committed_evidence_entry():
+    """results/README.md is the index of the committed evidence: every entry of results/measured/ is named there,
+    by its name or by a glob in backticks (`measured/perf_*.json`), so a new folder cannot land unexplained."""
+    import fnmatch
+    text = (ROOT / "results" / "README.md").read_text()
+    globs = [g.rsplit("/", 1)[-1] for g in re.findall(r"`([^`\s]*\*[^`\s]*)`", text)]
+    missing = [p.name for p in sorted((ROOT / "results" / "measured").iterdir())
+               if p.name not in text and not any(fnmatch.fnmatch(p.name, g) for g in globs)]
+    assert missing == [], f"results/measured entries missing from results/README.md's index: {missing}"
