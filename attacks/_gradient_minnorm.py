@@ -29,6 +29,24 @@ class GradientMinNormParams(AttackParams):
     eot_samples: int = Field(1, ge=1, description="stochastic passes whose logits are averaged per step (EOT)")
 
 
+class EarlyStopParams(GradientMinNormParams):
+    """FMN's and DDN's per-point early stop (attacks/_minnorm_loops.py)."""
+
+    stop_patience: int = Field(10, ge=0, description="a point leaves the batch once it has been adversarial and its "
+                                                     "best norm has not dropped by more than stop_rtol for this many "
+                                                     "steps (0 = every point runs every step)")
+    stop_rtol: Number = Field(0.001, ge=0, lt=1, description="the relative drop of a point's best norm that counts "
+                                                            "as progress for stop_patience")
+    stop_from: Number = Field(0.6, ge=0, le=1, description="no point leaves before this fraction of the steps (the "
+                                                          "annealed step size is still large before it)")
+
+
+def report_early_stop(ctx, saved: int) -> None:
+    """The point-steps early stop saved, summed over the cell's batches (the manifest's info.early_stop)."""
+    info = ctx.info.setdefault("early_stop", {"point_steps_saved": 0})
+    info["point_steps_saved"] += saved
+
+
 class EOTLogits(nn.Module):
     """The mean of `samples` stochastic forward passes: its gradient is the EOT gradient of the logits, and its
     prediction is the averaged one (each pass is counted by the PassCounter inside)."""

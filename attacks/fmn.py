@@ -1,4 +1,4 @@
-"""Fast Minimum-Norm attack (FMN; Pintor et al., NeurIPS 2021) in L0, L1, L2 and Linf, through foolbox 3.
+"""Fast Minimum-Norm attack (FMN; Pintor et al., NeurIPS 2021) in L0, L1, L2 and Linf, foolbox 3's algorithm.
 
 Why foolbox's FMN: it is the authors' own port (contributed by Pintor), it is already a pinned dependency, and it
 covers the four norms with one algorithm. adv-lib's FMN (the variant AttackBench ranks well) was the first
@@ -12,7 +12,11 @@ and slows to a crawl where the margin is flat near its root (on a naturally trai
 fooled about 60 % of the points PGD-L2 fools at eps 2). The paper's remedy, which foolbox's FMN implements through
 `starting_points`, is to start from an adversarial point: `init_steps` DDN steps (whose radius grows by a factor
 (1 + gamma) per step whatever the margin's shape) find one, foolbox's binary search moves it to the boundary
-between x and it, and FMN then only has to shrink. Points DDN does not fool start from x, as without an init."""
+between x and it, and FMN then only has to shrink. Points DDN does not fool start from x, as without an init.
+
+foolbox's FMN objects supply the step sizes, the projections (with the two fixes below) and the binary search's
+path; the loop is attacks/_minnorm_loops.py's port of foolbox's, which lets a point whose best norm stopped
+improving leave the batch (per-point early stop: later steps cost only the points still improving)."""
 from __future__ import annotations
 
 from typing import Literal
@@ -24,9 +28,8 @@ from foolbox.devutils import atleast_kd, flatten
 
 from bench import Field, Number, register_attack
 
-from ._gradient_minnorm import GradientMinNorm, GradientMinNormParams
-
-
+from . import _minnorm_loops
+from ._gradient_minnorm import EarlyStopParams, GradientMinNorm, report_early_stop
 
 class L2FMN(fb.attacks.L2FMNAttack):
     """foolbox 3.3.4's L2 projection never projects (its factor is min(1, norms / norms) = 1, of the norm of x
@@ -59,11 +62,11 @@ _ATTACKS = {"linf": fb.attacks.LInfFMNAttack, "l2": L2FMN, "l1": fb.attacks.L1FM
 
 @register_attack("fmn")
 class FMN(GradientMinNorm):
-    """Fast Minimum-Norm (foolbox 3): white-box minimal L0 / L1 / L2 / Linf perturbation per point."""
+    """Fast Minimum-Norm (foolbox 3's algorithm, per-point early stop): white-box minimal L0 / L1 / L2 / Linf perturbation per point."""
 
     salt = 11
 
-    class Params(GradientMinNormParams):
+    class Params(EarlyStopParams):
         norm: Literal["linf", "l2", "l1", "l0"] = "linf"
         max_stepsize: Number = Field(1.0, gt=0, description="alpha_0: first step size (L2-normalised gradient), "
                                                             "cosine-annealed to min_stepsize")
@@ -78,42 +81,23 @@ class FMN(GradientMinNorm):
         p = self.params
         attack = _ATTACKS[p.norm](steps=p.steps, max_stepsize=p.max_stepsize, min_stepsize=p.min_stepsize,
                                   gamma=p.gamma)
-        fmodel = fb.PyTorchModel(model, bounds=(0, 1), device=x.device)
-        if not p.init_steps:
-            return attack.run(fmodel, x, fb.criteria.Misclassification(y))
-        start = fb.attacks.DDNAttack(init_epsilon=p.init_epsilon, steps=p.init_steps).run(
-            fmodel, x, fb.criteria.Misclassification(y))
-        with torch.no_grad():
-            started = model(start).argmax(1) != y
-        adv = x.clone()
-        self.started_from_ddn = self.start_fallbacks = 0
-        for group, starting_points in ((started, start[started]), (~started, None)):
-            if group.any():
-                adv[group] = self._from(attack, fmodel, x[group], y[group], starting_points)
+        start, self.saved, self.started_from_ddn = None, 0, None
+        if p.init_steps:
+            # the init only has to find an adversarial point: the same early stop applies to it
+            found, self.saved = _minnorm_loops.ddn(model, x, y, p.init_steps, p.init_epsilon, 0.05, p.stop_patience,
+                                                   p.stop_rtol, p.stop_from)
+            with torch.no_grad():
+                started = model(found).argmax(1) != y
+            start = x.clone()
+            if started.any():
+                start[started] = _minnorm_loops.boundary_start(attack, model, x[started], y[started], found[started])
+            self.started_from_ddn = int(started.sum())
+        adv, saved = _minnorm_loops.fmn(attack, model, x, y, start, p.stop_patience, p.stop_rtol, p.stop_from)
+        self.saved += saved
         return adv
 
-    def _from(self, attack, fmodel, x, y, starting_points):
-        """FMN from the given adversarial points (None: from x). foolbox asserts that every starting point is
-        adversarial; a stochastic model may disagree with the check above, and then the group starts from x
-        (counted: the cell's manifest and warnings say how many points lost their DDN start)."""
-        criterion = fb.criteria.Misclassification(y)
-        if starting_points is not None:
-            try:
-                out = attack.run(fmodel, x, criterion, starting_points=starting_points)
-                self.started_from_ddn += len(x)
-                return out
-            except AssertionError:
-                self.start_fallbacks += len(x)
-        return attack.run(fmodel, x, criterion)
-
     def report(self, ctx) -> None:
-        if not self.params.init_steps:
-            return
-        info = ctx.info.setdefault("fmn_start", {"from_ddn": 0, "ddn_start_dropped": 0})
-        info["from_ddn"] += self.started_from_ddn
-        info["ddn_start_dropped"] += self.start_fallbacks
-        if self.start_fallbacks:
-            msg = ("FMN: foolbox's own check rejected DDN starting points the model had judged adversarial (a "
-                   "stochastic model?); those points started from the clean image")
-            if msg not in ctx.warnings:
-                ctx.warnings.append(msg)
+        report_early_stop(ctx, self.saved)
+        if self.started_from_ddn is not None:
+            info = ctx.info.setdefault("fmn_start", {"from_ddn": 0})
+            info["from_ddn"] += self.started_from_ddn

@@ -102,6 +102,7 @@ class Tolerance(StrictModel):
     alpha: float | None = Field(None, gt=0, le=1)
     min_change: float | None = Field(None, ge=0, le=1)
     norm_rtol: float | None = Field(None, ge=0)
+    optimality_drop: float | None = Field(None, ge=0, le=1)
 
 
 class RegressSettings(StrictModel):
@@ -110,6 +111,8 @@ class RegressSettings(StrictModel):
     alpha: float = Field(0.05, gt=0, le=1, description="significance level of the two-proportion / Welch tests")
     min_change: float = Field(0.02, ge=0, le=1, description="smallest accuracy change (fraction) that can regress")
     norm_rtol: float = Field(0.10, ge=0, description="smallest relative change of a mean norm that can regress")
+    optimality_drop: float = Field(0.05, ge=0, le=1, description="smallest drop of a minimum-norm attack's "
+                                                                  "optimality that regresses")
     matrices: dict[str, Tolerance] = Field(default_factory=dict)
 
     def check(self, cfg) -> None:
@@ -121,7 +124,7 @@ class RegressSettings(StrictModel):
         """The thresholds for `matrix`: a command-line value, else [regress.matrices.M], else [regress]."""
         own = self.matrices.get(matrix, Tolerance())
         values, sources = {}, []
-        for key in ("alpha", "min_change", "norm_rtol"):
+        for key in ("alpha", "min_change", "norm_rtol", "optimality_drop"):
             if given.get(key) is not None:
                 values[key], where = given[key], "command line"
             elif getattr(own, key) is not None:
@@ -137,6 +140,7 @@ class Thresholds:
     alpha: float = 0.05
     min_change: float = 0.02
     norm_rtol: float = 0.10
+    optimality_drop: float = 0.05
     source: str = "defaults"
 
 

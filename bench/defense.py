@@ -123,6 +123,13 @@ class Defense:
         """Flags stored with the checkpoint and shown in results (e.g. {'collapsed': True})."""
         return {}
 
+    @classmethod
+    def surrogate_problem(cls, params: DefenseParams, spec: str) -> str:
+        """Why `spec` names no backward surrogate of this defense, or "" (it does, or only `surrogate` can tell).
+        Asked when a cell is resolved, so a misspelled `backward` stops a run before anything is trained or
+        written; a defense with a surrogate grammar overrides it."""
+        return ""
+
     @contextlib.contextmanager
     def surrogate(self, model: nn.Module, spec: str | None):
         """Switch the model's backward pass to a named surrogate; forward values must not change."""

@@ -65,3 +65,13 @@ def resolve_device(spec: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise BenchError(f"Device '{spec}' was requested but no CUDA GPU is visible. Use --device cpu or auto.")
     return device
+
+
+def portable_path(path: str | os.PathLike, root: str | os.PathLike) -> str:
+    """`path` as a manifest records it: relative to `root` (the folder of bench.toml) when it lies inside it or one
+    level beside it (`../shared/data`), else only its last two parts after '…/', so that committed evidence never
+    names the folders of the machine that made it (the data's own checks say which files were read)."""
+    rel = os.path.relpath(os.path.abspath(path), os.path.abspath(root))
+    if not rel.startswith(os.pardir + os.sep + os.pardir):
+        return rel
+    return "…/" + "/".join(Path(os.path.abspath(path)).parts[-2:])

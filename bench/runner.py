@@ -17,7 +17,7 @@ from .defense import DefenseContext
 from .attack import AttackContext, PassCounter, perturbation_norm
 from .config import Config, load_config
 from .data import TEST_SET_SIZE, dataset_info, load_split, load_subset, resolve_data_root, subset_indices
-from .errors import BenchError
+from .errors import BenchError, ConfigError
 from .exact import exact_fp32
 from .corruptions import resolve_corruptions_root
 from .external import resolve_weights_root
@@ -226,8 +226,19 @@ def resolve_cell(env: Env, defense: str, attack: str, dataset: str, profile: str
     if size and n_test > size:  # subset_indices would quietly take the whole test set instead (both run paths)
         raise BenchError(f"n_test = {n_test} for {defense} × {attack} is more than the {size} test images of "
                          f"{dataset}. Allowed: 1 to {size} (--n-test, or n_test in bench.toml).")
+    check_backward(dres, ares)
     return dres, ares, n_test, cell_key(dataset, dres, ares, profile, seed, n_test,
                                         attack_uses(env, attack, dataset, profile))
+
+
+def check_backward(dres, ares) -> None:
+    """A `backward` surrogate the defense does not have stops the run here, before any training or writing (the
+    attack would otherwise fail on it only when it reaches that cell)."""
+    spec = getattr(ares.params, "backward", None)
+    problem = dres.cls.surrogate_problem(dres.params, spec) if isinstance(spec, str) else ""
+    if problem:
+        raise ConfigError(f"Invalid config: [{ares.source}] backward = {spec!r} cannot attack the defense "
+                          f"'{dres.name}': {problem}")
 
 
 def attack_batch_size(env: Env, ares, profile: str) -> int:
@@ -491,8 +502,8 @@ def merge_parts(env: Env, parts: list[dict]) -> tuple[dict, dict]:
     row.update(clean_acc=_f(correct.float().mean().item()), robust_acc=_f(n_robust / n), ci_low=_f(lo),
                ci_high=_f(hi), n=n, n_fooled=int(fooled.sum()))
     manifest = {"defense_entry": dres.as_dict(), "attack_entry": ares.as_dict(),
-                "profile": cfg.profiles[profile].model_dump(), "config_file": str(cfg.path),
-                "data_root": str(env.data_root), "checkpoint": first["checkpoint"],
+                "profile": cfg.profiles[profile].model_dump(), "config_file": provenance.portable_path(cfg.path, cfg.root),
+                "data_root": provenance.portable_path(env.data_root, cfg.root), "checkpoint": first["checkpoint"],
                 "architecture": first.get("architecture", ""),
                 "training": {key: v for key, v in trained_meta.items() if key != "history"},
                 "training_history": trained_meta.get("history", []),

@@ -29,7 +29,7 @@ from .data import TEST_SET_SIZE
 from .errors import BenchError
 from .exact import exact_fp32
 from .runner import (Env, _f, _now, attack_batch_size, attack_context, attack_points, attack_traits, attack_uses,
-                     clean_target, log_row, train, verdict_settings)
+                     check_backward, clean_target, log_row, train, verdict_settings)
 from .stats import wilson_interval
 from .store import atomic_write_bytes, atomic_write_json, content_hash, file_lock
 
@@ -116,6 +116,7 @@ def plan_suite(env: Env, defense: str, name: str, dataset: str, profile: str, se
     key, stages = base, []
     for a in order:
         res = cfg.attack(a, dataset, profile)
+        check_backward(dres, res)
         # a minimum-norm stage's survivors depend on the suite's eps too (fooled = within it)
         within = {"within_eps": eps} if res.cls(res.params).kind == "min_norm" else {}
         key = content_hash({"after": key, "attack": res.as_dict(), **within, **attack_uses(env, a, dataset, profile)})
@@ -314,8 +315,8 @@ def _row(env: Env, plan: SuitePlan, trained, target, alive, fooled_by, norms, su
     manifest = {"defense_entry": cfg.defense(plan.defense, plan.dataset, plan.profile).as_dict(),
                 "suite": {"name": plan.name, "norm": plan.norm, "eps": plan.eps, "order": plan.order_note,
                           "entry": cfg.suites[plan.name].model_dump(), "stages": summaries},
-                "profile": cfg.profiles[plan.profile].model_dump(), "config_file": str(cfg.path),
-                "data_root": str(env.data_root), "checkpoint": trained.key,
+                "profile": cfg.profiles[plan.profile].model_dump(), "config_file": provenance.portable_path(cfg.path, cfg.root),
+                "data_root": provenance.portable_path(env.data_root, cfg.root), "checkpoint": trained.key,
                 "architecture": getattr(trained.defense, "arch", ""),
                 "training": {k: v for k, v in trained.meta.items() if k != "history"},
                 "checks": checks,

@@ -12,7 +12,7 @@ from typing import Literal
 
 from pydantic import field_validator, model_validator
 
-from bench import (ConfigError, Defense, DefenseParams, Field, Number, build_classifier, register_defense,
+from bench import (BenchError, ConfigError, Defense, DefenseParams, Field, Number, build_classifier, register_defense,
                    set_on_modules)
 
 from ._wavelet import (WaveletNet, WaveletSparsifier, analysis_matrix, nielsen_classifier, orthogonal_wavelets,
@@ -75,6 +75,14 @@ class Wavelet(Defense):
         else:
             classifier = build_classifier(self.arch, self.info)
         return WaveletNet(front, classifier)
+
+    @classmethod
+    def surrogate_problem(cls, params, spec):
+        try:
+            parse_backward(spec)
+        except BenchError as e:
+            return str(e)
+        return ""
 
     @contextlib.contextmanager
     def surrogate(self, model, spec):

@@ -111,6 +111,15 @@ def test_no_tracked_file_names_a_machine_path():
         "\n".join(hits[:40])
 
 
+def test_no_writer_lock_is_tracked():
+    """Writers' lock files are empty runtime files beside a results file or cache entry: committing them only adds
+    noise (and a stale one in a clone means nothing)."""
+    if not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout: no list of tracked files")
+    names = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    assert [n for n in names if n.endswith(".lock")] == []
+
+
 @pytest.mark.parametrize("line, found", [
     (b'"config_file": "' + ROOT_DIR + b'work/main/bench.toml"', True),
     (b"bench run --results-dir " + ROOT_DIR + b"tmp/ci", True),
@@ -122,3 +131,14 @@ def test_no_tracked_file_names_a_machine_path():
 ])
 def test_machine_path_pattern(line, found):
     assert bool(machine_paths("x.md", line)) is found
+
+
+def test_results_index_names_every_committed_evidence_entry():
+    """results/README.md is the index of the committed evidence: every entry of results/measured/ is named there,
+    by its name or by a glob in backticks (`measured/perf_*.json`), so a new folder cannot land unexplained."""
+    import fnmatch
+    text = (ROOT / "results" / "README.md").read_text()
+    globs = [g.rsplit("/", 1)[-1] for g in re.findall(r"`([^`\s]*\*[^`\s]*)`", text)]
+    missing = [p.name for p in sorted((ROOT / "results" / "measured").iterdir())
+               if p.name not in text and not any(fnmatch.fnmatch(p.name, g) for g in globs)]
+    assert missing == [], f"results/measured entries missing from results/README.md's index: {missing}"

@@ -27,3 +27,15 @@ def test_plugin_discovery_does_not_import_heavy_attack_libraries():
     code = "import sys; from bench import registry; registry.discover(); print('pyautoattack' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_manifest_paths_never_name_the_machine_folders(tmp_path):
+    """A manifest records the config and data root relative to the config's folder (inside it or one level beside
+    it), else only the last two parts: committed evidence must not carry the folders of the machine that ran it."""
+    from bench.provenance import portable_path
+    root = tmp_path / "repo"
+    assert portable_path(root / "bench.toml", root) == "bench.toml"
+    assert portable_path(tmp_path / "shared" / "data", root) == "../shared/data"
+    far = tmp_path.parent / "elsewhere" / "cifar" / "data"
+    assert portable_path(far, root) == "…/cifar/data"
+    assert str(tmp_path) not in portable_path(far, root)

@@ -189,6 +189,10 @@ paper = [90.0, 0.0, 0.0, 0.11]
 label = "Coming"
 pending = "future_defense"
 paper = [80.0, 40.0, "-", 3.0]
+[[tables.mini.rows]]
+label = "Theirs"
+not_run = "another paper's certified model"
+paper = [70.0, 35.0, "-", "-"]
 """
 
 
@@ -206,6 +210,10 @@ def test_spec_table_puts_paper_numbers_beside_measured_ones(tmp_path):
     assert coming["clean"] == "pending" and coming["worst (paper)"] == "–" and coming["Boundary (paper)"] == "3"
     assert "no [defenses.future_defense] entry" in " ".join(table.notes)
     assert "no [attacks.boundary_not_there] entry" in " ".join(table.notes)
+    theirs = _row_of(table, "Theirs")  # published only: every measured cell says so, the note says why
+    assert [theirs[c] for c in ("clean", "PGD", "worst", "Boundary")] == ["not run"] * 4
+    assert theirs["clean (paper)"] == "70" and theirs["Boundary (paper)"] == "–"
+    assert "Theirs: not run: another paper's certified model" in table.notes
 
 
 SUCCESS_SPEC = """
@@ -252,6 +260,7 @@ def test_success_columns_count_fooled_points_among_those_attacked(tmp_path):
     (('defense = "natural"', 'defense = "naturall"'), "unknown defense 'naturall'"),
     (("paper = [90.0, 0.0, 0.0, 0.11]", "paper = [90.0, 0.0]"), "`paper` has 2 numbers"),
     (('pending = "future_defense"', 'defense = "natural"\npending = "x"'), "exactly one of"),
+    (('not_run = "another', 'defense = "natural"\nnot_run = "another'), "exactly one of"),
     (('dataset = "cifar10"\ncolumns', 'dataset = "cifar100"\ncolumns'), "cifar100"),
     (('worst_of = ["pgd_linf", "cw_linf"]', 'worst_of = ["nope"]'), "unknown attack 'nope'"),
     (('source = "test"', 'source = "test"\ncolour = "red"'), "tables.mini.colour"),

@@ -38,9 +38,19 @@ CORRUPTIONS = [["table", "--profile", "quick", "--dataset", "cifar10", "--html"]
 # the minimum-norm folders: their leaderboards (median minimal norm, HTML curves) and attack-optimality boards
 MINNORM = {d: [["table", "--profile", "quick", "--dataset", d, "--html"],
                ["table", "--attacks", "--profile", "quick", "--dataset", d]] for d in ("cifar10", "mnist")}
+# 002's MNIST front end (docs/frontends.md): Table II; Tables V, VI and III
+FRONTENDS = {folder: [["table", "--profile", "quick", "--dataset", "mnist"],
+                      ["table", "--profile", "quick", "--dataset", "mnist",
+                       *(arg for t in tables for arg in ("--spec", t))]]
+             for folder, tables in (("frontends_mnist_quick_table2", ["paper002_table2"]),
+                                    ("frontends_mnist_quick_table5",
+                                     ["paper002_table5", "paper002_table6", "paper002_table3"]))}
 SNAPSHOTS = [("quick_cifar10", _quick("cifar10", True)), ("quick_fashion_mnist", _quick("fashion_mnist", True)),
              ("quick_mnist", _quick("mnist", False)), ("authors", AUTHORS), ("corruptions", CORRUPTIONS),
-             ("minnorm_quick_cifar10", MINNORM["cifar10"]), ("minnorm_quick_mnist", MINNORM["mnist"])]
+             ("minnorm_quick_cifar10", MINNORM["cifar10"]), ("minnorm_quick_mnist", MINNORM["mnist"]),
+             ("minnorm_quick_sparse", MINNORM["cifar10"]), *FRONTENDS.items(),
+             ("frontends_stl_smoke", [["table", "--profile", "smoke", "--dataset", "cifar10"],
+                                      ["table", "--profile", "smoke", "--dataset", "cifar10", "--spec", "paper003_table4"]])]
 RENDERED = ("leaderboard.md", "leaderboard.csv", "leaderboard.html", "leaderboards", "tables", "corruptions")
 
 

@@ -220,6 +220,29 @@ def test_bad_wavelet_settings_are_one_paragraph_exit_2(tmp_path, extra, words):
     assert all(w in p.stderr for w in words), p.stderr
 
 
+@pytest.mark.parametrize("cells", [["-a", "bad_backward"], ["-a", "fgsm_002", "-a", "bad_backward"]])
+def test_a_misspelled_surrogate_is_refused_when_the_cells_are_resolved(tmp_path, cells):
+    # before any training or writing: one paragraph naming the entry, the bad value and the allowed ones, exit 2
+    path = tmp_path / "bench.toml"
+    path.write_text((REPO / "bench.toml").read_text() + '\n[attacks.bad_backward]\nextends = "ll_002"\n'
+                    'backward = "identiy"\n')
+    results = tmp_path / "r"
+    p = _bench("run", "-d", "wavelet", *cells, "--dataset", "mnist", "--profile", "smoke", "--config", str(path),
+               "--results-dir", str(results))
+    assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
+    assert all(w in p.stderr for w in ("attacks.bad_backward", "'identiy'", "'identity'", "'iterated:M'",
+                                       "'projection'")), p.stderr
+    assert not results.exists()
+
+
+def test_surrogate_problem_accepts_every_mode_and_names_a_bad_one():
+    params = Wavelet.Params()
+    for spec in ("autograd", "projection", "identity", "iterated", "iterated:20", ""):
+        assert Wavelet.surrogate_problem(params, spec) == ""
+    assert "'smooth:4'" in Wavelet.surrogate_problem(params, "smooth:4")
+    assert "iterated:M" in Wavelet.surrogate_problem(params, "iterated:0")
+
+
 @pytest.mark.slow
 def test_wavelet_trains_and_is_attacked_end_to_end(tmp_path):
     p = _bench("run", "-d", "wavelet", "-a", "ll_002_identity", "--dataset", "mnist", "--profile", "smoke",

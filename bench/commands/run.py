@@ -50,7 +50,7 @@ def run(
     from ..report.render import render
     from ..runner import check_ready_made
     from ..runner import run as run_cells
-    from ..sched.selection import check_names, select_cells  # bench.sched loads torch: not at `bench --help`
+    from ..sched.selection import check_backwards, select_cells  # bench.sched loads torch: not at `bench --help`
 
     if model is not None or weights is not None:
         env, defense = _model_env(model, weights, defense, attack, matrix, devices, backend, ray_address, shards,
@@ -58,7 +58,8 @@ def run(
                                   weights_root=weights_root, corruptions_root=corruptions_root)
     else:
         env = _env(config, data_root, device, results_dir,
-                   check=lambda cfg: check_names(cfg, defense, attack, suite, matrix, dataset, profile),
+                   check=lambda cfg: check_backwards(cfg, select_cells(cfg, matrix, defense, attack, suite,
+                                                                       dataset, profile, seed)),
                    weights_root=weights_root, corruptions_root=corruptions_root)
     env.retrain = retrain
     cfg = env.cfg

@@ -14,7 +14,10 @@ A compared cell regresses when
   as suspicious as a drop, since a weakened attack looks like a stronger defense);
 - its mean perturbation norm (minimum-norm attacks) moves by at least `norm_rtol` relative AND a Welch z-test on
   the per-sample norms gives p < alpha (without per-sample norms, the relative threshold alone decides);
-- it stops finishing (status other than "ok").
+- it stops finishing (status other than "ok");
+- (minimum-norm attacks) its optimality, scored against the joint best per-sample norms of the baseline and this
+  run, drops by at least `optimality_drop` below the baseline's (bench/report/regress_optimality.py; baselines
+  written before it hold no per-sample norms and skip this check).
 The test treats the two runs as independent samples. A re-run uses the same test points (same seed), so it is
 conservative for small shifts; `min_change` absorbs what differs between machines of one device kind (CPU
 kernels, GPU rounding: a few flipped points), and is set per matrix in [regress] of bench.toml from measurements.
@@ -34,6 +37,7 @@ from pathlib import Path
 from ..config import RegressSettings, Thresholds, Tolerance  # noqa: F401  ([regress] of bench.toml, read by config)
 from ..errors import BenchError
 from ..store import atomic_write_bytes
+from .regress_optimality import cell_of, compare_optimality, min_norm_evidence
 from .tables import KEY, Results, to_float, is_min_norm
 
 BASELINE_COLUMNS = [*KEY, "cell", "norm", "eps", "status", "n", "clean_acc", "robust_acc", "n_correct", "n_robust",
@@ -324,6 +328,23 @@ def compare(baseline: list[dict], current: list[dict], alpha: float = 0.05, min_
     return found
 
 
+def optimality_findings(meta: dict, results: Results, expected: list[tuple], drop: float) -> list[Finding]:
+    """A minimum-norm cell whose optimality fell by >= `drop` below the baseline's, both scored against the joint
+    best norms (a regression); one that rose by as much is listed as a change, not a regression."""
+    stored = meta.get("min_norm_evidence") or {}
+    wanted = {"|".join(k) for k in expected}
+    stored = {k: v for k, v in stored.items() if k in wanted}
+    if not stored:
+        return []
+    current = min_norm_evidence(results, [cell_of(k) for k in stored])
+    found = []
+    for key, before, now, shared in compare_optimality(stored, current):
+        if abs(now - before) >= drop - 1e-12 and now != before:
+            found.append(Finding(cell_of(key), "drop" if now < before else "rise", "optimality", f"{before:.3f}",
+                                 f"{now:.3f} ({shared} points)", regression=now < before))
+    return found
+
+
 def _table(items: list[Finding]) -> list[str]:
     out = ["| cell | change | metric | baseline | current | p |", "|---|---|---|---|---|---|"]
     out += [f"| {f.where} | {f.kind} | {f.metric} | {f.baseline} | {f.current} | "
@@ -343,7 +364,8 @@ def report(findings: list[Finding], baseline_path: Path, n_cells: int, alpha: fl
              f"Baseline `{baseline_path}`; current results at git {shas}. A cell regresses when clean / robust "
              f"accuracy (min-norm attacks: success rate) changes by ≥ {100 * min_change:g} points with "
              f"two-proportion p < {alpha:g}, its mean norm changes by ≥ {100 * norm_rtol:g} % (Welch p < {alpha:g}), "
-             f"it is missing from the run or it stops finishing.", "", *header, verdict, ""]
+             f"its optimality (min-norm attacks, against the joint best norms of both runs) drops beyond the "
+             f"tolerance, it is missing from the run or it stops finishing.", "", *header, verdict, ""]
     if regressions:
         lines += ["## Regressions", "", *_table(regressions)]
     if info:
@@ -403,6 +425,7 @@ def run_regress(results: Results, baseline_path: Path, report_path: Path | None,
     # the tolerance belongs to the baseline: how far its cells move between runs without a code change
     t = _settings(cfg).thresholds(meta["matrix"], **given)
     findings = compare(records, current, t.alpha, t.min_change, t.norm_rtol, expected)
+    findings += optimality_findings(meta, results, expected, t.optimality_drop)
     header = [f"Baseline: matrix {meta['matrix']}, profile {meta['profile']}, seed {meta['seed']}, "
               f"{meta['device_kind']} ({', '.join(meta['devices'])}), code {meta['code_version']}, "
               f"{meta['cells']} cells. This run: matrix {name}, {len(current)} of its {len(expected)} cells on "
@@ -473,6 +496,8 @@ def write_from_results(results: Results, baseline_path: Path, report_path: Path 
             "devices": sorted({r["device"] for r in current}),
             "code_version": ", ".join(sorted({r["git_sha"] for r in current})), "cells": len(current),
             "matrix_definition": cfg.matrices[name].model_dump(mode="json"),
+            # per minimum-norm cell: its per-sample norms and the run's best ones, for the optimality check
+            "min_norm_evidence": min_norm_evidence(results, expected),
             "written": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "bootstrap": f"{run_it[1:-1]} && bench regress --baseline {baseline_path} --write-baseline"}
     verb = "updated" if baseline_path.is_file() else "created"

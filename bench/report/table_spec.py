@@ -5,7 +5,8 @@ A cell reference is "clean", "worst" (per-sample worst case over `worst_of`), th
 "pending:NAME" for an entry that bench.toml does not have yet (rendered as "pending", never as a number), or a
 common corruption (CIFAR-10-C, bench.report.corruption_board): "corruption:NAME" (its five severities pooled),
 "corruption:NAME@S" (severity S only), "corruption:mean" (pooled over the row's other corruption cells).
-A row names its [defenses.*] entry, or `pending` when that entry does not exist yet. Every name that is not
+A row names its [defenses.*] entry, `pending` when that entry does not exist yet, or `not_run` (the reason) for a
+published row bench does not measure (another paper's model). Every name that is not
 marked pending must exist: a typo is an error at load, like everywhere else in bench.toml."""
 from __future__ import annotations
 
@@ -33,6 +34,8 @@ class TableRow(StrictModel):
     label: str
     defense: str | None = Field(None, description="the [defenses.*] entry measured in this row")
     pending: str = Field("", description="the entry this row waits for when `defense` is not set")
+    not_run: str = Field("", description="why bench does not measure this row (another paper's model, a training "
+                                         "not done here): its published numbers are shown beside 'not run'")
     cells: list[str] | None = Field(None, description="per-row cell references (replace the columns' `cell`)")
     worst_of: list[str] | None = Field(None, description="attacks whose per-sample worst case fills 'worst' cells")
     paper: list[float | Literal["-"]] = Field(default_factory=list, description="published numbers, '-' = not reported")
@@ -40,9 +43,9 @@ class TableRow(StrictModel):
 
     @model_validator(mode="after")
     def _defense_or_pending(self):
-        if (self.defense is None) == (not self.pending):
-            raise ValueError(f"row '{self.label}' needs exactly one of `defense` (an entry) or `pending` "
-                             f"(the entry it waits for)")
+        if [self.defense is not None, bool(self.pending), bool(self.not_run)].count(True) != 1:
+            raise ValueError(f"row '{self.label}' needs exactly one of `defense` (an entry), `pending` (the entry "
+                             f"it waits for) or `not_run` (why bench does not measure it)")
         return self
 
 

@@ -611,7 +611,9 @@ def spec_table(results: Results, cfg, name: str, profile: str, seed=None) -> Tab
     body = []
     for row in spec.rows:
         label = row.label + (" " + notes.mark(f"{row.label}: {row.note}") if row.note else "")
-        if row.defense is None:
+        if row.not_run:
+            label += " " + notes.mark(f"{row.label}: not run: {row.not_run}")
+        elif row.defense is None:
             label += " " + notes.mark(_pending_note(cfg, name, "defense", row.pending))
         out = [label]
         for i, ref in enumerate(spec.row_cells(row)):
@@ -677,6 +679,8 @@ def attacks_as_run(results: Results, rows: list[dict]) -> str:
 
 
 def _spec_cell(cfg, name: str, spec: TableSpec, row, ref: str, sl: Slice, notes: Notes) -> Cell:
+    if row.not_run:
+        return Cell("not run")
     if row.defense is None:
         return Cell("pending")
     if ref.startswith(PENDING):

@@ -61,3 +61,17 @@ def select_cells(cfg, matrix=None, defense=None, attack=None, suite=None, datase
     profile = profile or (chosen.profile if scoped else None) or s.profile
     return Selection(defenses, attacks, suites, datasets, profile, s.seed if seed is None else seed,
                      name if scoped else None, scoped and not named)
+
+
+def check_backwards(cfg, sel: Selection) -> None:
+    """Every selected attack's (and suite stage's) `backward` against every selected defense, before anything is
+    made: a surrogate the defense does not have is a config error (bench.runner.check_backward), not a cell that
+    fails once its defense is trained."""
+    from ..runner import check_backward
+
+    attacks = list(dict.fromkeys([*sel.attacks, *(a for name in sel.suites for a in cfg.suites[name].attacks)]))
+    for ds in sel.datasets:
+        for d in sel.defenses:
+            dres = cfg.defense(d, ds, sel.profile)
+            for a in attacks:
+                check_backward(dres, cfg.attack(a, ds, sel.profile))
