@@ -16,7 +16,8 @@ from bench.attack import AttackContext, perturbation_norm
 from bench.data import load_subset
 from bench.runner import predict
 
-pytestmark = [pytest.mark.slow, pytest.mark.ci]  # the strength validation runs in CI (~5 min)
+pytestmark = pytest.mark.slow
+CI = pytest.mark.ci  # the strength validation runs in CI (~5 min): every test but the quick profile's comparison
 POINT = 0.01  # one accuracy point
 
 
@@ -64,6 +65,7 @@ def _foolbox(batch, attack, eps):
     return _accuracy(model, x_adv, y)
 
 
+@CI
 def test_linf_at_least_as_strong_as_torchattacks_and_foolbox(batch):
     import foolbox as fb
     import torchattacks
@@ -79,7 +81,23 @@ def test_linf_at_least_as_strong_as_torchattacks_and_foolbox(batch):
     assert ours <= ta + POINT and ours <= fbx + POINT, f"ours {ours:.2%}, torchattacks {ta:.2%}, foolbox {fbx:.2%}"
 
 
-@pytest.mark.parametrize("profile", ["smoke", "quick"])
+@CI
+@pytest.mark.parametrize("profile", ["smoke", "paper_cpu", "quick", "paper"])
+def test_pgd_linf_profile_step_sizes_travel_madrys_distance(profile):
+    """Every profile's pgd_linf steps travel at least Madry's 2.5 eps (the rule the empirical comparison below
+    checks in practice); config only, so CI checks every profile without attacking."""
+    from bench.config import load_config
+
+    entry = load_config().attack("pgd_linf", "cifar10", profile)
+    for k in (1, 2, 8):
+        eps = k / 255
+        step = entry.cls.Params(**{**entry.params.model_dump(), "eps": eps}).settings().step_size
+        assert entry.params.steps * step >= 2.5 * eps * (1 - 1e-9), \
+            f"{profile}: {entry.params.steps} steps of {step:.4g} travel < 2.5 eps at {k}/255"
+
+
+# the quick comparison (40 steps x 3 budgets x 3 implementations) costs minutes: slow only; smoke runs in CI
+@pytest.mark.parametrize("profile", [pytest.param("smoke", marks=CI), "quick"])
 def test_pgd_linf_profile_defaults_as_strong_as_torchattacks_and_foolbox(batch, profile):
     """The step size bench.toml gives pgd_linf in the smoke and quick profiles (resolved from the real
     entry, one restart) leaves at most 1 point more than torchattacks PGD and foolbox LinfPGD with the same steps
@@ -109,6 +127,7 @@ def test_pgd_linf_profile_defaults_as_strong_as_torchattacks_and_foolbox(batch, 
             f"{profile} at {k}/255: ours {ours:.2%}, torchattacks {ta:.2%}, foolbox {fbx:.2%}"
 
 
+@CI
 def test_l2_at_least_as_strong_as_foolbox(batch):
     import foolbox as fb
 
@@ -120,6 +139,7 @@ def test_l2_at_least_as_strong_as_foolbox(batch):
     assert ours <= fbx + POINT, f"ours {ours:.2%}, foolbox L2PGD {fbx:.2%}"
 
 
+@CI
 def test_l1_at_least_as_strong_as_foolbox_l1pgd_and_sparse_l1(batch):
     """Against foolbox's strongest L1 attack (Sparse L1 Descent, the SLIDE step) and its dense L1PGD."""
     import foolbox as fb
@@ -134,6 +154,7 @@ def test_l1_at_least_as_strong_as_foolbox_l1pgd_and_sparse_l1(batch):
         f"ours {ours:.2%}, foolbox SparseL1 {sparse:.2%}, L1PGD {dense:.2%}"
 
 
+@CI
 @pytest.mark.parametrize("cls", [PGDLinf, CWLinf], ids=["pgd_linf", "cw_linf"])
 def test_natural_model_falls_at_8_255(batch, seen, cls):
     """000 Table 1, natural row: 0.00. The 3-epoch smoke model is smoother than the paper's and keeps ~1-2 % of
@@ -143,6 +164,7 @@ def test_natural_model_falls_at_8_255(batch, seen, cls):
     assert acc * k / seen[k] <= 3 * POINT
 
 
+@CI
 def test_accuracy_is_monotone_in_eps(batch):
     accs = [_ours(batch, PGDLinf, eps=e / 255, steps=10, step_size="eps/4", restarts=1)[0]
             for e in (0.25, 1, 4)]
@@ -150,6 +172,7 @@ def test_accuracy_is_monotone_in_eps(batch):
     assert accs[0] > accs[-1] + 0.3
 
 
+@CI
 def test_more_steps_and_restarts_never_increase_accuracy(batch):
     """Same seed: the longer run replays the shorter one first and keeps any fooling iterate, so every point
     fooled by the short run is fooled by the long one."""
@@ -162,6 +185,7 @@ def test_more_steps_and_restarts_never_increase_accuracy(batch):
     assert longer < 1 and short > 0
 
 
+@CI
 def test_autoattack_breaks_the_natural_model(batch, seen):
     """The standard version at full strength (100 iterations, 5000 Square queries) on the first 50 points."""
     defense, model, x, y = batch
@@ -196,6 +220,7 @@ def _pgd_trained_mlp(data_root, eps):
     return model.eval()
 
 
+@CI
 def test_autoattack_agrees_with_our_pgd_on_an_adversarially_trained_model(data_root):
     """AutoAttack is at most a couple of points below our PGD suite (per-sample worst case of pgd_linf and
     cw_linf, as the leaderboard's worst-case column counts it), and not above it.
