@@ -502,7 +502,8 @@ def merge_parts(env: Env, parts: list[dict]) -> tuple[dict, dict]:
     row.update(clean_acc=_f(correct.float().mean().item()), robust_acc=_f(n_robust / n), ci_low=_f(lo),
                ci_high=_f(hi), n=n, n_fooled=int(fooled.sum()))
     manifest = {"defense_entry": dres.as_dict(), "attack_entry": ares.as_dict(),
-                "profile": cfg.profiles[profile].model_dump(), "config_file": provenance.portable_path(cfg.path, cfg.root),
+                "profile": cfg.profiles[profile].model_dump(),
+                "config_file": provenance.portable_path(cfg.path, cfg.root),
                 "data_root": provenance.portable_path(env.data_root, cfg.root), "checkpoint": first["checkpoint"],
                 "architecture": first.get("architecture", ""),
                 "training": {key: v for key, v in trained_meta.items() if key != "history"},
