@@ -127,8 +127,11 @@ class Defense:
     def surrogate_problem(cls, params: DefenseParams, spec: str) -> str:
         """Why `spec` names no backward surrogate of this defense, or "" (it does, or only `surrogate` can tell).
         Asked when a cell is resolved, so a misspelled `backward` stops a run before anything is trained or
-        written; a defense with a surrogate grammar overrides it."""
-        return ""
+        written. A defense that keeps the base `surrogate` has none beyond plain autograd; one with a surrogate
+        grammar overrides this."""
+        if spec in (None, "", "autograd") or cls.surrogate is not Defense.surrogate:
+            return ""
+        return "it is plainly differentiable and has no backward surrogates (allowed: 'autograd')"
 
     @contextlib.contextmanager
     def surrogate(self, model: nn.Module, spec: str | None):

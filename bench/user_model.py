@@ -376,13 +376,26 @@ class ModelDefense(Defense):
         # the class-level declarations of a Defense, per instance: a user's model declares them in its entry
         self.stochastic = bool(params.stochastic)
         self.non_differentiable = tuple(params.bpda)
-        self.surrogates = (("bpda", *(f"bpda:{n}" for n in params.bpda)) if len(params.bpda) > 1
-                           else ("bpda",) if params.bpda else ())
+        self.surrogates = self.declared_surrogates(params)
         self.module: nn.Module | None = None  # bench.evaluate passes its model here instead of a spec
 
     @classmethod
     def file_digests(cls, params: ModelParams, root: Path | None) -> dict[str, str]:
         return file_digests(params, root)
+
+    @staticmethod
+    def declared_surrogates(params: ModelParams) -> tuple[str, ...]:
+        """'bpda' (every declared module straight-through), and 'bpda:NAME' per module when there are several."""
+        return (("bpda", *(f"bpda:{n}" for n in params.bpda)) if len(params.bpda) > 1
+                else ("bpda",) if params.bpda else ())
+
+    @classmethod
+    def surrogate_problem(cls, params: ModelParams, spec: str) -> str:
+        allowed = cls.declared_surrogates(params)
+        if spec in (None, "", "autograd") or spec in allowed:
+            return ""
+        named = ", ".join(allowed) or 'none (declare bpda = {"module.path" = "identity"})'
+        return f"Model {params.model!r} has no backward surrogate {spec!r}. Allowed: {named}"
 
     def build_model(self) -> nn.Module:
         model = self.module if self.module is not None else build(self.params, self.info, self.context.config_root,
@@ -405,9 +418,9 @@ class ModelDefense(Defense):
         if spec in (None, "", "autograd"):
             yield model
             return
-        if spec not in self.surrogates:
-            allowed = ", ".join(self.surrogates) or "none (declare bpda = {\"module.path\" = \"identity\"})"
-            raise BenchError(f"Model {self.params.model!r} has no backward surrogate {spec!r}. Allowed: {allowed}.")
+        problem = self.surrogate_problem(self.params, spec)
+        if problem:
+            raise BenchError(problem + ".")
         wanted = list(self.params.bpda) if spec == "bpda" else [spec[len("bpda:"):]]
         handles = [m.register_forward_hook(_straight_through) for m in _declared_modules(model, wanted)]
         try:

@@ -116,13 +116,19 @@ class Polarizing(Defense):
         return {"danger_frac": round(history[-1]["danger_frac"], 5),
                 "danger_frac_by_stage": {str(k): round(v, 5) for k, v in ends.items()}}
 
+    @classmethod
+    def surrogate_problem(cls, params, spec):
+        if parse_surrogate(spec) is not None:
+            return ""
+        return (f"Defense 'polarizing' has no backward surrogate {spec!r}. Allowed: 'autograd' or 'identity' "
+                f"(straight-through, the default), 'smooth:S' with S > 0 (derivative of ½[tanh(S(y−j)) + "
+                f"tanh(S(y+j))], e.g. 'smooth:4')")
+
     @contextlib.contextmanager
     def surrogate(self, model, spec):
         steepness = parse_surrogate(spec)
         if steepness is None:
-            raise BenchError(f"Defense 'polarizing' has no backward surrogate {spec!r}. Allowed: 'autograd' or "
-                             f"'identity' (straight-through, the default), 'smooth:S' with S > 0 (derivative of "
-                             f"½[tanh(S(y−j)) + tanh(S(y+j))], e.g. 'smooth:4').")
+            raise BenchError(self.surrogate_problem(self.params, spec) + ".")
         with set_on_modules(model, PolarizingFrontEnd, "steepness", steepness, "polarizing front end") as m:
             yield m
 

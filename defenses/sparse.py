@@ -14,7 +14,8 @@ from typing import ClassVar, Literal
 
 from pydantic import model_validator
 
-from bench import Defense, DefenseParams, Field, Number, build_classifier, file_key, locate_file, register_defense
+from bench import (BenchError, Defense, DefenseParams, Field, Number, build_classifier, file_key, locate_file,
+                   register_defense)
 
 from . import _dictionary
 from ._sparse_frontend import (Decoder, SoftmaxEnsemble, SparseCodingNet, SparseEncoder, backward_mode,
@@ -106,6 +107,14 @@ class SparseFrontendDefense(Defense):
         encoder = SparseEncoder(filters, p.stride, p.top_t, beta, eps, self.dropout_p, self.quantize)
         decoder = Decoder(p.n_atoms, self.info.shape[0], p.patch_size, p.stride, tuple(p.decoder_widths))
         return SparseCodingNet(encoder, decoder, build_classifier(self.arch, self.info))
+
+    @classmethod
+    def surrogate_problem(cls, params, spec):
+        try:
+            parse_backward(spec, params.top_t, params.n_atoms, cls.quantize)
+        except BenchError as e:
+            return str(e)
+        return ""
 
     @contextlib.contextmanager
     def surrogate(self, model, spec):

@@ -87,12 +87,19 @@ class STL(Defense):
             raise BenchError(f"classifier_weights {self.params.classifier_weights!r} does not fit the STL's "
                              f"{self.params.arch} (width {self.params.width}): {first}") from None
 
+    @classmethod
+    def surrogate_problem(cls, params, spec):
+        if spec in (None, "", "autograd", "identity", "bpda"):
+            return ""
+        return (f"Defense 'stl' has no backward surrogate {spec!r}. Allowed: 'identity' (BPDA: the identity's "
+                f"gradient through the sparse-coding layer; 'bpda' names it too) or 'autograd' (none: the layer "
+                f"passes no gradient)")
+
     @contextlib.contextmanager
     def surrogate(self, model, spec):
-        if spec not in (None, "", "autograd", "identity", "bpda"):
-            raise BenchError(f"Defense 'stl' has no backward surrogate {spec!r}. Allowed: 'identity' (BPDA: the "
-                             f"identity's gradient through the sparse-coding layer) or 'autograd' (none: the layer "
-                             f"passes no gradient).")
+        problem = self.surrogate_problem(self.params, spec)
+        if problem:
+            raise BenchError(problem + ".")
         mode = "identity" if spec in ("identity", "bpda") else "autograd"
         with set_on_modules(model, SparseTransformationLayer, "backward", mode, "sparse transformation layer") as m:
             yield m
