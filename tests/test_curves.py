@@ -76,6 +76,19 @@ def test_weakened_attack_is_less_optimal(tmp_path):
     assert score["fmn_linf_weak"] < 0.8, score
 
 
+def test_an_attack_beaten_only_at_a_fixed_eps_cap_is_less_optimal(tmp_path):
+    # PGD at 0.03 fooled points 4-6; FMN found 0.05-0.07 there (above the cap) and never fooled point 3, which PGD
+    # fooled too. The best curve's largest finite norm is then the cap itself: an area stopping there would see no
+    # difference and score FMN 1.0.
+    fmn = minnorm("fmn_linf", [0.01, 0.02, 0.025, 0.0, 0.05, 0.06, 0.07, 0.0],
+                  fooled=[True, True, True, False, True, True, True, True])
+    pgd = bounded("pgd_linf", 0.03, [False] * 3 + [True] * 4 + [False], [0.0] * 3 + [0.03] * 4 + [0.0])
+    _, curve = curves_of(tmp_path, [fmn, pgd])
+    assert curve.best.max() == 0.03
+    score = optimality(curve, next(e for e in curve.attacks if e.attack == "fmn_linf"))
+    assert score < 0.75, score
+
+
 def test_points_are_matched_by_test_index_across_subset_sizes():
     from bench.report.curves import Evidence, point_indices
 
@@ -99,7 +112,7 @@ def test_plot_writes_the_curve_and_its_csv_and_the_attack_board(tmp_path):
     assert rows[1].startswith("natural,linf,0,0.875")
     board = write_attack_board(results, "cifar10", "quick", None, tmp_path / "out").read_text()
     lines = [line for line in board.splitlines() if line.startswith("| fmn") or line.startswith("| fab")]
-    assert lines[0].startswith("| fmn_linf | 1.000") and lines[1].startswith("| fab_linf | 0.778")  # 0.035 / 0.045: areas up to 0.07
+    assert lines[0].startswith("| fmn_linf | 1.000") and lines[1].startswith("| fab_linf | 0.667")  # 1 / 1.5: areas up to fab's largest norm
 
 
 def _bench(*args, cwd):

@@ -67,11 +67,11 @@ def test_an_honest_rerun_passes(tmp_path, cfg):
 
 
 def test_a_weakened_attack_fails_on_optimality_where_mean_norm_and_success_rate_do_not(tmp_path, cfg):
-    # every norm 8 % larger: below norm_rtol (10 %), all still fooled; 0.935, not 1 / 1.08, as the areas are taken
-    # up to the largest best norm (6/255), which caps the largest weakened norms
+    # every norm 8 % larger: below norm_rtol (10 %), all still fooled; 0.926 = 1 / 1.08, as the areas run up to the
+    # largest norm of either run
     code, text = _regress(tmp_path, cfg, 1.08)
     assert code == 1, text
-    assert "| cifar10/smoke/seed 0: natural × fmn_linf | drop | optimality | 1.000 | 0.935 (200 points) |" in text
+    assert "| cifar10/smoke/seed 0: natural × fmn_linf | drop | optimality | 1.000 | 0.926 (200 points) |" in text
     assert "mean_norm" not in text and "success_rate" not in text
     # scored against its own run only, the weakened attack still supplies every best norm: it looks optimal
     now = Results.load(tmp_path / "now1.08")

@@ -7,14 +7,14 @@ scored against the same reference: per point the smaller of the baseline's and t
 points the two share). Scoring against this run's own best alone would hide a weakened attack that supplies most of
 the best evidence itself (its weaker norms would become the best and it would stay optimal); against the joint best
 the weakened run's area grows while the reference does not. Optimality = area(joint best) / area(attack) up to the
-largest finite joint best norm (curves.optimality's definition)."""
+largest finite norm of the joint best and of both runs' attack norms (curves.optimality's definition)."""
 from __future__ import annotations
 
 import math
 
 import numpy as np
 
-from .curves import area, slice_curves
+from .curves import area_limit, area_ratio, slice_curves
 
 
 def _key(dataset, defense, attack, profile, seed) -> str:
@@ -49,14 +49,6 @@ def min_norm_evidence(results, cells) -> dict:
     return out
 
 
-def _optimality(best: np.ndarray, norms: np.ndarray) -> float:
-    finite = best[np.isfinite(best)]
-    if not len(finite) or finite.max() <= 0:
-        return 1.0
-    mine = area(norms, float(finite.max()))
-    return area(best, float(finite.max())) / mine if mine > 0 else 1.0
-
-
 def compare_optimality(stored: dict, current: dict) -> list[tuple[str, float, float, int]]:
     """(cell key, baseline optimality, current optimality, points compared) for each cell in both, both scored
     against the joint best on their shared points."""
@@ -73,7 +65,8 @@ def compare_optimality(stored: dict, current: dict) -> list[tuple[str, float, fl
         b_norms, b_best = _array(b["norms"])[bi], _array(b["best"])[bi]
         c_norms, c_best = _array(c["norms"])[ci], _array(c["best"])[ci]
         joint = np.minimum(b_best, c_best)
-        out.append((key, _optimality(joint, b_norms), _optimality(joint, c_norms), len(shared)))
+        upto = area_limit(joint, b_norms, c_norms)  # one limit for both runs (bench.report.curves.optimality)
+        out.append((key, area_ratio(joint, b_norms, upto), area_ratio(joint, c_norms, upto), len(shared)))
     return out
 
 
