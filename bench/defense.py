@@ -131,16 +131,21 @@ class Defense:
         grammar overrides this."""
         if spec in (None, "", "autograd") or cls.surrogate is not Defense.surrogate:
             return ""
-        return "it is plainly differentiable and has no backward surrogates (allowed: 'autograd')"
+        return (f"Defense '{cls.name}' has no backward surrogate {spec!r}: it is plainly differentiable "
+                f"(allowed: 'autograd')")
+
+    def require_surrogate(self, spec: str | None) -> None:
+        """Raise `surrogate_problem`'s answer for `spec` as a one-paragraph error (for `surrogate` overrides)."""
+        problem = self.surrogate_problem(self.params, spec)
+        if problem:
+            from .errors import BenchError
+
+            raise BenchError(problem + ".")
 
     @contextlib.contextmanager
     def surrogate(self, model: nn.Module, spec: str | None):
         """Switch the model's backward pass to a named surrogate; forward values must not change."""
-        if spec not in (None, "", "autograd"):
-            from .errors import BenchError
-
-            allowed = ", ".join(self.surrogates) or "none (this defense is plainly differentiable)"
-            raise BenchError(f"Defense '{self.name}' has no backward surrogate '{spec}'. Allowed: {allowed}.")
+        self.require_surrogate(spec)
         yield model
 
     # `bench diagnose`: a defense opts in with `diagnose(self, trained, x, y, device, out_dir, noise_sigma=...)`,

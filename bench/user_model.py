@@ -418,9 +418,7 @@ class ModelDefense(Defense):
         if spec in (None, "", "autograd"):
             yield model
             return
-        problem = self.surrogate_problem(self.params, spec)
-        if problem:
-            raise BenchError(problem + ".")
+        self.require_surrogate(spec)
         wanted = list(self.params.bpda) if spec == "bpda" else [spec[len("bpda:"):]]
         handles = [m.register_forward_hook(_straight_through) for m in _declared_modules(model, wanted)]
         try:

@@ -9,7 +9,7 @@ from typing import Literal
 import torch.nn.functional as F
 from pydantic import field_validator, model_validator
 
-from bench import BenchError, Defense, Field, Number, register_defense, set_on_modules
+from bench import Defense, Field, Number, register_defense, set_on_modules
 
 from ._adam_params import AdamOwnNetParams
 from ._polarizing_layers import (PolarizingClassifier, PolarizingFrontEnd, PolarizingNet, bump_b1, bump_b2,
@@ -126,9 +126,8 @@ class Polarizing(Defense):
 
     @contextlib.contextmanager
     def surrogate(self, model, spec):
+        self.require_surrogate(spec)
         steepness = parse_surrogate(spec)
-        if steepness is None:
-            raise BenchError(self.surrogate_problem(self.params, spec) + ".")
         with set_on_modules(model, PolarizingFrontEnd, "steepness", steepness, "polarizing front end") as m:
             yield m
 

@@ -97,9 +97,7 @@ class STL(Defense):
 
     @contextlib.contextmanager
     def surrogate(self, model, spec):
-        problem = self.surrogate_problem(self.params, spec)
-        if problem:
-            raise BenchError(problem + ".")
+        self.require_surrogate(spec)
         mode = "identity" if spec in ("identity", "bpda") else "autograd"
         with set_on_modules(model, SparseTransformationLayer, "backward", mode, "sparse transformation layer") as m:
             yield m
