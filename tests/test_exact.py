@@ -1,9 +1,13 @@
+from pathlib import Path
+
 import torch
+from conftest import tiny_natural
 
 from bench import Attack, AttackOutput, register_attack
 from bench.exact import exact_fp32
 from bench.runner import run_cell
 
+REPO = Path(__file__).resolve().parent.parent
 SEEN: list[tuple] = []
 
 
@@ -34,11 +38,17 @@ def test_exact_fp32_switches_off_tf32_and_autotuning_and_restores_them(monkeypat
     assert _flags() == before
 
 
-def test_attacks_and_verdicts_run_in_exact_fp32(env, natural_smoke, monkeypatch):
+def test_attacks_and_verdicts_run_in_exact_fp32(data_root, tmp_path, monkeypatch):
+    # a natural MNIST net trained in seconds (the flags, not the model, are under test)
+    from bench.runner import Env
+
+    config = tmp_path / "bench.toml"
+    config.write_text((REPO / "bench.toml").read_text() + "\n" + tiny_natural("exact_net"))
+    env = Env.create(config=config, data_root=data_root, device="cpu", results_dir=tmp_path / "results")
     _as_gpu_training_leaves_them(monkeypatch)
     before = _flags()
     SEEN.clear()
-    row = run_cell(env, "natural", "arithmetic_spy", "cifar10", "smoke", 0, n_test=20, force=True)
+    row = run_cell(env, "exact_net", "arithmetic_spy", "mnist", "smoke", 0, n_test=20, force=True)
     assert SEEN and all(flags == (False, False, False, True) for flags in SEEN)
     assert _flags() == before
     assert float(row["robust_acc"]) == float(row["clean_acc"])  # the spy fooled nothing
