@@ -132,9 +132,10 @@ def fmn(attack, model, x: torch.Tensor, y: torch.Tensor, start: torch.Tensor | N
 
 
 def ddn(model, x: torch.Tensor, y: torch.Tensor, steps: int, init_epsilon: float, gamma: float, patience: int,
-        rtol: float, stop_from: float = 0.0) -> tuple[torch.Tensor, int]:
-    """DDN (foolbox's DDNAttack.run), untargeted, L2, early stop as in `fmn`. Returns (x + best delta, the
-    point-steps early stop saved).
+        rtol: float, stop_from: float = 0.0, until_found: bool = False) -> tuple[torch.Tensor, int]:
+    """DDN (foolbox's DDNAttack.run), untargeted, L2, early stop as in `fmn`; `until_found`: instead, a point
+    leaves at the first step it is adversarial (a starting point for FMN, not a minimal one). Returns (x + best
+    delta, the point-steps early stop saved).
     A zero gradient is replaced by Gaussian noise, as foolbox does (from torch's global RNG, which the plug-in
     seeds per batch)."""
     n = len(x)
@@ -168,7 +169,7 @@ def ddn(model, x: torch.Tensor, y: torch.Tensor, steps: int, init_epsilon: float
         epsilon[rows] = eps
         da = da * (eps / lp_norm(da, 2)).view(-1, *shape)
         delta[rows] = (xa + da).clamp(0, 1) - xa
-        keep = stop.stays(rows, best_l2[rows], found[rows], i)
+        keep = ~found[rows] if until_found else stop.stays(rows, best_l2[rows], found[rows], i)
         rows = rows[keep]
         saved += int((~keep).sum()) * (steps - i - 1)
         if not len(rows):

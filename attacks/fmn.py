@@ -83,9 +83,11 @@ class FMN(GradientMinNorm):
                                   gamma=p.gamma)
         start, self.saved, self.started_from_ddn = None, 0, None
         if p.init_steps:
-            # the init only has to find an adversarial point: the same early stop applies to it
-            found, self.saved = _minnorm_loops.ddn(model, x, y, p.init_steps, p.init_epsilon, 0.05, p.stop_patience,
-                                                   p.stop_rtol, p.stop_from)
+            # the init only has to find an adversarial point: each point leaves it at its first success (FMN
+            # shrinks from there; measured on three quick models, docs/curves.md: 7-19 % fewer passes, norms as
+            # small or smaller than when DDN went on shrinking them first)
+            found, self.saved = _minnorm_loops.ddn(model, x, y, p.init_steps, p.init_epsilon, 0.05, 0, 0.0,
+                                                   until_found=True)
             with torch.no_grad():
                 started = model(found).argmax(1) != y
             start = x.clone()

@@ -245,7 +245,27 @@ def test_fmn_from_an_adversarial_start_gets_past_a_flat_margin():
     assert (found <= truth * 1.05).all(), (found / truth).tolist()
     assert counter.backward_images >= (1 + 1) * len(x)  # the init's passes are counted with FMN's
     full, full_counter = run_attack("fmn", "l2", {"steps": 50, "init_steps": 10, "stop_patience": 0}, model, x, y)
-    assert full_counter.backward_images == (50 + 10) * len(x)  # without early stop every point runs every step
+    # without early stop every point runs every FMN step; the init is a search, each point leaving it at its
+    # first success (found by then: it started from DDN), early stop or not
+    init = full_counter.backward_images - 50 * len(x)
+    assert 0 < init < 10 * len(x), init
+    assert (checked_norms(full, model, x, y, "l2") <= truth * 1.05).all()
+
+
+def test_ddn_until_found_stops_each_point_at_its_first_success():
+    """FMN's DDN start: a point leaves at the first step it is adversarial, with that step's point; the rest run
+    on. A full DDN run (early stop off) takes every step of every point and shrinks the norms further."""
+    from attacks import _minnorm_loops
+
+    model, x, y, _ = flat_margin_problem()
+    counter = PassCounter(model)
+    found, saved = _minnorm_loops.ddn(counter, x, y, 10, 1.0, 0.05, 0, 0.0, until_found=True)
+    with torch.no_grad():
+        assert (model(found).argmax(1) != y).all()
+    assert saved > 0 and counter.backward_images + saved == 10 * len(x)
+    full, _ = _minnorm_loops.ddn(PassCounter(model), x, y, 10, 1.0, 0.05, 0, 0.0)
+    first, last = ((v - x).flatten(1).norm(dim=1) for v in (found, full))
+    assert (last <= first + 1e-6).all() and (last < first).any()
 
 
 @pytest.mark.parametrize("name,norm", [("fmn", "linf"), ("fmn", "l2"), ("fmn", "l1"), ("ddn", "l2")])
